@@ -1,0 +1,49 @@
+"""The ``lbm`` command. Thin: each package owns its subcommands in ``<package>/commands.py``.
+
+Every command is a frozen dataclass whose fields are the flags (documented by their docstrings) and whose
+``run()`` returns the process exit code. ``lbm data <cmd>`` is a nested group.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def _data_commands() -> dict[str, type]:
+    from openlbm.data.commands import COMMANDS as data
+    from openlbm.envs.commands import COMMANDS as envs
+
+    return {**data, **envs}
+
+
+def _top_commands() -> dict[str, type]:
+    from openlbm.eval.commands import COMMANDS as evaluation
+    from openlbm.quickstart import COMMANDS as quickstart
+    from openlbm.serve.commands import COMMANDS as serve
+    from openlbm.train.commands import COMMANDS as train
+
+    return {**quickstart, **train, **evaluation, **serve}
+
+
+def _dispatch(commands: dict[str, type], args: Sequence[str], prog: str) -> int:
+    import tyro
+
+    cmd = tyro.extras.subcommand_cli_from_dict(commands, args=list(args), prog=prog)
+    code = cmd.run()
+    return int(code or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "data":
+        # Imports stay inside the branch so `lbm data ...` never pays for torch-heavy training modules.
+        return _dispatch(_data_commands(), args[1:], "lbm data")
+    commands = _top_commands()
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: lbm {data," + ",".join(commands) + "} ...\n\n  data   dataset tools: " + ", ".join(_data_commands()))
+    return _dispatch(commands, args, "lbm")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

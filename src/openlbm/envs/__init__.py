@@ -1,0 +1,1 @@
+"""openlbm.envs"""

@@ -1,0 +1,3 @@
+"""CLI commands of this package: each a frozen dataclass (docstring per field) with ``run() -> int``."""
+
+COMMANDS: dict[str, type] = {}

@@ -1,0 +1,3 @@
+"""``lbm quickstart``: generate demos -> train -> evaluate -> report, on a laptop. (Filled in by integration.)"""
+
+COMMANDS: dict[str, type] = {}

@@ -1,0 +1,242 @@
+"""The openlbm data contract, written once.
+
+Everything that crosses a package boundary (dataset -> trainer -> policy -> evaluator / server) is one of the types
+below. Shapes use these letters:
+
+    B  batch            T  observation steps (``n_obs_steps``; 1 for a single live frame)
+    H  horizon          A  action dim (padded to the policy's max across embodiments)
+    S  state dim (padded likewise)                 C, Hi, Wi  image channels (3), height, width
+
+Conventions (kept everywhere, so no module ever guesses):
+- Images are ``uint8`` channel-first ``[..., 3, Hi, Wi]`` in batches and observations; they are only turned into
+  floats inside the model. Simulators and video decoders produce channel-last ``[Hi, Wi, 3]`` numpy frames; the
+  one conversion point is :func:`observation_from_frames` (live) and the dataset reader (training).
+- State and actions are float32 in *physical* units. Normalization belongs to the policy (it owns its stats) and is
+  never applied by the data layer.
+- Feature keys follow the LeRobot v3 names: ``observation.images.<camera>``, ``observation.state``, ``action``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_PREFIX = "observation.images."
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
+
+def camera_key(camera: str) -> str:
+    """``"corner2"`` -> ``"observation.images.corner2"``."""
+    return camera if camera.startswith(IMAGE_PREFIX) else IMAGE_PREFIX + camera
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One per-frame feature of a dataset, as in LeRobot's ``meta/info.json`` ``features`` entries."""
+
+    dtype: str
+    """``"video"``, ``"image"``, ``"float32"``, ``"int64"``, ``"bool"``, ``"string"``..."""
+    shape: tuple[int, ...]
+    """Per-frame shape; images are channel-last ``(Hi, Wi, 3)`` on disk, as LeRobot writes them."""
+    names: tuple[str, ...] | None = None
+    """Optional names of the dimensions (e.g. ``("x", "y", "z", "gripper")``)."""
+
+
+@dataclass(frozen=True)
+class EmbodimentSpec:
+    """What one robot/camera setup looks like to a policy. Datasets are mapped onto it; envs must match it."""
+
+    name: str
+    """Identifier, e.g. ``"metaworld_sawyer"``. Keys the policy's per-embodiment projections and stats."""
+    cameras: tuple[str, ...]
+    """Camera names (without the ``observation.images.`` prefix), in the order the policy consumes them."""
+    image_size: tuple[int, int]
+    """``(height, width)`` of every camera image fed to the policy."""
+    state_dim: int
+    """Native proprioceptive state dimension (before padding to the policy's max)."""
+    action_dim: int
+    """Native action dimension (before padding to the policy's max)."""
+    fps: float = 10.0
+    """Control frequency in Hz."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cameras": list(self.cameras),
+            "image_size": list(self.image_size),
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+            "fps": self.fps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EmbodimentSpec:
+        return cls(
+            name=str(d["name"]),
+            cameras=tuple(d["cameras"]),
+            image_size=(int(d["image_size"][0]), int(d["image_size"][1])),
+            state_dim=int(d["state_dim"]),
+            action_dim=int(d["action_dim"]),
+            fps=float(d.get("fps", 10.0)),
+        )
+
+
+@dataclass
+class Observation:
+    """A batch of observations with ``T`` steps of history.
+
+    ``images[cam]``: uint8 ``[B, T, 3, Hi, Wi]``; ``state``: float32 ``[B, T, S]``; ``obs_is_pad``: bool ``[B, T]``
+    (True where the step lies before the episode start and was filled by repeating the first frame).
+    ``instruction`` and ``embodiment`` are per-sample strings. ``privileged`` is simulator state for scripted
+    experts only (``[B, D]`` float); learned policies never read it.
+    """
+
+    images: dict[str, Tensor]
+    state: Tensor
+    instruction: list[str]
+    embodiment: list[str]
+    obs_is_pad: Tensor | None = None
+    task: list[str] | None = None
+    privileged: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.state.shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.state.shape[1])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Observation:
+        def mv(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return replace(
+            self,
+            images={k: v.to(device, non_blocking=non_blocking) for k, v in self.images.items()},
+            state=self.state.to(device, non_blocking=non_blocking),
+            obs_is_pad=mv(self.obs_is_pad),
+            privileged=mv(self.privileged),
+        )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field if shapes/dtypes break the contract."""
+        if self.state.dtype != torch.float32 or self.state.ndim != 3:
+            raise ValueError(f"observation.state must be float32 [B, T, S], got {self.state.dtype} {tuple(self.state.shape)}")
+        b, t = self.state.shape[:2]
+        for cam, img in self.images.items():
+            if img.dtype != torch.uint8 or img.ndim != 5 or img.shape[:2] != (b, t) or img.shape[2] != 3:
+                raise ValueError(
+                    f"observation.images.{cam} must be uint8 [B={b}, T={t}, 3, H, W], got {img.dtype} {tuple(img.shape)}"
+                )
+        if len(self.instruction) != b or len(self.embodiment) != b:
+            raise ValueError(f"instruction/embodiment must have {b} entries, got {len(self.instruction)}/{len(self.embodiment)}")
+        if not torch.isfinite(self.state).all():
+            raise ValueError("observation.state contains NaN or inf")
+
+
+@dataclass
+class Batch:
+    """A training batch: observations plus the future action chunk.
+
+    ``action``: float32 ``[B, H, A]`` (physical units, zero-padded beyond the embodiment's action dim);
+    ``action_is_pad``: bool ``[B, H]`` (True past the episode end: excluded from the loss);
+    ``action_dim_mask``: bool ``[B, A]`` (True for the embodiment's real action dims: padded dims excluded from the loss).
+    """
+
+    obs: Observation
+    action: Tensor
+    action_is_pad: Tensor
+    action_dim_mask: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Bookkeeping that models ignore: ``episode_index``, ``index``, ``dataset`` (Tensors or lists)."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.action.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return replace(
+            self,
+            obs=self.obs.to(device, non_blocking=non_blocking),
+            action=self.action.to(device, non_blocking=non_blocking),
+            action_is_pad=self.action_is_pad.to(device, non_blocking=non_blocking),
+            action_dim_mask=self.action_dim_mask.to(device, non_blocking=non_blocking),
+        )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field if shapes/dtypes break the contract."""
+        self.obs.validate()
+        b = self.obs.batch_size
+        if self.action.dtype != torch.float32 or self.action.ndim != 3 or self.action.shape[0] != b:
+            raise ValueError(f"action must be float32 [B={b}, H, A], got {self.action.dtype} {tuple(self.action.shape)}")
+        h, a = self.action.shape[1:]
+        if self.action_is_pad.dtype != torch.bool or tuple(self.action_is_pad.shape) != (b, h):
+            raise ValueError(f"action_is_pad must be bool [{b}, {h}], got {self.action_is_pad.dtype} {tuple(self.action_is_pad.shape)}")
+        if self.action_dim_mask.dtype != torch.bool or tuple(self.action_dim_mask.shape) != (b, a):
+            raise ValueError(
+                f"action_dim_mask must be bool [{b}, {a}], got {self.action_dim_mask.dtype} {tuple(self.action_dim_mask.shape)}"
+            )
+        if not torch.isfinite(self.action).all():
+            raise ValueError("action contains NaN or inf")
+
+
+@dataclass
+class EnvFrame:
+    """One live observation from a simulator or robot, channel-last numpy, no batch or time dim."""
+
+    images: dict[str, np.ndarray]
+    """camera -> uint8 ``[Hi, Wi, 3]``."""
+    state: np.ndarray
+    """float32 ``[S]``."""
+    instruction: str
+    task: str = ""
+    privileged: np.ndarray | None = None
+    """Full simulator observation, for scripted experts only."""
+
+
+def observation_from_frames(frames: Sequence[EnvFrame], embodiment: str) -> Observation:
+    """Stack live frames into a ``T = 1`` :class:`Observation` (HWC numpy -> CHW uint8 tensors)."""
+    if not frames:
+        raise ValueError("observation_from_frames needs at least one frame")
+    cams = list(frames[0].images)
+    images = {}
+    for cam in cams:
+        stacked = np.stack([f.images[cam] for f in frames])  # [B, Hi, Wi, 3]
+        # [B, Hi, Wi, 3] -> [B, 1, 3, Hi, Wi]
+        images[cam] = torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)))[:, None]
+    state = torch.from_numpy(np.stack([np.asarray(f.state, dtype=np.float32) for f in frames]))[:, None]  # [B, 1, S]
+    priv = None
+    if frames[0].privileged is not None:
+        priv = torch.from_numpy(np.stack([np.asarray(f.privileged, dtype=np.float32) for f in frames]))
+    return Observation(
+        images=images,
+        state=state,
+        instruction=[f.instruction for f in frames],
+        embodiment=[embodiment] * len(frames),
+        obs_is_pad=torch.zeros(len(frames), 1, dtype=torch.bool),
+        task=[f.task for f in frames],
+        privileged=priv,
+    )
+
+
+@runtime_checkable
+class PolicyLike(Protocol):
+    """Anything the rollout runner, evaluator and server can drive: learned policies and scripted experts alike.
+
+    ``select_action`` receives a ``T = 1`` observation for ``B`` independent environments and returns float32
+    ``[B, action_dim]`` in physical units; the policy keeps its own observation history and action queue per
+    batch slot. ``reset(indices)`` clears that state for the given slots (all when ``None``).
+    """
+
+    embodiment: EmbodimentSpec
+
+    def select_action(self, obs: Observation) -> Tensor: ...
+
+    def reset(self, indices: Sequence[int] | None = None) -> None: ...
