@@ -1,3 +1,68 @@
 """CLI commands of this package: each a frozen dataclass (docstring per field) with ``run() -> int``."""
 
-COMMANDS: dict[str, type] = {}
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def load_policy(path: Path, device: str):  # -> LBMPolicy (imported lazily: keeps `lbm --help` fast)
+    """Load an ``LBMPolicy.save`` dir; run dirs and checkpoint dirs are resolved to their policy dir first."""
+    from openlbm.policies.lbm import LBMPolicy
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--policy {path}: no such directory")
+    try:
+        from openlbm.train.checkpoint import resolve_policy_dir
+    except ImportError:  # serving must not need the training package; a policy dir is then required
+        resolve_policy_dir = None
+    if resolve_policy_dir is not None and not (path / "model.safetensors").exists():
+        path = resolve_policy_dir(path)
+    return LBMPolicy.load(path, device=device)
+
+
+@dataclass(frozen=True)
+class Serve:
+    """Serve a trained policy over websockets (openpi-client compatible). Stop with Ctrl-C / SIGTERM."""
+
+    policy: Path
+    """Policy directory (``LBMPolicy.save`` output), checkpoint dir or training run dir."""
+    port: int = 8000
+    """TCP port (0 picks a free one; the chosen port is logged)."""
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 exposes the server to the network (use --api-key then)."""
+    api_key: str | None = None
+    """Require ``Authorization: Api-Key <key>`` from clients."""
+    device: str = "cpu"
+    """Torch device for inference: cpu, cuda, cuda:1..."""
+    max_batch: int = 1
+    """Dynamic batching across concurrent clients: largest batch per model call (1 = off)."""
+    max_wait_ms: float = 2.0
+    """How long to hold a batch open for more requests (only with --max-batch > 1)."""
+    max_message_mb: float = 8.0
+    """Largest accepted request in MiB; bigger messages close that connection (code 1009)."""
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    def run(self) -> int:
+        from openlbm.serve.server import PolicyServer, ServerConfig
+
+        logging.basicConfig(
+            level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        cfg = ServerConfig(
+            host=self.host,
+            port=self.port,
+            api_key=self.api_key,
+            max_batch=self.max_batch,
+            max_wait_ms=self.max_wait_ms,
+            max_message_bytes=int(self.max_message_mb * 1024 * 1024),
+        )
+        policy = load_policy(self.policy, self.device)
+        PolicyServer(policy, cfg, device=self.device).run()
+        return 0
+
+
+COMMANDS: dict[str, type] = {"serve": Serve}

@@ -1,0 +1,354 @@
+"""Statistics for success rates: intervals, Beta posteriors, exact two-sample tests, corrections, verdicts.
+
+Everything here works on counts (``successes`` out of ``n`` episodes) or on per-episode outcomes keyed by the
+episode's initial-state seed, so that two policies evaluated on the same starts can be compared *paired*.
+See ``docs/evaluation.md`` for the reasoning and a worked example.
+
+Wilson intervals, Beta posteriors with integer parameters, Holm and Benjamini-Hochberg need only the standard
+library; Clopper-Pearson, Barnard's, Fisher's and the exact McNemar test use SciPy (``pip install 'openlbm[stats]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any, Literal
+
+Verdict = Literal["better", "worse", "no significant difference"]
+Correction = Literal["holm", "bh", "none"]
+TestName = Literal["auto", "mcnemar", "barnard", "fisher"]
+
+BARNARD_MAX_CELLS = 600 * 600
+"""Above ``n_a * n_b`` cells Barnard's test (O(n_a n_b) tables per nuisance value) falls back to Fisher's."""
+
+
+def _scipy_stats() -> Any:
+    try:
+        import scipy.stats
+    except ImportError as e:  # pragma: no cover - scipy is in the dev/stats extras
+        raise ImportError(
+            "openlbm.eval.stats needs SciPy for exact tests and Clopper-Pearson intervals: "
+            "pip install 'openlbm[stats]' (or `pip install scipy`)"
+        ) from e
+    return scipy.stats
+
+
+def _check_counts(successes: int, n: int) -> None:
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+
+
+# -- intervals -------------------------------------------------------------------------------------------------------
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval; ``(0, 1)`` when ``n == 0``. Good coverage even at rates near 0 or 1."""
+    _check_counts(successes, n)
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # Clamp round-off only: at p = 0 (or 1) the lower (upper) bound is exactly 0 (1).
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return lo, hi
+
+
+def clopper_pearson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (conservative) Clopper-Pearson interval from Beta quantiles; ``(0, 1)`` when ``n == 0``."""
+    _check_counts(successes, n)
+    if n == 0:
+        return 0.0, 1.0
+    beta = _scipy_stats().beta
+    a = 1 - confidence
+    lo = 0.0 if successes == 0 else float(beta.ppf(a / 2, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(beta.ppf(1 - a / 2, successes + 1, n - successes))
+    return lo, hi
+
+
+# -- Beta posteriors -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BetaPosterior:
+    """Posterior ``Beta(alpha, beta)`` of a success rate after a ``Beta(1, 1)`` (uniform) prior by default."""
+
+    alpha: float
+    """Prior alpha + successes."""
+    beta: float
+    """Prior beta + failures."""
+
+    @classmethod
+    def from_counts(cls, successes: int, n: int, prior: tuple[float, float] = (1.0, 1.0)) -> BetaPosterior:
+        _check_counts(successes, n)
+        return cls(prior[0] + successes, prior[1] + n - successes)
+
+    @property
+    def mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    def credible_interval(self, mass: float = 0.95) -> tuple[float, float]:
+        """Equal-tailed credible interval."""
+        dist = _scipy_stats().beta(self.alpha, self.beta)
+        return float(dist.ppf((1 - mass) / 2)), float(dist.ppf((1 + mass) / 2))
+
+    def pdf(self, x: Sequence[float]) -> list[float]:
+        return [float(v) for v in _scipy_stats().beta.pdf(list(x), self.alpha, self.beta)]
+
+    def prob_greater(self, other: BetaPosterior) -> float:
+        """``P(p_self > p_other)`` for independent posteriors.
+
+        Integer parameters use the exact finite sum (Evan Miller's formula, in log space); otherwise the integral
+        ``int f_self(x) F_other(x) dx`` is computed by adaptive quadrature.
+        """
+        if all(float(v).is_integer() for v in (self.alpha, self.beta, other.alpha, other.beta)):
+            return _prob_greater_exact(int(self.alpha), int(self.beta), int(other.alpha), int(other.beta))
+        return prob_greater_quad(self, other)
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _prob_greater_exact(a1: int, b1: int, a2: int, b2: int) -> float:
+    """``P(X > Y)``, ``X ~ Beta(a1, b1)``, ``Y ~ Beta(a2, b2)``: ``P(Y > X) = sum_i B(a1+i, b1+b2) / ...``."""
+    total = 0.0
+    for i in range(a2):
+        total += math.exp(
+            _log_beta(a1 + i, b1 + b2) - math.log(b2 + i) - _log_beta(1 + i, b2) - _log_beta(a1, b1)
+        )
+    return min(1.0, max(0.0, 1.0 - total))
+
+
+def prob_greater_quad(x: BetaPosterior, y: BetaPosterior) -> float:
+    """``P(X > Y) = int_0^1 f_X(t) F_Y(t) dt`` by ``scipy.integrate.quad`` (any real parameters)."""
+    from scipy import integrate
+
+    beta = _scipy_stats().beta
+    val, _ = integrate.quad(lambda t: beta.pdf(t, x.alpha, x.beta) * beta.cdf(t, y.alpha, y.beta), 0, 1, limit=200)
+    return min(1.0, max(0.0, float(val)))
+
+
+# -- a rate, summarized ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RateEstimate:
+    """A success rate with its 95% intervals and Beta(1,1) posterior summary (what ``summary.json`` stores)."""
+
+    successes: int
+    n: int
+    rate: float
+    wilson: tuple[float, float]
+    clopper_pearson: tuple[float, float]
+    posterior_mean: float
+    credible: tuple[float, float]
+
+    @property
+    def posterior(self) -> BetaPosterior:
+        return BetaPosterior.from_counts(self.successes, self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RateEstimate:
+        return estimate(int(d["successes"]), int(d["n"]))
+
+
+def estimate(successes: int, n: int, confidence: float = 0.95) -> RateEstimate:
+    """Summarize ``successes`` out of ``n``; the rate of ``n == 0`` is reported as NaN."""
+    post = BetaPosterior.from_counts(successes, n)
+    return RateEstimate(
+        successes=int(successes),
+        n=int(n),
+        rate=successes / n if n else float("nan"),
+        wilson=wilson_interval(successes, n, confidence),
+        clopper_pearson=clopper_pearson_interval(successes, n, confidence),
+        posterior_mean=post.mean,
+        credible=post.credible_interval(confidence),
+    )
+
+
+# -- exact tests -----------------------------------------------------------------------------------------------------
+def barnard_pvalue(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided Barnard's exact (unconditional) test of ``p_a == p_b``; Fisher's beyond ``BARNARD_MAX_CELLS``."""
+    _check_counts(k_a, n_a)
+    _check_counts(k_b, n_b)
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    if (n_a + 1) * (n_b + 1) > BARNARD_MAX_CELLS:
+        return fisher_pvalue(k_a, n_a, k_b, n_b)
+    # Rows: success/failure, columns: policy A/B (scipy conditions on column totals).
+    res = _scipy_stats().barnard_exact([[k_a, k_b], [n_a - k_a, n_b - k_b]], alternative="two-sided")
+    p = float(res.pvalue)
+    return 1.0 if math.isnan(p) else min(1.0, p)
+
+
+def fisher_pvalue(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided Fisher's exact (conditional) test of ``p_a == p_b``."""
+    _check_counts(k_a, n_a)
+    _check_counts(k_b, n_b)
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    res = _scipy_stats().fisher_exact([[k_a, k_b], [n_a - k_a, n_b - k_b]], alternative="two-sided")
+    return min(1.0, float(res.pvalue))
+
+
+def mcnemar_exact_pvalue(a_only: int, b_only: int) -> float:
+    """Exact McNemar (sign) test on discordant pairs: ``a_only`` pairs where only A succeeded, ``b_only`` only B.
+
+    Under "no difference" each discordant pair goes either way with probability 1/2 (concordant pairs carry no
+    information about the difference), so the p-value is a two-sided binomial test of ``b_only`` of
+    ``a_only + b_only`` at 1/2.
+    """
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {a_only}, {b_only}")
+    if a_only + b_only == 0:
+        return 1.0
+    return min(1.0, float(_scipy_stats().binomtest(b_only, a_only + b_only, 0.5).pvalue))
+
+
+# -- multiple comparisons --------------------------------------------------------------------------------------------
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni step-down adjusted p-values (controls the family-wise error rate)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg step-up adjusted p-values (controls the false discovery rate)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i], reverse=True)
+    adjusted = [0.0] * m
+    running = 1.0
+    for pos, i in enumerate(order):
+        rank = m - pos  # 1-based rank in ascending order
+        running = min(running, pvalues[i] * m / rank)
+        adjusted[i] = min(1.0, running)
+    return adjusted
+
+
+def adjust(pvalues: Sequence[float], correction: Correction) -> list[float]:
+    if correction == "holm":
+        return holm(pvalues)
+    if correction == "bh":
+        return benjamini_hochberg(pvalues)
+    if correction == "none":
+        return [float(p) for p in pvalues]
+    raise ValueError(f"correction must be 'holm', 'bh' or 'none', got {correction!r}")
+
+
+def verdict(rate_a: float, rate_b: float, p_value: float, alpha: float) -> Verdict:
+    """B relative to A: ``better``/``worse`` when significant at ``alpha``, else ``no significant difference``."""
+    if p_value < alpha and rate_b != rate_a:
+        return "better" if rate_b > rate_a else "worse"
+    return "no significant difference"
+
+
+# -- comparing two evaluations ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskComparison:
+    """B (candidate) vs A (baseline) on one task, or overall (``task == "overall"``)."""
+
+    task: str
+    a: RateEstimate
+    b: RateEstimate
+    test: str
+    """The test behind ``p_value``: ``mcnemar`` (paired), ``barnard`` or ``fisher``."""
+    p_value: float
+    p_adjusted: float
+    verdict: Verdict
+    p_barnard: float
+    p_fisher: float
+    p_mcnemar: float | None
+    """``None`` when the two evaluations share no initial states."""
+    n_pairs: int
+    a_only: int
+    """Paired episodes where only A succeeded."""
+    b_only: int
+    """Paired episodes where only B succeeded."""
+    prob_b_better: float
+    """Posterior ``P(p_B > p_A)`` under independent Beta(1,1) priors."""
+
+    @property
+    def diff(self) -> float:
+        return self.b.rate - self.a.rate
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("a", "b")}
+        return {**d, "a": self.a.to_dict(), "b": self.b.to_dict(), "diff": self.diff}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Per-task comparisons (corrected across tasks) and an overall one."""
+
+    tasks: list[TaskComparison]
+    overall: TaskComparison
+    alpha: float
+    correction: Correction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "correction": self.correction,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "overall": self.overall.to_dict(),
+        }
+
+
+Outcomes = Mapping[str, Mapping[int, bool]]
+"""task -> {initial-state seed -> success}."""
+
+
+def _compare_one(task: str, a: Mapping[int, bool], b: Mapping[int, bool], test: TestName) -> dict[str, Any]:
+    ka, na, kb, nb = sum(a.values()), len(a), sum(b.values()), len(b)
+    shared = sorted(set(a) & set(b))
+    a_only = sum(1 for s in shared if a[s] and not b[s])
+    b_only = sum(1 for s in shared if b[s] and not a[s])
+    p_bar, p_fis = barnard_pvalue(ka, na, kb, nb), fisher_pvalue(ka, na, kb, nb)
+    p_mc = mcnemar_exact_pvalue(a_only, b_only) if shared else None
+    # The paired test is only valid on the paired episodes, so "auto" uses it when every episode is paired.
+    fully_paired = bool(shared) and len(shared) == na == nb
+    chosen = ("mcnemar" if fully_paired else "barnard") if test == "auto" else test
+    if chosen == "mcnemar" and p_mc is None:
+        raise ValueError(f"task {task}: the paired (McNemar) test needs episodes with shared initial-state seeds")
+    p = {"mcnemar": p_mc, "barnard": p_bar, "fisher": p_fis}[chosen]
+    ea, eb = estimate(ka, na), estimate(kb, nb)
+    return {
+        "task": task, "a": ea, "b": eb, "test": chosen, "p_value": p, "p_barnard": p_bar, "p_fisher": p_fis,
+        "p_mcnemar": p_mc, "n_pairs": len(shared), "a_only": a_only, "b_only": b_only,
+        "prob_b_better": eb.posterior.prob_greater(ea.posterior),
+    }
+
+
+def compare(
+    a: Outcomes, b: Outcomes, *, alpha: float = 0.05, correction: Correction = "holm", test: TestName = "auto"
+) -> Comparison:
+    """Compare B against A on the tasks both evaluated; per-task p-values are corrected across tasks.
+
+    The overall comparison pools all episodes (one pre-specified test, not part of the corrected family).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    tasks = [t for t in a if t in b]
+    if not tasks:
+        raise ValueError(f"the evaluations share no task (A: {sorted(a)}, B: {sorted(b)})")
+    rows = [_compare_one(t, a[t], b[t], test) for t in tasks]
+    adjusted = adjust([r["p_value"] for r in rows], correction)
+    per_task = [
+        TaskComparison(**r, p_adjusted=q, verdict=verdict(r["a"].rate, r["b"].rate, q, alpha))
+        for r, q in zip(rows, adjusted, strict=True)
+    ]
+    pooled_a = {(t, s): v for t in tasks for s, v in a[t].items()}
+    pooled_b = {(t, s): v for t in tasks for s, v in b[t].items()}
+    o = _compare_one("overall", pooled_a, pooled_b, test)  # type: ignore[arg-type]
+    overall = TaskComparison(**o, p_adjusted=o["p_value"], verdict=verdict(o["a"].rate, o["b"].rate, o["p_value"], alpha))
+    return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction)

@@ -1,0 +1,356 @@
+"""Websocket policy server, wire-compatible with openpi-client's ``WebsocketClientPolicy``.
+
+Per connection: the server sends the metadata map first (:func:`openlbm.serve.protocol.build_metadata`), then answers
+every binary msgpack observation with ``{"actions": [H, A], "server_timing": {...}}``. Bad frames get a text frame
+explaining what was wrong and the connection stays open. The model runs on one worker thread
+(:class:`~openlbm.serve.batching.InferenceWorker`) so the event loop never blocks on inference.
+
+HTTP on the same port: ``GET /healthz`` -> ``200 OK`` (no key needed), ``GET /metadata`` -> the metadata as JSON.
+With an API key configured every other request needs ``Authorization: Api-Key <key>`` (openpi's header) or gets 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import http
+import json
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import websockets
+from websockets.asyncio.server import Request, Response, ServerConnection
+
+from openlbm.serve import codec, protocol
+from openlbm.serve.batching import InferenceError, InferenceWorker
+from openlbm.types import Observation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the policy server listens, authenticates, bounds input and batches."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind. Loopback by default; use 0.0.0.0 to accept remote robots (set an API key then)."""
+    port: int = 8000
+    """TCP port; 0 picks a free one (see :attr:`PolicyServer.port`)."""
+    api_key: str | None = None
+    """If set, clients must send ``Authorization: Api-Key <key>``; others get HTTP 401 at the handshake."""
+    max_batch: int = 1
+    """Dynamic batching: at most this many concurrent same-shape requests share one model call (1 = off)."""
+    max_wait_ms: float = 2.0
+    """How long the worker waits for more requests to fill a batch (only when ``max_batch > 1``)."""
+    max_message_bytes: int = 8 * 1024 * 1024
+    """Largest accepted websocket message; a larger one closes that connection with code 1009."""
+    max_pending: int = 1024
+    """Queued requests beyond this are refused with an 'overloaded' error instead of growing memory."""
+    shutdown_timeout_s: float = 30.0
+    """On SIGINT/SIGTERM, how long in-flight requests may take to finish before connections are closed."""
+
+
+@dataclass
+class _Window:
+    """The model input for one request: ``T`` frames of one client (oldest first)."""
+
+    embodiment: str
+    images: dict[str, np.ndarray]
+    """camera -> uint8 ``[T, Hi, Wi, 3]``."""
+    state: np.ndarray
+    """float32 ``[T, S]``."""
+    is_pad: np.ndarray
+    """bool ``[T]``."""
+    prompt: str
+
+
+class PolicyRunner:
+    """Turns windows into one ``predict_chunk`` call on the device. Runs on the inference thread only."""
+
+    def __init__(self, policy: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+        self.policy = policy.to(device).eval()
+        self.device = torch.device(device)
+
+    def __call__(self, windows: Sequence[_Window]) -> np.ndarray:
+        images = {}
+        for cam in windows[0].images:
+            stacked = np.stack([w.images[cam] for w in windows])  # [B, T, Hi, Wi, 3]
+            # [B, T, Hi, Wi, 3] -> [B, T, 3, Hi, Wi]
+            images[cam] = torch.from_numpy(stacked).permute(0, 1, 4, 2, 3).contiguous()
+        obs = Observation(
+            images=images,
+            state=torch.from_numpy(np.stack([w.state for w in windows])),  # [B, T, S]
+            instruction=[w.prompt for w in windows],
+            embodiment=[w.embodiment for w in windows],
+            obs_is_pad=torch.from_numpy(np.stack([w.is_pad for w in windows])),  # [B, T]
+        )
+        with torch.inference_mode():
+            actions = self.policy.predict_chunk(obs.to(self.device))  # [B, H, A]
+        return actions.float().cpu().numpy()
+
+
+def policy_facts(policy: Any) -> tuple[list[protocol.WireSpec], int, int, int]:
+    """(wire specs, horizon, n_action_steps, n_obs_steps) of an LBMPolicy-like object."""
+    specs = [protocol.WireSpec.from_dict(e.to_dict()) for e in policy.embodiments]
+    cfg = policy.config
+    return specs, int(cfg.horizon), int(cfg.n_action_steps), int(cfg.n_obs_steps)
+
+
+@dataclass
+class _ClientStats:
+    requests: int = 0
+    errors: int = 0
+    infer_ms_total: float = 0.0
+    bytes_in: int = 0
+    opened: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> dict[str, Any]:
+        mean = self.infer_ms_total / self.requests if self.requests else 0.0
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "mean_infer_ms": round(mean, 3),
+            "bytes_in": self.bytes_in,
+            "seconds": round(time.monotonic() - self.opened, 3),
+        }
+
+
+class _History:
+    """The last ``n`` frames of one connection, so policies with ``n_obs_steps > 1`` work over a stateless wire."""
+
+    def __init__(self, n: int) -> None:
+        self.frames: deque[protocol.ParsedObservation] = deque(maxlen=n)
+        self.n = n
+
+    def window(self, obs: protocol.ParsedObservation) -> _Window:
+        if obs.reset or (self.frames and self.frames[-1].embodiment != obs.embodiment):
+            self.frames.clear()
+        self.frames.append(obs)
+        frames = list(self.frames)
+        n_pad = self.n - len(frames)
+        # Before the episode start, repeat the first frame and flag it as padding (the dataset's convention).
+        frames = [frames[0]] * n_pad + frames
+        is_pad = np.array([True] * n_pad + [False] * (self.n - n_pad))
+        return _Window(
+            embodiment=obs.embodiment,
+            images={c: np.stack([f.images[c] for f in frames]) for c in obs.images},  # [T, Hi, Wi, 3]
+            state=np.stack([f.state for f in frames]),  # [T, S]
+            is_pad=is_pad,
+            prompt=obs.prompt,
+        )
+
+
+class PolicyServer:
+    """Serves one policy to many websocket clients. ``await serve()`` or :meth:`run` (blocking, handles signals)."""
+
+    def __init__(
+        self, policy: torch.nn.Module, cfg: ServerConfig, device: str | torch.device = "cpu"
+    ) -> None:
+        self.cfg = cfg
+        specs, self.horizon, self.n_action_steps, self.n_obs_steps = policy_facts(policy)
+        self.specs = {s.name: s for s in specs}
+        self.default_embodiment = specs[0].name
+        self.metadata = protocol.build_metadata(
+            specs,
+            horizon=self.horizon,
+            n_action_steps=self.n_action_steps,
+            n_obs_steps=self.n_obs_steps,
+            policy={"class": type(policy).__name__, "device": str(device)},
+            max_message_bytes=cfg.max_message_bytes,
+            max_batch=cfg.max_batch,
+        )
+        self._metadata_bytes = codec.packb(self.metadata)
+        self.worker = InferenceWorker(
+            PolicyRunner(policy, device),
+            max_batch=cfg.max_batch,
+            max_wait_ms=cfg.max_wait_ms if cfg.max_batch > 1 else 0.0,
+            max_pending=cfg.max_pending,
+            active_clients=lambda: self._connected,
+        )
+        self.port: int | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._closing = False
+        self._next_client = 0
+        self._connected = 0
+
+    # ------------------------------------------------------------------ HTTP side
+    def _authorized(self, request: Request) -> bool:
+        if self.cfg.api_key is None:
+            return True
+        got = request.headers.get("Authorization", "")
+        return hmac.compare_digest(got.encode(), f"Api-Key {self.cfg.api_key}".encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if not self._authorized(request):
+            log.warning("rejected %s: missing or wrong API key", connection.remote_address)
+            return connection.respond(
+                http.HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key ...'\n"
+            )
+        if path == "/metadata":
+            resp = connection.respond(http.HTTPStatus.OK, json.dumps(self.metadata, indent=1) + "\n")
+            resp.headers["Content-Type"] = "application/json"
+            return resp
+        if self._closing:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down\n")
+        return None
+
+    # ------------------------------------------------------------------ websocket side
+    async def _handle(self, ws: ServerConnection) -> None:
+        self._next_client += 1
+        name = f"client-{self._next_client}@{ws.remote_address}"
+        stats, history = _ClientStats(), _History(self.n_obs_steps)
+        log.info("%s connected", name)
+        self._connected += 1
+        try:
+            await ws.send(self._metadata_bytes)
+            prev_total_ms: float | None = None
+            async for message in ws:
+                t0 = time.perf_counter()
+                reply = await self._answer(message, history, stats, prev_total_ms)
+                await ws.send(reply)
+                if isinstance(reply, bytes):
+                    prev_total_ms = (time.perf_counter() - t0) * 1000.0
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._connected -= 1
+            log.info(
+                "%s disconnected %s",
+                name,
+                json.dumps(stats.summary()),
+                extra={"client_stats": stats.summary()},
+            )
+
+    async def _answer(
+        self, message: str | bytes, history: _History, stats: _ClientStats, prev_total_ms: float | None
+    ) -> bytes | str:
+        """The reply to one frame: packed actions (bytes) or an error text."""
+        stats.bytes_in += len(message)
+        try:
+            if self._closing:
+                raise protocol.ProtocolError("server shutting down; request not processed")
+            if isinstance(message, str):
+                raise protocol.ProtocolError("expected a binary msgpack frame, got a text frame")
+            obs = protocol.parse_observation(codec.unpackb(message), self.specs, self.default_embodiment)
+            window = history.window(obs)
+            result = await self._infer(window)
+        except (codec.CodecError, protocol.ProtocolError, InferenceError) as e:
+            stats.errors += 1
+            return f"openlbm server error: {e}"
+        except Exception:  # a bug of ours: tell the client (openpi sends tracebacks too) and keep serving
+            stats.errors += 1
+            log.exception("unexpected error while answering a request")
+            return "openlbm server internal error:\n" + traceback.format_exc()
+        stats.requests += 1
+        stats.infer_ms_total += result.infer_ms
+        timing: dict[str, Any] = {
+            "infer_ms": result.infer_ms,
+            "queue_ms": result.queue_ms,
+            "batch_size": result.batch_size,
+        }
+        if prev_total_ms is not None:
+            timing["prev_total_ms"] = prev_total_ms
+        return codec.packb(
+            {protocol.ACTIONS_KEY: np.ascontiguousarray(result.actions), protocol.TIMING_KEY: timing}
+        )
+
+    async def _infer(self, window: _Window) -> Any:
+        key = (window.embodiment, tuple((c, a.shape) for c, a in window.images.items()), window.state.shape)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self.worker.submit(window, key)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def serve(self, stop: asyncio.Event, ready: threading.Event | None = None) -> None:
+        """Serve until ``stop`` is set, then shut down gracefully (in-flight requests finish first)."""
+        self._idle.set()
+        self.worker.start()
+        try:
+            async with websockets.serve(
+                self._handle,
+                self.cfg.host,
+                self.cfg.port,
+                process_request=self._process_request,
+                max_size=self.cfg.max_message_bytes,
+                max_queue=4,
+                compression=None,
+            ) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                log.info("serving on ws://%s:%d (max_batch=%d)", self.cfg.host, self.port, self.cfg.max_batch)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                log.info("shutting down: waiting for %d in-flight request(s)", self._in_flight)
+                self._closing = True
+                server.server.close()  # stop accepting; open connections stay until their requests finish
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), self.cfg.shutdown_timeout_s)
+                server.close(close_connections=True)
+                await server.wait_closed()
+        finally:
+            await asyncio.to_thread(self.worker.stop)
+            log.info("server stopped")
+
+    def run(self) -> None:
+        """Blocking entry point for ``lbm serve``: serve until SIGINT/SIGTERM."""
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await self.serve(stop)
+
+        asyncio.run(main())
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    policy: torch.nn.Module, cfg: ServerConfig, device: str | torch.device = "cpu"
+) -> Iterator[PolicyServer]:
+    """Run a server on a background thread (tests, benchmarks, notebooks); graceful stop on exit."""
+    server = PolicyServer(policy, cfg, device)
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            loop.run_until_complete(server.serve(stop, ready))
+        except BaseException as e:  # surfaced to the caller below
+            errors.append(e)
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=target, name="openlbm-server", daemon=True)
+    thread.start()
+    ready.wait(60)
+    if errors:
+        raise errors[0]
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(RuntimeError):  # loop already gone if serve() failed
+            loop.call_soon_threadsafe(stop.set)
+        thread.join(cfg.shutdown_timeout_s + 10)

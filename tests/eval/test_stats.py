@@ -1,0 +1,135 @@
+"""Statistics against published values, SciPy, and hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from openlbm.eval import stats as S
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "wilson", "cp"),
+    [
+        # Newcombe (1998), Statistics in Medicine 17:857, Table I (methods 3 and 5).
+        (81, 263, (0.2553, 0.3662), (0.2527, 0.3676)),
+        (15, 148, (0.0624, 0.1605), (0.0578, 0.1617)),
+        (0, 20, (0.0000, 0.1611), (0.0000, 0.1684)),
+        (1, 29, (0.0061, 0.1718), (0.0009, 0.1776)),
+    ],
+)
+def test_intervals_match_newcombe(k: int, n: int, wilson: tuple, cp: tuple) -> None:
+    assert S.wilson_interval(k, n) == pytest.approx(wilson, abs=6e-5)
+    assert S.clopper_pearson_interval(k, n) == pytest.approx(cp, abs=6e-5)
+
+
+def test_interval_edges_and_bad_input() -> None:
+    assert S.wilson_interval(10, 10)[1] == 1.0
+    assert S.wilson_interval(0, 0) == (0.0, 1.0)
+    # 0 of n: Clopper-Pearson upper bound is 1 - (alpha/2)^(1/n) exactly.
+    assert S.clopper_pearson_interval(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), rel=1e-9)
+    with pytest.raises(ValueError, match="successes"):
+        S.wilson_interval(5, 4)
+
+
+def test_posterior_summary() -> None:
+    post = S.BetaPosterior.from_counts(7, 10)  # Beta(8, 4)
+    assert (post.alpha, post.beta) == (8, 4)
+    assert post.mean == pytest.approx(8 / 12)
+    lo, hi = post.credible_interval()
+    assert (lo, hi) == pytest.approx(scipy.stats.beta(8, 4).ppf([0.025, 0.975]))
+
+
+@pytest.mark.parametrize(("a", "b"), [((40, 50), (30, 50)), ((3, 5), (4, 5)), ((0, 10), (0, 10)), ((50, 50), (1, 50))])
+def test_prob_greater_exact_matches_quadrature_and_sampling(a: tuple, b: tuple) -> None:
+    pa, pb = S.BetaPosterior.from_counts(*a), S.BetaPosterior.from_counts(*b)
+    exact = pa.prob_greater(pb)
+    assert exact == pytest.approx(S.prob_greater_quad(pa, pb), abs=1e-7)
+    rng = np.random.default_rng(0)
+    mc = np.mean(rng.beta(pa.alpha, pa.beta, 200_000) > rng.beta(pb.alpha, pb.beta, 200_000))
+    assert exact == pytest.approx(mc, abs=5e-3)
+    assert exact + pb.prob_greater(pa) == pytest.approx(1.0, abs=1e-9)  # continuous: ties have probability 0
+
+
+def test_prob_greater_symmetric_case_is_half() -> None:
+    p = S.BetaPosterior.from_counts(12, 20)
+    assert p.prob_greater(p) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_fisher_matches_hand_computed_hypergeometric() -> None:
+    # A: 6/8 vs B: 1/5; column totals 8, 5; 7 successes in all. P(table) = C(8,k) C(5,7-k) / C(13,7).
+    probs = {k: math.comb(8, k) * math.comb(5, 7 - k) / math.comb(13, 7) for k in range(2, 8)}
+    p_obs = probs[6]
+    hand = sum(p for p in probs.values() if p <= p_obs * (1 + 1e-9))
+    assert S.fisher_pvalue(6, 8, 1, 5) == pytest.approx(hand, rel=1e-12)
+    assert S.fisher_pvalue(6, 8, 1, 5) == pytest.approx(0.10256410256410256, rel=1e-12)  # SciPy docs' example
+
+
+def test_barnard_matches_scipy_and_is_more_powerful_than_fisher() -> None:
+    res = scipy.stats.barnard_exact([[7, 12], [8, 3]], alternative="two-sided")
+    assert S.barnard_pvalue(7, 15, 12, 15) == pytest.approx(res.pvalue, rel=1e-9)
+    assert S.barnard_pvalue(7, 15, 12, 15) < S.fisher_pvalue(7, 15, 12, 15)
+    assert S.barnard_pvalue(20, 20, 20, 20) == 1.0
+
+
+def test_mcnemar_exact_hand_computed() -> None:
+    # 1 vs 9 discordant: two-sided sign test = 2 * (C(10,0) + C(10,1)) / 2^10.
+    assert S.mcnemar_exact_pvalue(1, 9) == pytest.approx(2 * 11 / 1024, rel=1e-12)
+    assert S.mcnemar_exact_pvalue(0, 0) == 1.0
+    assert S.mcnemar_exact_pvalue(5, 5) == 1.0
+
+
+def test_holm_and_bh() -> None:
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Holm by hand: sorted .005*4=.02, .01*3=.03, .03*2=.06, .04*1=.04 -> running max .06.
+    assert S.holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert S.benjamini_hochberg(p) == pytest.approx(scipy.stats.false_discovery_control(p, method="bh"))
+    rng = np.random.default_rng(1)
+    q = rng.random(17).tolist()
+    assert S.benjamini_hochberg(q) == pytest.approx(scipy.stats.false_discovery_control(q, method="bh"))
+    with pytest.raises(ValueError, match="correction"):
+        S.adjust(p, "bonferonni")  # type: ignore[arg-type]
+
+
+def _outcomes(rates: dict[str, tuple[float, float]], n: int, seed: int = 0) -> tuple[dict, dict]:
+    rng = np.random.default_rng(seed)
+    a, b = {}, {}
+    for task, (ra, rb) in rates.items():
+        a[task] = {s: bool(x) for s, x in enumerate(rng.random(n) < ra)}
+        b[task] = {s: bool(x) for s, x in enumerate(rng.random(n) < rb)}
+    return a, b
+
+
+def test_compare_verdicts_paired() -> None:
+    a, b = _outcomes({"t1": (0.2, 0.95), "t2": (0.95, 0.2), "t3": (0.6, 0.6)}, n=50)
+    c = S.compare(a, b)
+    verdicts = {t.task: t.verdict for t in c.tasks}
+    assert verdicts == {"t1": "better", "t2": "worse", "t3": "no significant difference"}
+    assert all(t.test == "mcnemar" for t in c.tasks)
+    t1 = c.tasks[0]
+    assert t1.p_value == pytest.approx(S.mcnemar_exact_pvalue(t1.a_only, t1.b_only))
+    assert t1.p_adjusted >= t1.p_value
+    assert t1.prob_b_better > 0.99
+    assert c.overall.n_pairs == 150 and c.overall.task == "overall"
+
+
+def test_compare_unpaired_falls_back_to_barnard_and_correction_matters() -> None:
+    a = {"t1": {s: s < 30 for s in range(50)}, "t2": {s: s < 30 for s in range(50)}}
+    b = {"t1": {100 + s: s < 40 for s in range(50)}, "t2": {100 + s: s < 30 for s in range(50)}}
+    raw = S.compare(a, b, correction="none")
+    assert raw.tasks[0].test == "barnard" and raw.tasks[0].p_mcnemar is None
+    p1 = raw.tasks[0].p_value
+    assert p1 == pytest.approx(S.barnard_pvalue(30, 50, 40, 50))
+    assert 0.025 < p1 < 0.05  # significant alone ...
+    assert raw.tasks[0].verdict == "better"
+    holm = S.compare(a, b, correction="holm")
+    assert holm.tasks[0].p_adjusted == pytest.approx(min(1.0, 2 * p1))  # ... but not after Holm over 2 tasks
+    assert holm.tasks[0].verdict == "no significant difference"
+
+
+def test_compare_rejects_disjoint_tasks() -> None:
+    with pytest.raises(ValueError, match="share no task"):
+        S.compare({"x": {0: True}}, {"y": {0: True}})

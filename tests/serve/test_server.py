@@ -1,0 +1,215 @@
+"""The server with our client: answers, validation, auth/health, batching, shutdown, history, RemotePolicy."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+import websockets
+import websockets.sync.client as wsc
+
+from openlbm.serve import codec, protocol
+from openlbm.serve.client import PolicyClient, RemotePolicy, ServerError
+from openlbm.serve.server import ServerConfig, _History, serve_in_thread
+from openlbm.types import EnvFrame, observation_from_frames
+
+Request = Callable[[int], dict]
+
+
+@pytest.fixture(scope="module")
+def server(policy: torch.nn.Module):
+    with serve_in_thread(policy, ServerConfig(port=0, max_message_bytes=512 * 1024)) as srv:
+        yield srv
+
+
+def test_client_gets_metadata_and_the_policys_chunk(
+    server, policy, random_request: Request, expected_chunk
+) -> None:
+    with PolicyClient(f"127.0.0.1:{server.port}") as client:
+        meta = client.metadata
+        emb = policy.embodiments[0]
+        assert meta["default_embodiment"] == emb.name and meta["horizon"] == policy.config.horizon
+        assert meta["n_action_steps"] == policy.config.n_action_steps
+        spec = meta["embodiments"][emb.name]
+        assert spec["observation"]["observation/state"] == {"shape": [emb.state_dim], "dtype": "float32"}
+        assert spec["action"] == {
+            "key": "actions",
+            "shape": [policy.config.horizon, emb.action_dim],
+            "dtype": "float32",
+        }
+        req = random_request(0)
+        client.reset()  # a fresh episode: the window is padded exactly like expected_chunk's
+        out = client.infer(req)
+    assert out["actions"].dtype == np.float32
+    np.testing.assert_allclose(out["actions"], expected_chunk(req), rtol=1e-4, atol=1e-5)
+    assert out["server_timing"]["infer_ms"] > 0 and out["server_timing"]["batch_size"] == 1
+
+
+def test_every_kind_of_bad_frame_gets_an_error_and_the_connection_stays_usable(
+    server, random_request: Request
+) -> None:
+    req = random_request(1)
+    packed = codec.packb(req)
+    img_key = next(k for k in req if k.startswith("observation/images/"))
+    bad: dict[str, bytes | str] = {
+        "truncated": packed[:-7],
+        "garbage": b"\xc1garbage",
+        "text frame": '{"json": "instead"}',
+        "not a map": msgpack.packb(["a", 1]),
+        "ext type": msgpack.packb({"x": msgpack.ExtType(3, b"\x80\x04")}),
+        "object dtype": msgpack.packb(
+            {b"__ndarray__": True, b"data": b"\x00" * 8, b"dtype": "|O", b"shape": [1]}
+        ),
+        "missing key": codec.packb({k: v for k, v in req.items() if k != "observation/state"}),
+        "extra key": codec.packb({**req, "observation/velocity": np.zeros(3, np.float32)}),
+        "wrong dtype": codec.packb({**req, img_key: req[img_key].astype(np.float32)}),
+        "wrong shape": codec.packb({**req, img_key: req[img_key][:, :-1]}),
+        "oversized image": codec.packb({**req, img_key: np.zeros((200, 200, 3), np.uint8)}),
+        "nan state": codec.packb({**req, "observation/state": req["observation/state"] * np.nan}),
+        "bad prompt": codec.packb({**req, "prompt": 3}),
+    }
+    with wsc.connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+        ws.recv(timeout=30)
+        for name, frame in bad.items():
+            ws.send(frame)
+            reply = ws.recv(timeout=30)
+            assert isinstance(reply, str) and reply.startswith("openlbm server error"), (name, reply)
+            ws.send(packed)
+            assert isinstance(ws.recv(timeout=30), bytes), f"connection unusable after {name}"
+
+
+def test_message_over_the_size_bound_closes_only_that_connection(server, random_request: Request) -> None:
+    with (
+        PolicyClient(f"127.0.0.1:{server.port}") as other,
+        wsc.connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws,
+    ):
+        ws.recv(timeout=30)
+        ws.send(b"\x00" * (600 * 1024))
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            ws.recv(timeout=30)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        assert other.infer(random_request(2))["actions"].ndim == 2
+
+
+def test_api_key_health_and_metadata_endpoints(policy, random_request: Request) -> None:
+    with serve_in_thread(policy, ServerConfig(port=0, api_key="k")) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as r:  # no key needed
+            assert r.status == 200 and r.read() == b"OK\n"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/metadata", timeout=10)
+        assert info.value.code == 401
+        info.value.close()  # an unread error response would hold its socket open until the server's close timeout
+        req = urllib.request.Request(base + "/metadata", headers={"Authorization": "Api-Key k"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["horizon"] == policy.config.horizon
+        for key in (None, "wrong"):
+            with pytest.raises(ServerError, match="unauthorized"):
+                PolicyClient(f"127.0.0.1:{srv.port}", api_key=key, connect_timeout_s=5)
+        with PolicyClient(f"ws://127.0.0.1:{srv.port}", api_key="k") as client:
+            assert client.infer(random_request(0))["actions"].shape[0] == policy.config.horizon
+
+
+def test_dynamic_batching_gives_the_unbatched_answers(
+    policy, random_request: Request, expected_chunk
+) -> None:
+    n = 6
+    reqs = [random_request(10 + i) for i in range(n)]
+    with serve_in_thread(policy, ServerConfig(port=0, max_batch=n, max_wait_ms=200)) as srv:
+        clients = [PolicyClient(f"127.0.0.1:{srv.port}") for _ in range(n)]
+        for c, r in zip(clients, reqs, strict=True):  # all in flight before any reply is read
+            c.send(r)
+        outs = [c.recv() for c in clients]
+        for c in clients:
+            c.close()
+        assert srv.worker.batches < n, "concurrent requests were never batched"
+    assert max(o["server_timing"]["batch_size"] for o in outs) > 1
+    for o, r in zip(outs, reqs, strict=True):
+        np.testing.assert_allclose(o["actions"], expected_chunk(r), rtol=1e-4, atol=1e-5)
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(policy, random_request: Request) -> None:
+    # A long batching window keeps the request in flight while the stop arrives.
+    ctx = serve_in_thread(policy, ServerConfig(port=0, max_batch=8, max_wait_ms=1500))
+    srv = ctx.__enter__()
+    busy, idle = PolicyClient(f"127.0.0.1:{srv.port}"), PolicyClient(f"127.0.0.1:{srv.port}")
+    busy.send(random_request(0))
+    deadline = time.monotonic() + 10
+    while srv._in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert srv._in_flight == 1
+    stopper = threading.Thread(target=ctx.__exit__, args=(None, None, None))
+    stopper.start()
+    assert busy.recv()["actions"].ndim == 2  # answered, not dropped
+    stopper.join(30)
+    assert not stopper.is_alive()
+    for c in (busy, idle):
+        with pytest.raises(websockets.ConnectionClosed):
+            c._ws.recv(timeout=5)
+    with pytest.raises(ConnectionError):
+        PolicyClient(f"127.0.0.1:{srv.port}", connect_timeout_s=1)
+
+
+def _parsed(seed: int, reset: bool = False) -> protocol.ParsedObservation:
+    rng = np.random.default_rng(seed)
+    return protocol.ParsedObservation(
+        "e",
+        {"c": rng.integers(0, 255, (2, 2, 3), dtype=np.uint8)},
+        rng.normal(size=3).astype(np.float32),
+        "p",
+        reset,
+    )
+
+
+def test_history_pads_before_the_episode_start_and_resets() -> None:
+    hist = _History(3)
+    w = hist.window(_parsed(0))
+    assert (
+        w.is_pad.tolist() == [True, True, False]
+        and w.state.shape == (3, 3)
+        and w.images["c"].shape == (3, 2, 2, 3)
+    )
+    np.testing.assert_array_equal(w.state[0], w.state[2])  # padding repeats the first frame
+    hist.window(_parsed(1))
+    w = hist.window(_parsed(2))
+    assert w.is_pad.tolist() == [False, False, False]
+    np.testing.assert_array_equal(w.state, np.stack([_parsed(i).state for i in range(3)]))
+    w = hist.window(_parsed(3, reset=True))
+    assert w.is_pad.tolist() == [True, True, False]
+
+
+def _frames(step: int, b: int, policy) -> list[EnvFrame]:
+    emb = policy.embodiments[0]
+    frames = []
+    for i in range(b):
+        rng = np.random.default_rng(100 * step + i)
+        images = {c: rng.integers(0, 256, (*emb.image_size, 3), dtype=np.uint8) for c in emb.cameras}
+        frames.append(EnvFrame(images, rng.normal(size=emb.state_dim).astype(np.float32), f"task {i}"))
+    return frames
+
+
+def test_remote_policy_matches_in_process_select_action(server, policy) -> None:
+    emb = policy.embodiments[0]
+    with RemotePolicy(f"ws://127.0.0.1:{server.port}") as remote:
+        assert remote.embodiment == emb and remote.n_action_steps == policy.config.n_action_steps
+        policy.reset()
+        remote.reset()
+        steps = policy.config.n_action_steps + 2
+        for t in range(steps):
+            if t == steps - 1:  # an episode restart in slot 1 only
+                policy.reset([1])
+                remote.reset([1])
+            obs = observation_from_frames(_frames(t, 2, policy), emb.name)
+            with torch.inference_mode():
+                want = policy.select_action(obs)
+            got = remote.select_action(obs)
+            assert got.shape == (2, emb.action_dim) and got.dtype == torch.float32
+            torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-5)
