@@ -1,0 +1,283 @@
+"""Atomic, exactly-resumable training checkpoints (safetensors + JSON only; nothing is pickled).
+
+Layout of one checkpoint ``run_dir/checkpoints/step_00001000/``::
+
+    policy/                  LBMPolicy.save() of the EMA weights: what eval / serve / init_from load
+    model.safetensors        raw (non-EMA) trained weights, full (unsharded) state dict
+    optimizer.safetensors    AdamW moments, keyed ``state/<param name>/<key>``
+    optimizer.json           param groups (hyper-parameters and parameter names) + non-tensor state
+    ema.safetensors          EMA weights and buffers (when EMA is on)
+    rng_rank<r>.safetensors  torch CPU (+ CUDA) and numpy generator states of rank r
+    rank<r>.json             python ``random`` state, numpy scalars and the sampler state of rank r
+    trainer.json             step, samples seen, world size
+
+A checkpoint is written into ``checkpoints/.tmp_step_XXXXXXXX`` and renamed into place only when complete, then
+``checkpoints/latest`` (a one-line text file naming the step dir) is replaced atomically. A crash at any moment
+leaves the previous checkpoint and ``latest`` intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from openlbm.train import distributed as dist_utils
+
+log = logging.getLogger(__name__)
+
+CKPT_PREFIX = "step_"
+LATEST = "latest"
+POLICY_DIR = "policy"
+
+
+def step_dir_name(step: int) -> str:
+    return f"{CKPT_PREFIX}{step:08d}"
+
+
+# -- RNG ---------------------------------------------------------------------------------------------------------------
+def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Every global generator's state as (tensors, JSON-able values)."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["numpy_keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, pystate, gauss_next = random.getstate()
+    values = {
+        "numpy": {"name": name, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": list(pystate), "gauss_next": gauss_next},
+    }
+    return tensors, values
+
+
+def set_rng_state(tensors: dict[str, Tensor], values: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    n = values["numpy"]
+    keys = tensors["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = values["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+# -- optimizer <-> safetensors + JSON ----------------------------------------------------------------------------------
+def _flatten_optimizer(osd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for name, state in osd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"state/{name}/{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(name, {})[key] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in osd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalar_state": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, rest = key.split("/", 1)
+        name, field_name = rest.rsplit("/", 1)
+        state.setdefault(name, {})[field_name] = value
+    for name, scalars in meta["scalar_state"].items():
+        state.setdefault(name, {}).update(scalars)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+# -- save ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """What the loop needs to continue exactly where a checkpoint left off."""
+
+    step: int
+    """Optimizer steps completed."""
+    samples_seen: int = 0
+    """Global samples consumed so far."""
+    sampler: dict[str, Any] = field(default_factory=dict)
+    """This rank's sampler ``state_dict()`` (JSON-able)."""
+
+
+def save_checkpoint(
+    ckpt_root: Path,
+    state: TrainState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema_state: dict[str, Tensor] | None,
+    export_policy: Any,
+    keep_last_k: int,
+) -> Path:
+    """Write one checkpoint atomically. Collective: every rank must call it (``model`` is the unwrapped module).
+
+    ``export_policy`` (an ``LBMPolicy``, normally the EMA copy) is saved to ``policy/`` by rank 0.
+    """
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    final = ckpt_root / step_dir_name(state.step)
+    tmp = ckpt_root / f".tmp_{step_dir_name(state.step)}"
+    # Gathering full state dicts is a collective under FSDP, so every rank takes part before rank 0 writes.
+    model_sd, optim_sd = get_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if rank == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist_utils.barrier()
+    rng_tensors, rng_values = rng_state()
+    save_file(rng_tensors, str(tmp / f"rng_rank{rank}.safetensors"))
+    _write_json(tmp / f"rank{rank}.json", {"rng": rng_values, "sampler": state.sampler})
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optim_sd)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        _write_json(tmp / "optimizer.json", opt_meta)
+        if ema_state is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
+        export_policy.save(tmp / POLICY_DIR)
+    dist_utils.barrier()
+    if rank == 0:
+        _write_json(tmp / "trainer.json", {"step": state.step, "samples_seen": state.samples_seen, "world_size": world})
+        if final.exists():  # re-saving the same step after a resume: swap out the old copy
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(ckpt_root / LATEST, final.name + "\n")
+        prune_checkpoints(ckpt_root, keep_last_k)
+    dist_utils.barrier()
+    return final
+
+
+def prune_checkpoints(ckpt_root: Path, keep_last_k: int) -> list[Path]:
+    """Delete all but the newest ``keep_last_k`` step dirs (never the one ``latest`` names) and stale temp dirs."""
+    steps = list_checkpoints(ckpt_root)
+    latest = read_latest(ckpt_root)
+    removed = []
+    for d in steps[:-keep_last_k] if keep_last_k > 0 else steps:
+        if latest is not None and d == latest:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    for d in ckpt_root.glob(f".tmp_{CKPT_PREFIX}*"):
+        shutil.rmtree(d, ignore_errors=True)
+    return removed
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete step dirs, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    dirs = [d for d in ckpt_root.iterdir() if d.is_dir() and d.name.startswith(CKPT_PREFIX)]
+    return sorted(dirs, key=lambda d: d.name)
+
+
+def read_step(ckpt_dir: Path) -> int:
+    """The optimizer step a checkpoint dir was written at."""
+    return int(_read_json(ckpt_dir / "trainer.json")["step"])
+
+
+def read_latest(ckpt_root: Path) -> Path | None:
+    f = ckpt_root / LATEST
+    if not f.is_file():
+        steps = list_checkpoints(ckpt_root)
+        return steps[-1] if steps else None
+    d = ckpt_root / f.read_text().strip()
+    if not d.is_dir():
+        raise FileNotFoundError(f"{f} names {d.name}, which does not exist")
+    return d
+
+
+# -- load ----------------------------------------------------------------------------------------------------------------
+def load_checkpoint(
+    ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: Any | None
+) -> TrainState:
+    """Restore model, optimizer and EMA (every rank reads the files); returns the train state of this rank.
+
+    RNG states are *not* applied here: call :func:`restore_rng` once the data iterator exists, because creating a
+    DataLoader iterator draws from the torch generator.
+    """
+    trainer = _read_json(ckpt_dir / "trainer.json")
+    if trainer["world_size"] != dist_utils.world_size():
+        raise ValueError(
+            f"checkpoint {ckpt_dir} was written with world_size={trainer['world_size']}, this run has "
+            f"{dist_utils.world_size()}: exact resume needs the same number of processes"
+        )
+    model_sd = load_file(str(ckpt_dir / "model.safetensors"))
+    optim_sd = _unflatten_optimizer(load_file(str(ckpt_dir / "optimizer.safetensors")), _read_json(ckpt_dir / "optimizer.json"))
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(set(own) - set(model_sd)), sorted(set(model_sd) - set(own))
+    shapes = [f"{k}: {tuple(v.shape)} vs {own[k]}" for k, v in model_sd.items() if k in own and tuple(v.shape) != own[k]]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"checkpoint {ckpt_dir} does not match this model: missing {missing[:10]}, unexpected {unexpected[:10]}, "
+            f"shape mismatches (checkpoint vs model) {shapes[:10]} (was the policy config changed since this run started?)"
+        )
+    set_state_dict(
+        model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+        options=StateDictOptions(full_state_dict=True),
+    )
+    if ema is not None:
+        ema_file = ckpt_dir / "ema.safetensors"
+        if not ema_file.is_file():
+            raise FileNotFoundError(f"{ema_file} missing: the checkpoint was written with EMA disabled")
+        ema.load_state_dict(load_file(str(ema_file)))
+        ema.updates = trainer["step"]
+    rank_state = _read_json(ckpt_dir / f"rank{dist_utils.rank()}.json")
+    return TrainState(step=trainer["step"], samples_seen=trainer["samples_seen"], sampler=rank_state["sampler"])
+
+
+def restore_rng(ckpt_dir: Path) -> None:
+    r = dist_utils.rank()
+    set_rng_state(load_file(str(ckpt_dir / f"rng_rank{r}.safetensors")), _read_json(ckpt_dir / f"rank{r}.json")["rng"])
+
+
+def resolve_policy_dir(path: Path | str) -> Path:
+    """A policy dir (``config.json`` + ``model.safetensors``) from a run dir, a checkpoint dir or a policy dir."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist (expected a run dir, a checkpoint dir or a policy dir)")
+    if (p / "model.safetensors").is_file() and (p / "config.json").is_file() and not (p / "trainer.json").exists():
+        return p
+    if (p / POLICY_DIR / "model.safetensors").is_file():
+        return p / POLICY_DIR
+    ckpt_root = p / "checkpoints"
+    if ckpt_root.is_dir():
+        latest = read_latest(ckpt_root)
+        if latest is not None and (latest / POLICY_DIR / "model.safetensors").is_file():
+            return latest / POLICY_DIR
+        raise FileNotFoundError(f"run dir {p} has no complete checkpoint yet under {ckpt_root}")
+    raise FileNotFoundError(
+        f"{p} is not a policy dir (config.json + model.safetensors), a checkpoint dir (policy/) or a run dir "
+        "(checkpoints/latest)"
+    )
+
+
+# -- small file helpers --------------------------------------------------------------------------------------------------
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1))
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} is missing (incomplete or foreign checkpoint dir)")
+    return json.loads(path.read_text())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,329 @@
+"""The training loop, readable top to bottom: setup -> data -> policy -> optimizer -> (resume) -> loop -> save.
+
+Single process (``lbm train ...``) or one process per device under torchrun; only rank 0 logs and writes files.
+
+Loss averaging: every rank's micro-batch loss is a masked mean over its own valid action elements. To get the
+mean over the *global* batch (so that N ranks x M micro-batches give exactly the gradient of one big batch), each
+micro-batch loss is weighted by ``its valid-element count * world_size / global valid-element count`` before
+backward; DDP/FSDP then average the gradients over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from openlbm.configs.train import EMAConfig
+from openlbm.train import checkpoint as ckpt
+from openlbm.train import distributed as dist_utils
+from openlbm.train.config import TrainConfig
+from openlbm.train.ema import EMA
+from openlbm.train.metrics import Meter, MetricsLogger, NullLogger
+from openlbm.train.optim import build_optimizer, set_lr
+from openlbm.types import Batch
+
+log = logging.getLogger(__name__)
+
+EvalFn = Callable[[Any, int], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient norm became NaN/inf; training stopped before the optimizer step."""
+
+
+class LossModule(nn.Module):
+    """``forward(batch) = policy.compute_loss(batch)``, so that DDP's gradient hooks see the training call."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        return self.policy.compute_loss(batch)
+
+
+def loss_weight(batch: Batch) -> Tensor:
+    """Number of action elements the policy's masked-mean loss averages over (valid steps x real action dims)."""
+    valid_steps = (~batch.action_is_pad).sum(dim=1)  # [B]
+    real_dims = batch.action_dim_mask.sum(dim=1)  # [B]
+    return (valid_steps * real_dims).sum().to(torch.float64)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _batch_where(batch: Batch) -> str:
+    parts = []
+    for key in ("episode_index", "index", "dataset"):
+        v = batch.meta.get(key)
+        if v is not None:
+            v = v.tolist() if isinstance(v, Tensor) else list(v)
+            parts.append(f"{key}={v[:16]}{'...' if len(v) > 16 else ''}")
+    return ", ".join(parts) or "(batch.meta has no indices)"
+
+
+def train_step(
+    model: nn.Module,
+    micro_batches: list[Batch],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    step: int,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> dict[str, float]:
+    """One optimizer step over this rank's micro-batches; returns metrics averaged over the global batch.
+
+    Raises :class:`NonFiniteLossError` (naming the step and the batch's episode/frame indices) before touching
+    the weights when the loss or the gradient norm is not finite.
+    """
+    world = dist_utils.world_size()
+    weights = [loss_weight(b) for b in micro_batches]
+    total = dist_utils.all_reduce_sum(torch.stack(weights).sum().to(micro_batches[0].action.device))
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=total.device)
+    metric_sums: dict[str, float] = {}
+    for i, (batch, w) in enumerate(zip(micro_batches, weights, strict=True)):
+        last = i == len(micro_batches) - 1
+        # DDP all-reduces gradients on every backward unless told otherwise: only sync on the last micro-batch.
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast or contextlib.nullcontext():
+                loss, metrics = model(batch)
+            if not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at step {step} (micro-batch {i}, rank {dist_utils.rank()}); batch: "
+                    f"{_batch_where(batch)}. Stopped before the optimizer step; the last good checkpoint is kept."
+                )
+            scale = (w.to(total.device) * world / total).to(loss.dtype)
+            (loss * scale).backward()
+        loss_sum += loss.detach().to(torch.float64) * w.to(total.device)
+        for k, v in metrics.items():
+            metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / len(micro_batches)
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    if not torch.isfinite(grad_norm):
+        raise NonFiniteLossError(
+            f"gradient norm is {grad_norm.item()} at step {step}; batches: "
+            + "; ".join(_batch_where(b) for b in micro_batches)
+            + ". Stopped before the optimizer step; the last good checkpoint is kept."
+        )
+    optimizer.step()
+    loss_global = dist_utils.all_reduce_sum(loss_sum) / total
+    return {**metric_sums, "loss": float(loss_global), "grad_norm": float(grad_norm)}
+
+
+def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo) -> Path | None:
+    """Create the run dir (rank 0); return the checkpoint to resume from, if any."""
+    run_dir, ckpt_root = cfg.run_dir, cfg.run_dir / "checkpoints"
+    latest = ckpt.read_latest(ckpt_root) if ckpt_root.is_dir() else None
+    if latest is None and (run_dir / "metrics.jsonl").exists() and not cfg.resume:
+        raise FileExistsError(f"run dir {run_dir} already holds a run: pass --resume or choose another --run-dir")
+    if latest is not None and not cfg.resume:
+        raise FileExistsError(
+            f"run dir {run_dir} already has checkpoints (latest {latest.name}): pass --resume to continue it or "
+            "choose another --run-dir"
+        )
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists():
+            # Rows logged after the checkpoint we resume from will be logged again: drop them.
+            last = ckpt.read_step(latest) if latest is not None else 0
+            keep = [r for r in metrics.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= last]
+            metrics.write_text("".join(r + "\n" for r in keep))
+        cfg.save(run_dir / "config.json")
+    dist_utils.barrier()
+    return latest
+
+
+def build_policy(cfg: TrainConfig, data: Any, device: torch.device) -> nn.Module:
+    """``cfg.policy.build`` over the data's embodiments and stats, optionally initialised from a pretrained one."""
+    policy = cfg.policy.build(data.embodiments, data.stats)
+    if cfg.init_from is not None:
+        report = policy.init_from(ckpt.resolve_policy_dir(cfg.init_from))
+        log.info("initialised from %s: %s", cfg.init_from, report)
+    return policy.to(device).train()
+
+
+def sample_seeds(seed: int, consumed: int, batch_size: int, rank: int, world_size: int) -> Tensor:
+    """A seed per sample, a pure function of (run seed, the sample's position in the *global* stream).
+
+    The sampler gives rank ``r`` global positions ``r, r + W, ...``, so this rank's local positions
+    ``consumed - B .. consumed - 1`` map to ``p * W + r``. Policies that draw their training noise per sample
+    from ``batch.meta["sample_seed"]`` then give the same gradients however the global batch is split over ranks
+    and micro-batches. (splitmix64 finaliser, kept to 63 bits for int64.)
+    """
+    pos = np.arange(consumed - batch_size, consumed, dtype=np.uint64) * np.uint64(world_size) + np.uint64(rank)
+    with np.errstate(over="ignore"):
+        z = pos + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z & np.uint64(2**63 - 1)).astype(np.int64))
+
+
+def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dist_utils.DistInfo) -> tuple[list[Batch], float]:
+    """Next ``n`` micro-batches on the device (tagged with per-sample seeds) and the seconds spent waiting."""
+    out, waited = [], 0.0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        batch = next(it)
+        waited += time.perf_counter() - t0
+        batch.meta["sample_seed"] = sample_seeds(
+            cfg.seed, data.sampler.consumed, batch.batch_size, info.rank, info.world_size
+        )
+        out.append(batch.to(info.device, non_blocking=True))
+    return out, waited
+
+
+def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> Path:
+    """Train ``cfg.policy`` on ``cfg.data``; returns the run dir. ``eval_fn(ema_policy, step) -> metrics``."""
+    info = dist_utils.setup(cfg.device)
+    try:
+        return _train(cfg, info, eval_fn)
+    finally:
+        dist_utils.cleanup()
+
+
+def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None) -> Path:
+    # -- setup: seeds, run dir, data, policy ---------------------------------------------------------------------
+    seed_everything(cfg.seed, cfg.deterministic)
+    _limit_cpu_threads(cfg, info)
+    resume_from = _prepare_run_dir(cfg, info)
+    micro_bs = cfg.micro_batch_size(info.world_size)
+    data = cfg.data.build(
+        None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=micro_bs, seed=cfg.seed,
+        rank=info.rank, world_size=info.world_size,
+    )
+    policy = build_policy(cfg, data, info.device)
+    # FSDP shards the live weights, so the exported (saved/evaluated) copy must be a separate whole module.
+    ema_cfg = cfg.ema if cfg.ema.enabled else (EMAConfig(decay=0.0) if cfg.distributed == "fsdp" else None)
+    ema = EMA(policy, ema_cfg) if ema_cfg is not None else None
+    # FSDP replaces parameters with sharded DTensors, so the optimizer is built after wrapping.
+    model = _wrap(policy, cfg, info)
+    optimizer = build_optimizer(
+        policy.param_groups(weight_decay=cfg.optim.weight_decay, encoder_lr_mult=cfg.optim.encoder_lr_mult),
+        cfg.optim, policy,
+    )
+
+    # -- resume: weights, optimizer, EMA, sampler; RNG after the loader iterator exists ----------------------------
+    state = ckpt.TrainState(step=0)
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, policy, optimizer, ema)
+        data.sampler.load_state_dict(state.sampler)
+        log.info("resuming from %s (step %d)", resume_from, state.step)
+    loader = data.loader()
+    it = iter(loader)
+    if resume_from is not None:
+        ckpt.restore_rng(resume_from)
+    else:
+        seed_everything(cfg.seed + 1 + info.rank, cfg.deterministic)
+
+    logger = MetricsLogger(cfg.run_dir, cfg.log, cfg.steps, state.step, cfg.to_dict()) if info.is_main else NullLogger()
+    autocast = None
+    if cfg.precision == "bf16" and info.device.type == "cuda":
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    export = ema.module if ema is not None else policy
+    meter, step = Meter(), state.step
+    checked = False
+
+    def save() -> Path:
+        state.step, state.sampler = step, _sampler_state(data)
+        return ckpt.save_checkpoint(
+            cfg.run_dir / "checkpoints", state, policy, optimizer,
+            ema.state_dict() if ema is not None else None, export, cfg.checkpoint.keep_last_k,
+        )
+
+    # -- the loop ------------------------------------------------------------------------------------------------------
+    try:
+        while step < cfg.steps:
+            lr = set_lr(optimizer, step, cfg.optim, cfg.steps)
+            batches, waited = _batches(it, cfg.grad_accum, data, cfg, info)
+            if not checked:
+                _validate_first(batches[0])
+                checked = True
+            metrics = train_step(model, batches, optimizer, cfg, step, autocast)
+            if ema is not None:
+                ema.update(policy, step)
+            step += 1
+            state.samples_seen += cfg.batch_size
+            meter.add(metrics, cfg.batch_size, waited)
+            s = meter.summary()
+            logger.advance(step, metrics["loss"], s["samples_per_s"], s["data_wait_frac"])
+            if step % cfg.log.every == 0 or step == cfg.steps:
+                logger.log(step, {**meter.summary(), "lr": lr})
+                meter.reset()
+            if cfg.eval_every and eval_fn is not None and step % cfg.eval_every == 0:
+                _run_eval(eval_fn, export, step, logger, info)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.steps:
+                save()
+        save()
+    finally:
+        logger.close()
+    return cfg.run_dir
+
+
+def _wrap(policy: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo) -> nn.Module:
+    if cfg.distributed == "fsdp" and info.world_size > 1:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        dist_utils.wrap_model(policy, "fsdp", info)
+        register_fsdp_forward_method(policy, "compute_loss")
+        model: nn.Module = LossModule(policy)
+    else:
+        model = dist_utils.wrap_model(LossModule(policy), "ddp", info)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _limit_cpu_threads(cfg: TrainConfig, info: dist_utils.DistInfo) -> None:
+    """On CPU, leave a core per loader worker: oversubscribed OpenMP threads spin and can cut throughput 5x."""
+    if info.device.type != "cpu" or cfg.data.num_workers == 0:
+        return
+    cores = max(1, (os.cpu_count() or 1) // info.world_size)
+    threads = max(1, cores - cfg.data.num_workers)
+    if threads < torch.get_num_threads():
+        log.info("CPU training with %d loader workers: using %d intra-op threads", cfg.data.num_workers, threads)
+        torch.set_num_threads(threads)
+
+
+def _validate_first(batch: Batch) -> None:
+    try:
+        batch.validate()
+    except ValueError as e:
+        raise ValueError(f"the first training batch breaks the Batch contract (openlbm.types.Batch): {e}") from e
+
+
+def _sampler_state(data: Any) -> dict[str, Any]:
+    return data.sampler.state_dict()
+
+
+def _run_eval(eval_fn: EvalFn, policy: nn.Module, step: int, logger: Any, info: dist_utils.DistInfo) -> None:
+    if info.is_main:
+        t0 = time.perf_counter()
+        results = eval_fn(policy, step)
+        logger.log(step, {f"eval/{k}": float(v) for k, v in results.items()} | {"eval/seconds": time.perf_counter() - t0})
+        policy.eval()
+    dist_utils.barrier()
+
+
+__all__ = ["LossModule", "NonFiniteLossError", "loss_weight", "train", "train_step"]

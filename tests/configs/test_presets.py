@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from openlbm.configs.presets import PRESETS, preset
+from openlbm.train.commands import with_datasets
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_build_and_serialise(name: str) -> None:
+    cfg = preset(name)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert d["steps"] == cfg.steps and d["policy"] and d["data"]
+    assert cfg.batch_size % cfg.grad_accum == 0
+
+
+def test_debug_is_tiny_and_unknown_preset_lists_names() -> None:
+    cfg = preset("debug")
+    assert cfg.steps <= 10 and cfg.batch_size <= 8 and cfg.data.num_workers == 0
+    with pytest.raises(ValueError, match="debug, small"):
+        preset("huge")
+
+
+def test_validation_and_micro_batch() -> None:
+    cfg = preset("debug")
+    assert replace(cfg, batch_size=8, grad_accum=2).micro_batch_size(2) == 2
+    with pytest.raises(ValueError, match="divisible by world_size"):
+        replace(cfg, batch_size=6, grad_accum=2).micro_batch_size(2)
+    with pytest.raises(ValueError, match="grad_accum"):
+        replace(cfg, batch_size=5, grad_accum=2)
+    with pytest.raises(ValueError, match="precision"):
+        replace(cfg, precision="fp16")
+
+
+def test_dataset_flag_appends_sources() -> None:
+    cfg = with_datasets(preset("debug"), (Path("a"), Path("b")))
+    assert [s.root for s in cfg.data.sources] == [Path("a"), Path("b")]

@@ -1,0 +1,78 @@
+"""End-to-end `lbm train debug` on a tiny generated dataset, NaN-loss and bad-batch errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from openlbm.cli import main
+from openlbm.configs.presets import debug
+from openlbm.train import checkpoint as ckpt
+from openlbm.train.commands import with_datasets
+from openlbm.train.loop import NonFiniteLossError, _validate_first, build_policy, train, train_step
+
+
+def test_lbm_train_debug_smoke(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "debug", "--dataset", str(tiny_dataset), "--run-dir", str(run), "--steps", "4",
+                 "--log.tensorboard"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["steps"] == 4 and cfg["data"]["sources"][0]["root"] == str(tiny_dataset)
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("loss", "lr", "samples_per_s", "data_wait_frac", "grad_norm"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert list((run / "tb").iterdir()), "TensorBoard events missing"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    policy_dir = ckpt.resolve_policy_dir(run)
+    from openlbm.policies.lbm import LBMPolicy
+
+    policy = LBMPolicy.load(policy_dir)
+    assert policy.embodiment.name == "toy_arm"
+
+
+def test_eval_hook_gets_ema_policy_and_is_logged(tiny_dataset: Path, tmp_path: Path) -> None:
+    calls = []
+
+    def hook(policy: torch.nn.Module, step: int) -> dict[str, float]:
+        calls.append((step, policy.training))
+        return {"success": 0.25}
+
+    cfg = with_datasets(replace(debug(), run_dir=tmp_path / "run", steps=4, eval_every=2), (tiny_dataset,))
+    train(cfg, eval_fn=hook)
+    assert calls == [(2, False), (4, False)]
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/success" in r] == [2, 4]
+
+
+def _policy_and_batch(tiny_dataset: Path):  # noqa: ANN202
+    cfg = with_datasets(debug(), (tiny_dataset,))
+    data = cfg.data.build(None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=4, seed=0)
+    policy = build_policy(cfg, data, torch.device("cpu"))
+    batch = next(iter(data.loader()))
+    return cfg, policy, batch
+
+
+def test_nan_loss_names_step_and_batch_and_leaves_weights(tiny_dataset: Path) -> None:
+    from openlbm.train.loop import LossModule
+    from openlbm.train.optim import build_optimizer
+
+    cfg, policy, batch = _policy_and_batch(tiny_dataset)
+    opt = build_optimizer(policy.param_groups(weight_decay=0.0, encoder_lr_mult=1.0), cfg.optim, policy)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    batch.action[0, 0, 0] = 3e38  # finite (passes Batch.validate) but overflows the squared error to inf
+    with pytest.raises(NonFiniteLossError, match=r"step 7 .*episode_index=\[") as e:
+        train_step(LossModule(policy), [batch], opt, cfg, step=7)
+    assert str(batch.meta["index"].tolist()[0]) in str(e.value)
+    assert all(torch.equal(v, before[k]) for k, v in policy.state_dict().items())
+
+
+def test_bad_first_batch_is_a_clear_error(tiny_dataset: Path) -> None:
+    _, _, batch = _policy_and_batch(tiny_dataset)
+    batch.obs.state = batch.obs.state.double()
+    with pytest.raises(ValueError, match="first training batch breaks the Batch contract.*observation.state"):
+        _validate_first(batch)
