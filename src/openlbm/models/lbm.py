@@ -1,0 +1,173 @@
+"""The LBM network: per-embodiment projections around shared encoders and a shared diffusion-transformer trunk.
+
+Observation tokens per sample (one group of samples per embodiment; groups with fewer tokens are padded and
+masked): for each of the ``T`` history steps one token per camera (shared vision encoder + camera embedding) and
+one proprio token (per-embodiment state projection), each plus a learned step embedding; then one language token
+and one learned embodiment token. Action tokens: the per-embodiment input projection of the noisy chunk (native
+action dims only) plus a position embedding; the trunk's output goes through the per-embodiment output projection.
+
+Everything here works in normalized units on tensors; normalization, text encoding and validation belong to the
+policy (:mod:`openlbm.policies.lbm`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from openlbm.models.heads import DiffusionConfig, DiffusionHead, FlowConfig, FlowHead
+from openlbm.models.language import LanguageProjection
+from openlbm.models.rng import SampleRNG
+from openlbm.models.trunk import DiT, TrunkConfig, TrunkContext
+from openlbm.models.vision import VisionConfig
+from openlbm.types import EmbodimentSpec
+
+
+@dataclass
+class ObsEncoding:
+    """Everything the denoiser needs from one observation batch; computed once per chunk."""
+
+    ctx: TrunkContext
+    groups: dict[str, Tensor]
+    """embodiment name -> long indices of its samples in the batch."""
+    batch_size: int
+
+
+def group_indices(embodiment: Sequence[str], device: torch.device) -> dict[str, Tensor]:
+    """``["a", "b", "a"] -> {"a": [0, 2], "b": [1]}`` (insertion order = first appearance)."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(embodiment):
+        groups.setdefault(name, []).append(i)
+    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in groups.items()}
+
+
+def per_group(groups: dict[str, Tensor], batch: int, fn: Callable[[str, Tensor | None], Tensor]) -> Tensor:
+    """Apply ``fn(name, idx)`` to each embodiment's samples and scatter the results back to batch order.
+
+    ``idx`` is None when one embodiment holds the whole batch (no gather/scatter on the common path).
+    """
+    if len(groups) == 1:
+        return fn(next(iter(groups)), None)
+    parts = {name: fn(name, idx) for name, idx in groups.items()}
+    first = next(iter(parts.values()))
+    out = first.new_zeros((batch, *first.shape[1:]))
+    for name, idx in groups.items():
+        out[idx] = parts[name]
+    return out
+
+
+class LBMModel(nn.Module):
+    """Vision/language/proprio encoders + DiT trunk + flow or diffusion head, for a fixed set of embodiments."""
+
+    def __init__(
+        self,
+        embodiments: Sequence[EmbodimentSpec],
+        vision: VisionConfig,
+        trunk: TrunkConfig,
+        head: FlowConfig | DiffusionConfig,
+        n_obs_steps: int,
+        horizon: int,
+        text_dim: int,
+    ) -> None:
+        super().__init__()
+        d = trunk.dim
+        self.specs = {e.name: e for e in embodiments}
+        self.max_action_dim = max(e.action_dim for e in embodiments)
+        self.horizon = horizon
+        self.vision = vision.build(d)
+        self.language = LanguageProjection(text_dim, d)
+        self.step_pos = nn.Parameter(torch.randn(n_obs_steps, d) * 0.02)
+        self.state_in = nn.ModuleDict({e.name: nn.Linear(e.state_dim, d) for e in embodiments})
+        self.camera_emb = nn.ParameterDict({e.name: nn.Parameter(torch.randn(len(e.cameras), d) * 0.02) for e in embodiments})
+        self.embodiment_token = nn.ParameterDict({e.name: nn.Parameter(torch.randn(d) * 0.02) for e in embodiments})
+        self.action_in = nn.ModuleDict({e.name: nn.Linear(e.action_dim, d) for e in embodiments})
+        self.action_out = nn.ModuleDict({e.name: nn.Linear(d, e.action_dim) for e in embodiments})
+        for out in self.action_out.values():
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+        self.trunk = DiT(trunk, horizon)
+        self.head: FlowHead | DiffusionHead = FlowHead(head) if isinstance(head, FlowConfig) else DiffusionHead(head)
+
+    # -- observation ------------------------------------------------------------------------------------------
+    def _group_tokens(
+        self, name: str, images: dict[str, Tensor], state: Tensor, lang: Tensor, rng: SampleRNG | None
+    ) -> Tensor:
+        """Tokens of one embodiment's samples: ``[b, T*(n_cam+1) + 2, D]``."""
+        spec = self.specs[name]
+        b, t = state.shape[:2]
+        cams = torch.stack([images[c] for c in spec.cameras], dim=2)  # n_cam x [b, T, 3, H, W] -> [b, T, n_cam, 3, H, W]
+        flat = cams.flatten(0, 2)  # [b, T, n_cam, 3, H, W] -> [b*T*n_cam, 3, H, W]
+        img_tok = self.vision(flat, None if rng is None else rng.rand).view(b, t, len(spec.cameras), -1)  # [b*T*n_cam, D] -> [b, T, n_cam, D]
+        img_tok = img_tok + self.camera_emb[name][None, None]
+        state_tok = self.state_in[name](state[..., : spec.state_dim])[:, :, None]  # [b, T, D] -> [b, T, 1, D]
+        step_tok = torch.cat([img_tok, state_tok], dim=2) + self.step_pos[None, :t, None]  # [b, T, n_cam+1, D]
+        extra = torch.stack([self.language(lang), self.embodiment_token[name].expand(b, -1)], dim=1)  # [b, 2, D]
+        return torch.cat([step_tok.flatten(1, 2), extra], dim=1)  # [b, T*(n_cam+1), D] ++ [b, 2, D]
+
+    def encode_observation(
+        self,
+        images: dict[str, Tensor],
+        state: Tensor,
+        lang: Tensor,
+        embodiment: Sequence[str],
+        rng: SampleRNG | None = None,
+    ) -> ObsEncoding:
+        """images ``cam -> uint8 [B, T, 3, H, W]``, normalized state ``[B, T, S]``, text embedding ``[B, E]``.
+
+        ``rng`` given = training (random crop + color jitter); None = evaluation (center crop).
+        """
+        batch = state.shape[0]
+        groups = group_indices(embodiment, state.device)
+        if len(groups) == 1:
+            tokens = self._group_tokens(next(iter(groups)), images, state, lang, rng)
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        else:
+            parts = {}
+            for name, idx in groups.items():
+                cams = {c: images[c][idx] for c in self.specs[name].cameras}
+                sub = None if rng is None else rng.subset(idx)
+                parts[name] = self._group_tokens(name, cams, state[idx], lang[idx], sub)
+            n_max = max(p.shape[1] for p in parts.values())
+            first = next(iter(parts.values()))
+            tokens = first.new_zeros(batch, n_max, first.shape[-1])
+            mask = torch.zeros(batch, n_max, dtype=torch.bool, device=first.device)
+            for name, idx in groups.items():
+                n = parts[name].shape[1]
+                tokens[idx, :n] = parts[name]
+                mask[idx, :n] = True
+        return ObsEncoding(ctx=self.trunk.prepare(tokens, mask), groups=groups, batch_size=batch)
+
+    # -- actions ----------------------------------------------------------------------------------------------
+    def denoise(self, enc: ObsEncoding, x: Tensor, t: Tensor) -> Tensor:
+        """Noisy normalized chunk ``[B, H, A_max]`` + time ``[B]`` -> head prediction ``[B, H, A_max]``."""
+
+        def project_in(name: str, idx: Tensor | None) -> Tensor:
+            xs = x if idx is None else x[idx]
+            return self.action_in[name](xs[..., : self.specs[name].action_dim])
+
+        tokens = per_group(enc.groups, enc.batch_size, project_in)  # [B, H, D]
+        hidden = self.trunk(tokens, t, enc.ctx)
+
+        def project_out(name: str, idx: Tensor | None) -> Tensor:
+            hs = hidden if idx is None else hidden[idx]
+            out = self.action_out[name](hs)  # [b, H, A_native]
+            return nn.functional.pad(out, (0, x.shape[-1] - out.shape[-1]))
+
+        return per_group(enc.groups, enc.batch_size, project_out)
+
+    def native_dim_mask(self, embodiment: Sequence[str], width: int, device: torch.device) -> Tensor:
+        """bool ``[B, width]``: True on each sample's embodiment's real action dims."""
+        dims = torch.tensor([self.specs[e].action_dim for e in embodiment], device=device)
+        return torch.arange(width, device=device)[None] < dims[:, None]
+
+    def loss(self, enc: ObsEncoding, action: Tensor, noise: Tensor, u: Tensor) -> Tensor:
+        """Elementwise squared error ``[B, H, A]`` of the head's target for normalized ``action``."""
+        x_t, t, target = self.head.training_pair(action, noise, u)
+        return (self.denoise(enc, x_t, t) - target).pow(2)
+
+    def sample(self, enc: ObsEncoding, noise: Tensor, num_steps: int | None = None) -> Tensor:
+        """Normalized action chunk ``[B, H, A]`` from ``noise`` (reusing ``enc`` at every step)."""
+        return self.head.sample(lambda x, t: self.denoise(enc, x, t), noise, num_steps)

@@ -1,0 +1,282 @@
+"""``LBMPolicy``: the LBM network + its normalizer + text encoder + chunked execution, saved as one directory.
+
+Policy dir (``save`` / ``load``; no training code needed to load)::
+
+    config.json        {"format": "openlbm.policy", "version": 1, "policy": PolicyConfig, "embodiments": [...],
+                        "text_encoder": "...", "num_params": N}
+    model.safetensors  the network's weights (never the frozen text encoder: it is reloaded from its package)
+    stats.json         {embodiment: LeRobot-format stats}: the normalization the weights were trained with
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from openlbm.models.lbm import LBMModel, ObsEncoding
+from openlbm.models.rng import SampleRNG
+from openlbm.policies.config import PolicyConfig
+from openlbm.policies.execution import ChunkExecutor
+from openlbm.policies.normalize import MissingStatsError, Normalizer
+from openlbm.policies.pretrained import load_vision_weights
+from openlbm.policies.text import build_text_encoder
+from openlbm.types import Batch, EmbodimentSpec, Observation
+
+log = logging.getLogger(__name__)
+
+FORMAT = "openlbm.policy"
+VERSION = 1
+PER_EMBODIMENT = ("state_in", "camera_emb", "embodiment_token", "action_in", "action_out")
+"""``model.<these>.<embodiment>.*`` parameters belong to one embodiment (new ones may be reinitialised)."""
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return x
+
+
+class LBMPolicy(nn.Module):
+    """Multitask, multi-embodiment, language-conditioned visuomotor policy (see :mod:`openlbm.models.lbm`)."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        embodiments: Sequence[EmbodimentSpec],
+        stats: dict[str, dict[str, Any]],
+        load_pretrained: bool = True,
+    ) -> None:
+        super().__init__()
+        if not embodiments:
+            raise ValueError("a policy needs at least one embodiment")
+        names = [e.name for e in embodiments]
+        bad = [n for n in names if not n or "." in n]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(f"embodiment names must be unique, non-empty and dot-free, got {names}")
+        self.config = config
+        self.embodiments = list(embodiments)
+        self.embodiment = self.embodiments[0]
+        self.specs = {e.name: e for e in self.embodiments}
+        self.normalizer = Normalizer(self.embodiments, stats, config.normalization)
+        self.stats = {n: _jsonable(stats[n]) for n in names}
+        self.text_encoder = build_text_encoder(config.language)
+        head = config.flow if config.head == "flow" else config.diffusion
+        self.model = LBMModel(
+            self.embodiments, config.vision, config.trunk, head, config.n_obs_steps, config.horizon, self.text_encoder.dim
+        )
+        if load_pretrained and config.vision.pretrained is not None:
+            load_vision_weights(self.model.vision, config.vision.pretrained)
+        self.executor = ChunkExecutor(config.n_obs_steps, config.n_action_steps, config.horizon, config.temporal_ensemble)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.step_pos.device
+
+    @property
+    def max_action_dim(self) -> int:
+        return self.model.max_action_dim
+
+    # -- validation -------------------------------------------------------------------------------------------
+    def check_observation(self, obs: Observation, n_steps: int | None = None) -> None:
+        """``Observation.validate`` + known embodiments + their cameras at the right size + history length."""
+        obs.validate()
+        unknown = sorted({e for e in obs.embodiment if e not in self.specs})
+        if unknown:
+            raise MissingStatsError(f"embodiment(s) {unknown} unknown to this policy (knows {sorted(self.specs)})")
+        want_t = self.config.n_obs_steps if n_steps is None else n_steps
+        if obs.n_steps != want_t:
+            raise ValueError(f"observation has T={obs.n_steps} steps, policy expects n_obs_steps={want_t}")
+        for name in sorted(set(obs.embodiment)):
+            spec = self.specs[name]
+            if obs.state.shape[-1] < spec.state_dim:
+                raise ValueError(f"observation.state has {obs.state.shape[-1]} dims, {name!r} needs {spec.state_dim}")
+            for cam in spec.cameras:
+                if cam not in obs.images:
+                    raise ValueError(f"observation lacks camera {cam!r} of embodiment {name!r} (got {sorted(obs.images)})")
+                size = tuple(obs.images[cam].shape[-2:])
+                if size != tuple(spec.image_size):
+                    raise ValueError(
+                        f"observation.images.{cam} is {size[0]}x{size[1]} but embodiment {name!r} expects "
+                        f"{spec.image_size[0]}x{spec.image_size[1]} (H x W): resize it at the source (env/dataset)"
+                    )
+
+    # -- model calls ------------------------------------------------------------------------------------------
+    def encode_observation(self, obs: Observation, rng: SampleRNG | None = None) -> ObsEncoding:
+        """Everything the denoiser needs from ``obs`` (normalized state, vision, language); once per chunk."""
+        lang = self.text_encoder.encode(obs.instruction).to(self.device)  # [B, E]
+        state = self.normalizer.normalize("state", obs.state, obs.embodiment)  # [B, T, S]
+        return self.model.encode_observation(obs.images, state, lang, obs.embodiment, rng)
+
+    def sample_actions(
+        self, enc: ObsEncoding, num_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Normalized chunk ``[B, H, A_max]`` by denoising from Gaussian noise, reusing ``enc`` at every step."""
+        shape = (enc.batch_size, self.config.horizon, self.max_action_dim)
+        noise = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
+        return self.model.sample(enc, noise.to(self.device), num_steps)
+
+    @torch.no_grad()
+    def predict_chunk(
+        self, obs: Observation, num_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Action chunk ``[B, horizon, A]`` in physical units; ``A`` = the largest native action dim among the
+        batch's embodiments (= the native dim when the batch has one embodiment; narrower ones are zero-padded).
+        ``num_steps`` overrides the head's sampling steps; ``generator`` (CPU) makes the noise reproducible."""
+        self.check_observation(obs)
+        obs = obs.to(self.device)
+        chunk = self.sample_actions(self.encode_observation(obs), num_steps, generator)
+        chunk = self.normalizer.unnormalize("action", chunk, obs.embodiment)
+        width = max(self.specs[e].action_dim for e in obs.embodiment)
+        return chunk[..., :width]
+
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Masked head loss over real action steps and dims; per-sample noise from ``meta["sample_seed"]``."""
+        batch.validate()
+        self.check_observation(batch.obs)
+        obs = batch.obs
+        b, a_max = batch.batch_size, self.max_action_dim
+        if batch.action.shape[1] != self.config.horizon:
+            raise ValueError(f"action has horizon {batch.action.shape[1]}, policy expects {self.config.horizon}")
+        seeds = batch.meta.get("sample_seed")
+        rng = SampleRNG(b, self.device, seeds if isinstance(seeds, Tensor) else None)
+        enc = self.encode_observation(obs, rng)
+        action = self._fit_width(batch.action, a_max)  # [B, H, A_max]
+        dim_mask = self._fit_width(batch.action_dim_mask, a_max)  # [B, A_max]
+        action = self.normalizer.normalize("action", action, obs.embodiment)
+        noise = rng.randn((b, self.config.horizon, a_max))
+        u = rng.rand((b,))
+        err = self.model.loss(enc, action, noise, u)  # [B, H, A_max]
+        dim_mask = dim_mask & self.model.native_dim_mask(obs.embodiment, a_max, err.device)
+        mask = (~batch.action_is_pad)[:, :, None] & dim_mask[:, None, :]  # [B, H, 1] & [B, 1, A] -> [B, H, A]
+        denom = mask.sum().clamp(min=1)
+        loss = (err * mask).sum() / denom
+        return loss, {"loss": float(loss.detach()), "valid_frac": float(denom) / mask.numel()}
+
+    @staticmethod
+    def _fit_width(x: Tensor, width: int) -> Tensor:
+        if x.shape[-1] >= width:
+            return x[..., :width]
+        return nn.functional.pad(x, (0, width - x.shape[-1]))
+
+    # -- execution --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def select_action(self, obs: Observation) -> Tensor:
+        """``[B, A]`` for a ``T = 1`` observation of ``B`` independent envs (see :mod:`openlbm.policies.execution`)."""
+        self.check_observation(obs, n_steps=1)
+        return self.executor.step(obs.to(self.device), self.predict_chunk)
+
+    def reset(self, indices: Sequence[int] | None = None) -> None:
+        """Clear history and queued actions of the given batch slots (all when None)."""
+        self.executor.reset(indices)
+
+    # -- optimisation -----------------------------------------------------------------------------------------
+    def param_groups(self, weight_decay: float, encoder_lr_mult: float | None = None) -> list[dict[str, Any]]:
+        """AdamW groups: no decay on norms, biases and embeddings; the vision encoder gets ``encoder_lr_mult``
+        (default ``vision.pretrained_lr_mult``) when it starts from pretrained weights, else the full rate."""
+        pretrained = self.config.vision.pretrained is not None
+        enc_mult = (self.config.vision.pretrained_lr_mult if encoder_lr_mult is None else encoder_lr_mult) if pretrained else 1.0
+        no_decay_names = ("step_pos", "camera_emb", "embodiment_token", "action_pos")
+        groups: dict[str, dict[str, Any]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            decay = p.ndim >= 2 and not any(n in name for n in no_decay_names)
+            enc = name.startswith("model.vision.")
+            key = f"{'vision' if enc else 'main'}_{'decay' if decay else 'no_decay'}"
+            g = groups.setdefault(key, {"name": key, "params": [], "weight_decay": weight_decay if decay else 0.0,
+                                        "lr_mult": enc_mult if enc else 1.0})
+            g["params"].append(p)
+        return list(groups.values())
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "policy": self.config.to_dict(),
+            "embodiments": [e.to_dict() for e in self.embodiments],
+            "text_encoder": self.text_encoder.name,
+            "num_params": sum(p.numel() for p in self.parameters()),
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(d / "model.safetensors"), metadata={"format": FORMAT})
+        (d / "stats.json").write_text(json.dumps(self.stats) + "\n")
+        (d / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return d
+
+    @staticmethod
+    def read_dir(directory: str | Path) -> tuple[PolicyConfig, list[EmbodimentSpec], dict[str, Any]]:
+        d = Path(directory)
+        for name in ("config.json", "model.safetensors", "stats.json"):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d} is not a policy dir: {name} missing (expected LBMPolicy.save output)")
+        meta = json.loads((d / "config.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{d / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        if int(meta.get("version", 0)) > VERSION:
+            raise ValueError(f"{d / 'config.json'}: version {meta['version']} is newer than this openlbm ({VERSION})")
+        cfg = PolicyConfig.from_dict(meta["policy"])
+        embodiments = [EmbodimentSpec.from_dict(e) for e in meta["embodiments"]]
+        return cfg, embodiments, json.loads((d / "stats.json").read_text())
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> LBMPolicy:
+        """Rebuild from a ``save`` dir (weights exactly; the pretrained vision file is not needed)."""
+        d = Path(directory)
+        cfg, embodiments, stats = cls.read_dir(d)
+        policy = cls(cfg, embodiments, stats, load_pretrained=False)
+        tensors = load_file(str(d / "model.safetensors"))
+        own = policy.state_dict()
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        shapes = [f"{k}: config {tuple(own[k].shape)} vs file {tuple(v.shape)}" for k, v in tensors.items()
+                  if k in own and own[k].shape != v.shape]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"{d / 'model.safetensors'} does not match {d / 'config.json'}: {len(missing)} missing {missing[:8]}, "
+                f"{len(unexpected)} unexpected {unexpected[:8]}, {len(shapes)} shape mismatches {shapes[:8]}"
+            )
+        policy.load_state_dict(tensors)
+        return policy.to(device)
+
+    def init_from(self, directory: str | Path) -> list[str]:
+        """Copy weights from another policy dir for fine-tuning; returns the keys left freshly initialised.
+
+        Heads of embodiments the source lacks stay new; every other key must exist with the same shape (else a
+        ValueError lists all mismatches). Normalization stats stay this policy's own."""
+        d = Path(directory)
+        src_cfg, src_embs, _ = self.read_dir(d)
+        if src_cfg.language != self.config.language:
+            log.warning("init_from %s: text encoder differs (%s vs %s)", d, src_cfg.language, self.config.language)
+        src = load_file(str(d / "model.safetensors"))
+        src_names = {e.name for e in src_embs}
+        own = self.state_dict()
+        new_keys, missing, shapes = [], [], []
+        for k, v in own.items():
+            parts = k.split(".")
+            if k not in src:
+                is_new_head = len(parts) > 2 and parts[1] in PER_EMBODIMENT and parts[2] not in src_names
+                (new_keys if is_new_head else missing).append(k)
+            elif src[k].shape != v.shape:
+                shapes.append(f"{k}: ours {tuple(v.shape)} vs {d.name} {tuple(src[k].shape)}")
+        if missing or shapes:
+            raise ValueError(
+                f"cannot init from {d}: {len(shapes)} shape mismatches {shapes[:12]}; {len(missing)} keys missing "
+                f"there {missing[:12]} (different architecture? compare its config.json with this policy's)"
+            )
+        self.load_state_dict({k: src.get(k, v) for k, v in own.items()})
+        log.info("init_from %s: %d tensors copied, %d new: %s", d, len(own) - len(new_keys), len(new_keys), new_keys)
+        return new_keys
