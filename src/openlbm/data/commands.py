@@ -1,3 +1,121 @@
-"""CLI commands of this package: each a frozen dataclass (docstring per field) with ``run() -> int``."""
+"""``lbm data info|validate|stats|view``: thin wrappers over the dataset library."""
 
-COMMANDS: dict[str, type] = {}
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import tyro
+
+
+@dataclass(frozen=True)
+class Info:
+    """Print a dataset's summary: fps, episodes, frames, tasks and features."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    json: bool = False
+    """Print machine-readable JSON instead of a table."""
+
+    def run(self) -> int:
+        from openlbm.data.dataset import DatasetMeta
+
+        meta = DatasetMeta(self.path)
+        summary = {
+            "root": str(meta.root), "codebase_version": meta.info.get("codebase_version"), "robot_type": meta.robot_type,
+            "fps": meta.fps, "episodes": meta.num_episodes, "frames": meta.num_frames, "tasks": meta.tasks,
+            "features": {k: {"dtype": f.dtype, "shape": list(f.shape)} for k, f in meta.features.items()},
+            "cameras": meta.camera_keys,
+        }
+        if self.json:
+            print(json.dumps(summary, indent=2))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{meta.root}  ({summary['codebase_version']}, robot_type={meta.robot_type!r})")
+        table.add_column("feature")
+        table.add_column("dtype")
+        table.add_column("shape")
+        for k, f in meta.features.items():
+            table.add_row(k, f.dtype, str(tuple(f.shape)))
+        console = Console()
+        console.print(table)
+        console.print(f"fps {meta.fps:g}   episodes {meta.num_episodes}   frames {meta.num_frames}   tasks {len(meta.tasks)}")
+        for i, t in enumerate(meta.tasks[:20]):
+            console.print(f"  task {i}: {t}")
+        if len(meta.tasks) > 20:
+            console.print(f"  ... and {len(meta.tasks) - 20} more")
+        return 0
+
+
+@dataclass(frozen=True)
+class Validate:
+    """Check every file, offset, frame count, timestamp, dtype, value and stat; exit 1 if anything is wrong."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    decode: bool = True
+    """Also decode the first and last frame of every episode of every camera."""
+
+    def run(self) -> int:
+        from openlbm.data.validate import validate_dataset
+
+        problems = validate_dataset(self.path, decode=self.decode)
+        if not problems:
+            print(f"{self.path}: OK")
+            return 0
+        print(f"{self.path}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Recompute meta/stats.json in one streaming pass (bounded memory)."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    image_frames_per_episode: int = 20
+    """Video frames decoded per episode per camera for image stats."""
+
+    def run(self) -> int:
+        from openlbm.data.layout import STATS_PATH, write_json_atomic
+        from openlbm.data.stats import compute_stats
+
+        stats = compute_stats(self.path, max_image_frames_per_episode=self.image_frames_per_episode)
+        write_json_atomic(self.path / STATS_PATH, stats)
+        for key, st in stats.items():
+            print(f"{key}: mean {_fmt(st['mean'])} std {_fmt(st['std'])} q01 {_fmt(st['q01'])} q99 {_fmt(st['q99'])}")
+        print(f"wrote {self.path / STATS_PATH}")
+        return 0
+
+
+def _fmt(x: list) -> str:
+    import numpy as np
+
+    return np.array2string(np.asarray(x, dtype=float).reshape(-1), precision=3, separator=",", max_line_width=200)
+
+
+@dataclass(frozen=True)
+class View:
+    """Render an episode: PNG contact sheet (cameras over time, instruction, action/state plots) or MP4."""
+
+    path: tyro.conf.Positional[Path]
+    """Dataset root."""
+    episode: int = 0
+    """Episode index."""
+    out: Path | None = None
+    """Output file (.png or .mp4); default ``episode_<N>.png`` in the current folder."""
+
+    def run(self) -> int:
+        from openlbm.data.view import render_episode
+
+        out = render_episode(self.path, self.episode, self.out or Path(f"episode_{self.episode:03d}.png"))
+        print(f"wrote {out}")
+        return 0
+
+
+COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View}

@@ -1,0 +1,58 @@
+"""Stack mixture samples into :class:`openlbm.types.Batch`.
+
+Samples come from :class:`openlbm.data.mixture.MixtureDataset` (cameras already renamed to the embodiment's names,
+state/action already zero-padded). A camera that a sample's embodiment lacks is filled with zeros and flagged in
+``batch.meta["image_is_pad"][camera]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from openlbm.types import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, Batch, Observation
+
+
+def collate_dict(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Samples -> a dict of stacked tensors (pin-able by the DataLoader); see :func:`batch_from_dict`."""
+    if not samples:
+        raise ValueError("collate_batch needs at least one sample")
+    cams: list[str] = []
+    for s in samples:
+        cams.extend(k for k in s if k.startswith(IMAGE_PREFIX) and k not in cams)
+    out: dict[str, Any] = {}
+    for cam in cams:
+        ref = next(s[cam] for s in samples if cam in s)
+        shapes = {tuple(s[cam].shape) for s in samples if cam in s}
+        if len(shapes) > 1:
+            raise ValueError(f"{cam}: samples have different image shapes {sorted(shapes)}; give the embodiments one image_size")
+        out[cam] = torch.stack([s[cam] if cam in s else torch.zeros_like(ref) for s in samples])  # [B, T, 3, H, W]
+        out[cam + ".is_pad"] = torch.tensor([cam not in s for s in samples])
+    for key in (STATE_KEY, ACTION_KEY, "obs_is_pad", "action_is_pad", "action_dim_mask"):
+        out[key] = torch.stack([s[key] for s in samples])
+    for key in ("episode_index", "index", "dataset"):
+        out[key] = torch.tensor([int(s.get(key, -1)) for s in samples], dtype=torch.long)
+    out["task"] = [str(s["task"]) for s in samples]
+    out["embodiment"] = [str(s.get("embodiment", "")) for s in samples]
+    return out
+
+
+def batch_from_dict(d: dict[str, Any]) -> Batch:
+    cams = [k for k in d if k.startswith(IMAGE_PREFIX) and not k.endswith(".is_pad")]
+    obs = Observation(
+        images={k[len(IMAGE_PREFIX) :]: d[k] for k in cams},
+        state=d[STATE_KEY],
+        instruction=list(d["task"]),
+        embodiment=list(d["embodiment"]),
+        obs_is_pad=d["obs_is_pad"],
+    )
+    meta = {k: d[k] for k in ("episode_index", "index", "dataset")}
+    meta["image_is_pad"] = {k[len(IMAGE_PREFIX) :]: d[k + ".is_pad"] for k in cams}
+    return Batch(obs=obs, action=d[ACTION_KEY], action_is_pad=d["action_is_pad"], action_dim_mask=d["action_dim_mask"], meta=meta)
+
+
+def collate_batch(samples: Sequence[dict[str, Any]]) -> Batch:
+    """Mixture samples -> :class:`Batch` (images ``[B, T, 3, H, W]`` keyed by camera name without prefix)."""
+    return batch_from_dict(collate_dict(samples))

@@ -1,0 +1,264 @@
+"""Check a dataset end to end: every file, offset, frame count, timestamp, dtype, shape, value and stat.
+
+``validate_dataset(root)`` never raises on bad data; it returns the list of :class:`Problem` found (empty = valid).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from openlbm.data import layout as L
+from openlbm.data.video import VideoReader, probe_video
+from openlbm.types import FeatureSpec
+
+REQUIRED_EPISODE_COLUMNS = ("episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
+                            "dataset_from_index", "dataset_to_index")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect: where it is and what is wrong."""
+
+    file: str
+    """Path relative to the dataset root."""
+    message: str
+    """What was expected and what was found."""
+    episode: int | None = None
+    """Episode index, when the defect belongs to one."""
+    field: str | None = None
+    """Feature key or metadata field."""
+
+    def __str__(self) -> str:
+        loc = ", ".join(x for x in (self.file, f"episode {self.episode}" if self.episode is not None else "",
+                                     f"field {self.field}" if self.field else "") if x)
+        return f"{loc}: {self.message}"
+
+
+class _Checker:
+    def __init__(self, root: Path, decode: bool) -> None:
+        self.root, self.decode = root, decode
+        self.problems: list[Problem] = []
+
+    def add(self, path: Path | str, message: str, episode: int | None = None, field: str | None = None) -> None:
+        rel = str(Path(path).relative_to(self.root)) if Path(path).is_absolute() else str(path)
+        self.problems.append(Problem(rel, message, episode, field))
+
+    # -------------------------------------------------------------------------------------------------- meta
+    def meta(self) -> tuple[dict[str, Any], dict[str, FeatureSpec], list[dict[str, Any]], int] | None:
+        try:
+            info = L.read_info(self.root)
+            feats = {k: L.feature_from_json(k, v, self.root / L.INFO_PATH) for k, v in info["features"].items()}
+            episodes = L.read_episodes(self.root)
+        except (FileNotFoundError, L.DatasetError) as e:
+            self.add(L.INFO_PATH, str(e))
+            return None
+        fps = float(info["fps"])
+        if fps <= 0:
+            self.add(L.INFO_PATH, f"fps must be > 0, got {fps}", field="fps")
+        for k, f in feats.items():
+            if f.dtype not in L.SUPPORTED_DTYPES:
+                self.add(L.INFO_PATH, f"unsupported dtype {f.dtype!r}", field=k)
+            vfps = info["features"][k].get("info", {}).get("video.fps") if f.dtype == "video" else None
+            if vfps is not None and abs(float(vfps) - fps) > 1e-6:
+                self.add(L.INFO_PATH, f"video.fps {vfps} != dataset fps {fps}", field=k)
+        for k in L.DEFAULT_FEATURES:
+            if k not in feats:
+                self.add(L.INFO_PATH, "default feature missing from features", field=k)
+        try:
+            n_tasks = len(L.read_tasks(self.root))
+        except (FileNotFoundError, L.DatasetError) as e:
+            self.add(L.TASKS_PATH, str(e))
+            n_tasks = 0
+        for e, row in enumerate(episodes):
+            for col in REQUIRED_EPISODE_COLUMNS:
+                if col not in row or row[col] is None:
+                    self.add(L.EPISODES_DIR, "column missing", e, col)
+        total = sum(int(r.get("length") or 0) for r in episodes)
+        if info.get("total_episodes") != len(episodes):
+            self.add(L.INFO_PATH, f"total_episodes {info.get('total_episodes')} != {len(episodes)} episode rows", field="total_episodes")
+        if info.get("total_frames") != total:
+            self.add(L.INFO_PATH, f"total_frames {info.get('total_frames')} != {total} (sum of episode lengths)", field="total_frames")
+        start = 0
+        for e, row in enumerate(episodes):
+            if row.get("dataset_from_index") != start or row.get("dataset_to_index") != start + int(row.get("length") or 0):
+                self.add(L.EPISODES_DIR, f"offsets [{row.get('dataset_from_index')}, {row.get('dataset_to_index')}) "
+                         f"!= expected [{start}, {start + int(row.get('length') or 0)})", e, "dataset_from_index")
+            start += int(row.get("length") or 0)
+        return info, feats, episodes, n_tasks
+
+    # -------------------------------------------------------------------------------------------------- data
+    def data(self, info: dict[str, Any], feats: dict[str, FeatureSpec], episodes: list[dict[str, Any]], n_tasks: int) -> None:
+        fps = float(info["fps"])
+        by_file: dict[Path, list[int]] = {}
+        for e, r in enumerate(episodes):
+            p = self.root / str(info["data_path"]).format(chunk_index=r.get("data/chunk_index"), file_index=r.get("data/file_index"))
+            by_file.setdefault(p, []).append(e)
+        expected = {k: f for k, f in feats.items() if f.dtype != "video"}
+        for path, eps in by_file.items():
+            if not path.exists():
+                self.add(path, "data parquet missing", eps[0])
+                continue
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowException, OSError) as e:
+                self.add(path, f"unreadable parquet (truncated or corrupt): {e}", eps[0])
+                continue
+            for col in table.column_names:
+                if col not in feats:
+                    self.add(path, "unknown feature key (column not declared in meta/info.json)", field=col)
+            cols: dict[str, np.ndarray] = {}
+            for k, spec in expected.items():
+                if k not in table.column_names:
+                    self.add(path, "declared feature missing from data", field=k)
+                    continue
+                if spec.dtype in L.NUMERIC_DTYPES:
+                    typ = table.schema.field(k).type
+                    base = typ.value_type if hasattr(typ, "value_type") else typ
+                    if base != L.arrow_type(FeatureSpec(spec.dtype, (1,))):
+                        self.add(path, f"dtype {base} but meta/info.json declares {spec.dtype}", field=k)
+                        continue
+                try:
+                    cols[k] = L.column_to_numpy(table.column(k), spec)
+                except (ValueError, pa.ArrowException) as e:
+                    self.add(path, f"shape does not match {spec.shape}: {e}", field=k)
+                    continue
+                if np.issubdtype(cols[k].dtype, np.floating):
+                    bad = ~np.isfinite(cols[k].reshape(len(cols[k]), -1)).all(1)  # [N, D] -> [N]
+                    if bad.any():
+                        row = int(np.argmax(bad))
+                        ep = int(cols["episode_index"][row][0]) if "episode_index" in cols else None
+                        self.add(path, f"{int(bad.sum())} rows with NaN/inf (first at row {row})", ep, k)
+            if "index" in cols and "episode_index" in cols:
+                self._episode_rows(path, eps, episodes, cols, fps, n_tasks)
+
+    def _episode_rows(self, path: Path, eps: list[int], episodes: list[dict[str, Any]], cols: dict[str, np.ndarray],
+                      fps: float, n_tasks: int) -> None:
+        index, ep_col = cols["index"].reshape(-1), cols["episode_index"].reshape(-1)
+        for e in eps:
+            r = episodes[e]
+            rows = np.flatnonzero(ep_col == e)
+            n = int(r.get("length") or 0)
+            if len(rows) != n:
+                self.add(path, f"{len(rows)} data rows but episode length {n}", e, "length")
+                continue
+            want = np.arange(int(r["dataset_from_index"]), int(r["dataset_to_index"]))
+            if not np.array_equal(np.sort(index[rows]), want):
+                self.add(path, "index column does not match dataset_from_index..dataset_to_index", e, "index")
+            if "frame_index" in cols and not np.array_equal(cols["frame_index"].reshape(-1)[rows], np.arange(n)):
+                self.add(path, "frame_index is not 0..length-1", e, "frame_index")
+            if "timestamp" in cols:
+                ts = cols["timestamp"].reshape(-1)[rows].astype(np.float64)
+                err = np.abs(ts - np.arange(n) / fps)
+                if err.max(initial=0) > 1e-3 + 1e-4 * n:
+                    k = int(np.argmax(err))
+                    self.add(path, f"timestamp {ts[k]:.5f} at frame {k} != frame/fps = {k / fps:.5f} (fps {fps})", e, "timestamp")
+            if "task_index" in cols:
+                ti = cols["task_index"].reshape(-1)[rows]
+                if len(ti) and (ti.min() < 0 or ti.max() >= n_tasks):
+                    self.add(path, f"task_index outside 0..{n_tasks - 1}", e, "task_index")
+
+    # -------------------------------------------------------------------------------------------------- video
+    def videos(self, info: dict[str, Any], feats: dict[str, FeatureSpec], episodes: list[dict[str, Any]]) -> None:
+        fps = float(info["fps"])
+        template = str(info.get("video_path") or L.VIDEO_PATH)
+        probes: dict[Path, dict[str, Any] | str] = {}
+        for key in (k for k, f in feats.items() if f.dtype == "video"):
+            for e, r in enumerate(episodes):
+                try:
+                    path = self.root / template.format(video_key=key, chunk_index=r[f"videos/{key}/chunk_index"],
+                                                       file_index=r[f"videos/{key}/file_index"])
+                    t0, t1 = float(r[f"videos/{key}/from_timestamp"]), float(r[f"videos/{key}/to_timestamp"])
+                except (KeyError, TypeError):
+                    self.add(L.EPISODES_DIR, "video offsets missing", e, key)
+                    continue
+                if path not in probes:
+                    probes[path] = self._probe(path, feats[key], fps, key, e)
+                p = probes[path]
+                if isinstance(p, str):
+                    continue
+                n = int(r.get("length") or 0)
+                tol = 0.25 / fps
+                frames = sum(1 for t in p["times"] if t0 - tol <= t < t1 - tol)
+                if frames != n:
+                    self.add(path, f"{frames} video frames in [{t0:.3f}, {t1:.3f}) s but {n} data rows", e, key)
+                elif abs((t1 - t0) * fps - n) > 0.01:
+                    self.add(L.EPISODES_DIR, f"to_timestamp - from_timestamp = {t1 - t0:.4f}s, expected {n / fps:.4f}s", e, key)
+                elif self.decode and n:
+                    try:
+                        reader = VideoReader(path, tol)
+                        reader.frames_at([t0, t0 + (n - 1) / fps])
+                        reader.close()
+                    except L.DatasetError as err:
+                        self.add(path, f"decode failed: {err}", e, key)
+
+    def _probe(self, path: Path, spec: FeatureSpec, fps: float, key: str, ep: int) -> dict[str, Any] | str:
+        if not path.exists():
+            self.add(path, "video file missing", ep, key)
+            return "missing"
+        try:
+            p = probe_video(path)
+        except Exception as err:  # noqa: BLE001 - any FFmpeg failure means an unreadable file
+            self.add(path, f"unreadable video (truncated or corrupt): {err}", ep, key)
+            return "bad"
+        if p["fps"] is not None and abs(float(p["fps"]) - fps) > 0.01:
+            self.add(path, f"stream fps {p['fps']:.3f} != dataset fps {fps}", ep, key)
+        if (p["height"], p["width"]) != tuple(spec.shape[:2]):
+            self.add(path, f"frames are {p['height']}x{p['width']}, meta/info.json says {spec.shape[0]}x{spec.shape[1]}", ep, key)
+        return p
+
+    # -------------------------------------------------------------------------------------------------- stats
+    def stats(self, feats: dict[str, FeatureSpec], episodes: list[dict[str, Any]]) -> None:
+        path = self.root / L.STATS_PATH
+        if not path.exists():
+            self.add(path, "stats.json missing (run `lbm data stats`)")
+            return
+        try:
+            stats = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            self.add(path, f"invalid JSON: {e}")
+            return
+        if not episodes:
+            return
+        for key, spec in feats.items():
+            if key in L.DEFAULT_FEATURES or spec.dtype not in L.SUPPORTED_DTYPES:
+                continue
+            st = stats.get(key)
+            if st is None:
+                self.add(path, "no stats for feature", field=key)
+                continue
+            want = (3, 1, 1) if spec.dtype == "video" else (int(np.prod(spec.shape)),)
+            for name in ("mean", "std", "min", "max"):
+                if name not in st:
+                    self.add(path, f"stat {name!r} missing", field=key)
+                    continue
+                arr = np.asarray(st[name], dtype=np.float64)
+                if arr.shape != want:
+                    self.add(path, f"{name} has shape {arr.shape}, expected {want}", field=key)
+                elif not np.isfinite(arr).all():
+                    self.add(path, f"{name} contains NaN/inf", field=key)
+
+
+def validate_dataset(root: Path | str, decode: bool = True) -> list[Problem]:
+    """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges."""
+    root = Path(root).resolve()
+    c = _Checker(root, decode)
+    if not root.is_dir():
+        return [Problem(str(root), "dataset folder does not exist")]
+    from openlbm.data.writer import recover
+
+    recover(root)  # an interrupted finalize is rolled forward/back first, exactly as every reader does
+    meta = c.meta()
+    if meta is None:
+        return c.problems
+    info, feats, episodes, n_tasks = meta
+    c.data(info, feats, episodes, n_tasks)
+    c.videos(info, feats, episodes)
+    c.stats(feats, episodes)
+    return c.problems

@@ -1,0 +1,128 @@
+"""Mixtures: schema mapping, proportions, determinism, exact resume through workers, rank sharding."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import CAM, make_dataset
+
+from openlbm.data.collate import collate_batch
+from openlbm.data.mixture import DataConfig, MixtureSampler, SourceConfig
+from openlbm.data.writer import DatasetWriter
+from openlbm.types import EmbodimentSpec, FeatureSpec
+
+
+@pytest.fixture(scope="module")
+def two_robots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``toy`` (camera 'cam' 32x32, state 3, action 2) and ``arm`` (camera 'wrist' 16x24, state 5, action 4)."""
+    base = tmp_path_factory.mktemp("mix")
+    a = make_dataset(base / "toy", (6, 4, 5))
+    feats = {"observation.images.wrist": FeatureSpec("video", (16, 24, 3)),
+             "observation.joints": FeatureSpec("float32", (5,)), "action": FeatureSpec("float32", (4,))}
+    w = DatasetWriter.create(base / "arm", feats, fps=10, robot_type="arm")
+    for ep, n in enumerate((8, 9)):
+        for t in range(n):
+            w.add_frame({"observation.images.wrist": np.full((16, 24, 3), 10 * t, np.uint8),
+                         "observation.joints": np.full(5, t, np.float32), "action": np.full(4, ep, np.float32)}, task="reach")
+        w.save_episode()
+    w.finalize()
+    return a, base / "arm"
+
+
+def _cfg(two_robots: tuple[Path, Path], **kw: object) -> DataConfig:
+    toy, arm = two_robots
+    return DataConfig(sources=(SourceConfig(toy, weight=1.0),
+                               SourceConfig(arm, weight=3.0, rename={"wrist": "cam", "observation.joints": "observation.state"})), **kw)
+
+
+EMBS = [EmbodimentSpec("toy", ("cam",), (32, 32), 3, 2), EmbodimentSpec("arm", ("cam",), (32, 32), 5, 4)]
+
+
+def test_mapping_padding_masks_and_stats(two_robots: tuple[Path, Path]) -> None:
+    data = _cfg(two_robots, num_workers=0).build(EMBS, n_obs_steps=2, horizon=3, batch_size=4, seed=0)
+    assert (data.max_state_dim, data.max_action_dim) == (5, 4)
+    toy = data.dataset[0]
+    arm = data.dataset[len(data.dataset) - 1]
+    assert toy["embodiment"] == "toy" and arm["embodiment"] == "arm"
+    assert tuple(arm[CAM].shape) == (2, 3, 32, 32) and arm[CAM].dtype == torch.uint8  # resized 16x24 -> 32x32
+    assert toy["action_dim_mask"].tolist() == [True, True, False, False]
+    assert torch.all(toy["action"][:, 2:] == 0) and torch.all(toy["observation.state"][:, 3:] == 0)
+    assert arm["observation.state"][-1].tolist() == [8.0] * 5 and arm["action_dim_mask"].all()
+    batch = collate_batch([toy, arm])
+    batch.validate()
+    assert batch.obs.images["cam"].shape == (2, 2, 3, 32, 32) and batch.obs.embodiment == ["toy", "arm"]
+    assert batch.obs.instruction[1] == "reach" and batch.meta["dataset"].tolist() == [0, 1]
+    assert set(data.stats) == {"toy", "arm"}
+    assert len(data.stats["arm"]["observation.state"]["mean"]) == 5
+    assert np.asarray(data.stats["arm"][CAM]["mean"]).shape == (3, 1, 1)
+    # inferred embodiments: one per dataset, named by robot_type
+    inferred = _cfg(two_robots, num_workers=0).build(None, 1, 1, 2, 0)
+    assert [e.name for e in inferred.embodiments] == ["toy", "arm"]
+    assert inferred.embodiments[1].image_size == (16, 24)
+
+
+def test_bad_mapping_is_a_clear_error(two_robots: tuple[Path, Path]) -> None:
+    toy, arm = two_robots
+    with pytest.raises(ValueError, match="needs camera 'cam'"):
+        DataConfig(sources=(SourceConfig(arm, embodiment="toy"),)).build(EMBS, 1, 1, 2, 0)
+    with pytest.raises(ValueError, match="state has 3 dims"):
+        DataConfig(sources=(SourceConfig(toy, embodiment="arm"),)).build(EMBS, 1, 1, 2, 0)
+    with pytest.raises(ValueError, match="sources is empty"):
+        DataConfig().build(EMBS, 1, 1, 2, 0)
+
+
+def test_proportions_follow_weights_within_a_statistical_bound() -> None:
+    sizes, weights = [50, 500, 5], [1.0, 1.0, 2.0]
+    s = MixtureSampler(sizes, weights, seed=3, epoch_size=20000)
+    idx = np.fromiter(islice(iter(s), 20000), dtype=np.int64)
+    src = np.searchsorted(np.cumsum(sizes), idx, side="right")
+    p = np.array(weights) / sum(weights)
+    counts = np.bincount(src, minlength=3)
+    sigma = np.sqrt(len(idx) * p * (1 - p))
+    assert np.all(np.abs(counts - len(idx) * p) < 5 * sigma), counts
+    # within a source, frames are drawn without replacement: a 50-frame source cycles through all its frames
+    small = idx[src == 0][:50]
+    assert sorted(small.tolist()) == list(range(50))
+    scaled = MixtureSampler(sizes, [w * n for w, n in zip(weights, sizes, strict=True)], seed=3, epoch_size=5000)
+    src2 = np.searchsorted(np.cumsum(sizes), np.fromiter(islice(iter(scaled), 5000), dtype=np.int64), side="right")
+    assert abs(np.mean(src2 == 1) - 500 / 560) < 0.03
+
+
+def test_same_seed_same_stream_and_ranks_are_disjoint() -> None:
+    a = list(islice(iter(MixtureSampler([30, 40], [1, 1], seed=7)), 140))
+    b = list(islice(iter(MixtureSampler([30, 40], [1, 1], seed=7)), 140))
+    c = list(islice(iter(MixtureSampler([30, 40], [1, 1], seed=8)), 140))
+    assert a == b and a != c
+    world = 3
+    shards = [MixtureSampler([30, 40], [1, 1], seed=7, rank=r, world_size=world) for r in range(world)]
+    per_rank = shards[0].per_rank
+    epochs = [s.epoch_indices(0) for s in shards]
+    assert all(len(e) == per_rank == 70 // world for e in epochs)
+    full = MixtureSampler([30, 40], [1, 1], seed=7).epoch_indices(0)
+    for r in range(world):  # each rank holds its own positions of the one global stream
+        np.testing.assert_array_equal(epochs[r], full[r::world][:per_rank])
+    positions = [set(range(r, 70, world)) for r in range(world)]
+    assert all(not (positions[i] & positions[j]) for i in range(world) for j in range(i + 1, world))
+
+
+def test_resume_mid_epoch_through_worker_loader(two_robots: tuple[Path, Path]) -> None:
+    cfg = _cfg(two_robots, num_workers=2, prefetch_factor=2)
+    ref = cfg.build(EMBS, 2, 3, batch_size=4, seed=11)
+    it = iter(ref.loader())
+    uninterrupted = [next(it).meta["index"].tolist() for _ in range(14)]  # > 1 epoch of 32 samples
+    first = cfg.build(EMBS, 2, 3, batch_size=4, seed=11)
+    it = iter(first.loader())
+    got = [next(it).meta["index"].tolist() for _ in range(5)]
+    state = first.sampler.state_dict()
+    assert state["consumed"] == 20  # batches taken by the consumer, not those prefetched by the workers
+    resumed = cfg.build(EMBS, 2, 3, batch_size=4, seed=11)
+    resumed.sampler.load_state_dict(state)
+    it = iter(resumed.loader())
+    got += [next(it).meta["index"].tolist() for _ in range(9)]
+    assert got == uninterrupted
+    with pytest.raises(ValueError, match="seed"):
+        cfg.build(EMBS, 2, 3, batch_size=4, seed=12).sampler.load_state_dict(state)
