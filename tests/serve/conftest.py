@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from openlbm.serve import protocol
+from openlbm.serve.server import ServerConfig
 from openlbm.types import EmbodimentSpec
 
+NOISE_SEED = ServerConfig().noise_seed
+"""The server's default sampling seed (see ``ServerConfig.noise_seed``)."""
 EMB = EmbodimentSpec("test_arm", ("front", "wrist"), (32, 32), state_dim=5, action_dim=3, fps=10.0)
 
 
@@ -54,6 +57,12 @@ def build_policy(emb: EmbodimentSpec = EMB, seed: int = 0) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
+def policy_builder():
+    """``policy_builder(embodiment, seed) -> LBMPolicy``: a fresh debug-preset policy with made-up stats."""
+    return build_policy
+
+
+@pytest.fixture(scope="session")
 def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("served_policy")
     build_policy().save(root)
@@ -64,7 +73,9 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def policy(policy_dir: Path) -> torch.nn.Module:
     from openlbm.policies.lbm import LBMPolicy
 
-    return LBMPolicy.load(policy_dir, device="cpu").eval()
+    policy = LBMPolicy.load(policy_dir, device="cpu").eval()
+    policy.noise_seed = NOISE_SEED  # what the server sets too: in-process answers are comparable with served ones
+    return policy
 
 
 def make_request(seed: int, emb: EmbodimentSpec = EMB, prompt: str = "push the red block") -> dict:
@@ -122,7 +133,7 @@ def expected_chunk(policy: torch.nn.Module):
     from openlbm.serve.server import PolicyRunner, _History, policy_facts
 
     specs, _, _, n_obs = policy_facts(policy)
-    runner = PolicyRunner(policy)
+    runner = PolicyRunner(policy, noise_seed=NOISE_SEED)
 
     def expected(req: dict) -> np.ndarray:
         parsed = protocol.parse_observation(req, {s.name: s for s in specs}, specs[0].name)

@@ -86,6 +86,11 @@ class EvalConfig:
     """Torch device for a loaded policy: ``auto`` picks CUDA when available."""
     server: str | None = None
     """``ws://host:port`` of an ``lbm serve`` policy server to evaluate instead of loading ``policy``."""
+    noise_seed: int | None = 0
+    """Sampling-noise seed set on a loaded ``LBMPolicy`` (``LBMPolicy.noise_seed``): each chunk then depends only
+    on its observation history, not on which episodes share a batch. ``0`` matches ``lbm serve``'s default, so
+    evaluating through ``server`` gives the same episodes. ``None`` = torch's global RNG. Not used with ``server``
+    (the server's ``--noise-seed`` applies) or the expert."""
     rank: int | None = None
     """This process's shard; ``None`` reads torchrun's ``RANK`` (0 without torchrun)."""
     world_size: int | None = None
@@ -229,6 +234,7 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
     policy_dir = resolve_policy_dir(Path(cfg.policy))
     policy = LBMPolicy.load(policy_dir, device=_pick_device(cfg.device))
     policy.eval()
+    policy.noise_seed = cfg.noise_seed
     yield policy  # type: ignore[misc]
 
 

@@ -78,6 +78,10 @@ class LBMPolicy(nn.Module):
         if load_pretrained and config.vision.pretrained is not None:
             load_vision_weights(self.model.vision, config.vision.pretrained)
         self.executor = ChunkExecutor(config.n_obs_steps, config.n_action_steps, config.horizon, config.temporal_ensemble)
+        self.noise_seed: int | None = None
+        """Set (an int) to draw every sample's initial noise from its own ``torch.Generator().manual_seed(noise_seed)``:
+        sampling is then a deterministic function of the observation, whatever the batch size or position (the
+        policy server and evaluation set it). ``None`` = torch's global RNG. Not saved with the policy."""
 
     @property
     def device(self) -> torch.device:
@@ -121,9 +125,17 @@ class LBMPolicy(nn.Module):
     def sample_actions(
         self, enc: ObsEncoding, num_steps: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Normalized chunk ``[B, H, A_max]`` by denoising from Gaussian noise, reusing ``enc`` at every step."""
+        """Normalized chunk ``[B, H, A_max]`` by denoising from Gaussian noise, reusing ``enc`` at every step.
+
+        Noise: from ``generator`` if given (one stream for the whole batch), else per sample from ``noise_seed``
+        if set, else from torch's global RNG."""
         shape = (enc.batch_size, self.config.horizon, self.max_action_dim)
-        noise = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
+        if generator is None and self.noise_seed is not None:
+            # Every sample gets the same seeded draw, so its chunk does not depend on the rest of the batch.
+            one = torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(self.noise_seed)))  # [H, A_max]
+            noise = one.expand(shape).contiguous()  # [H, A_max] -> [B, H, A_max]
+        else:
+            noise = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
         return self.model.sample(enc, noise.to(self.device), num_steps)
 
     @torch.no_grad()

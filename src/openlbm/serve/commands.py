@@ -43,6 +43,10 @@ class Serve:
     """How long to hold a batch open for more requests (only with --max-batch > 1)."""
     max_message_mb: float = 8.0
     """Largest accepted request in MiB; bigger messages close that connection (code 1009)."""
+    noise_seed: int | None = 0
+    """Seed of the sampling noise, reused for every request: the served policy becomes a deterministic function of
+    each client's observation history (same answers batched or not, and as in-process evaluation with the same
+    ``EvalConfig.noise_seed``, default 0). ``None`` uses torch's global RNG."""
     log_level: str = "INFO"
     """Python logging level."""
 
@@ -59,6 +63,7 @@ class Serve:
             max_batch=self.max_batch,
             max_wait_ms=self.max_wait_ms,
             max_message_bytes=int(self.max_message_mb * 1024 * 1024),
+            noise_seed=self.noise_seed,
         )
         policy = load_policy(self.policy, self.device)
         PolicyServer(policy, cfg, device=self.device).run()

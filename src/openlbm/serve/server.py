@@ -58,6 +58,10 @@ class ServerConfig:
     """Queued requests beyond this are refused with an 'overloaded' error instead of growing memory."""
     shutdown_timeout_s: float = 30.0
     """On SIGINT/SIGTERM, how long in-flight requests may take to finish before connections are closed."""
+    noise_seed: int | None = 0
+    """Seed of the sampler's initial noise, drawn afresh per request (``LBMPolicy.noise_seed``): the served policy
+    is then a deterministic function of each client's observation history, independent of batching. ``None`` draws
+    from torch's global RNG (answers then vary from call to call)."""
 
 
 @dataclass
@@ -77,9 +81,17 @@ class _Window:
 class PolicyRunner:
     """Turns windows into one ``predict_chunk`` call on the device. Runs on the inference thread only."""
 
-    def __init__(self, policy: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, policy: torch.nn.Module, device: str | torch.device = "cpu", noise_seed: int | None = 0
+    ) -> None:
         self.policy = policy.to(device).eval()
         self.device = torch.device(device)
+        if hasattr(self.policy, "noise_seed"):
+            # Set on the policy object itself (shared with the caller in serve_in_thread): per-sample seeded noise
+            # is what makes a batched answer equal the unbatched one.
+            self.policy.noise_seed = noise_seed
+        elif noise_seed is not None:
+            log.warning("%s has no noise_seed attribute; its sampling noise is not seeded", type(policy).__name__)
 
     def __call__(self, windows: Sequence[_Window]) -> np.ndarray:
         images = {}
@@ -165,13 +177,13 @@ class PolicyServer:
             horizon=self.horizon,
             n_action_steps=self.n_action_steps,
             n_obs_steps=self.n_obs_steps,
-            policy={"class": type(policy).__name__, "device": str(device)},
+            policy={"class": type(policy).__name__, "device": str(device), "noise_seed": cfg.noise_seed},
             max_message_bytes=cfg.max_message_bytes,
             max_batch=cfg.max_batch,
         )
         self._metadata_bytes = codec.packb(self.metadata)
         self.worker = InferenceWorker(
-            PolicyRunner(policy, device),
+            PolicyRunner(policy, device, cfg.noise_seed),
             max_batch=cfg.max_batch,
             max_wait_ms=cfg.max_wait_ms if cfg.max_batch > 1 else 0.0,
             max_pending=cfg.max_pending,
