@@ -56,6 +56,8 @@ class Eval:
     """Paired episodes between sequential looks (0 = 5 per task)."""
     alpha: float = 0.05
     """Two-sided error rate of the sequential test."""
+    noise_seed: int | None = 0
+    """Seed of a loaded policy's sampling noise (same as `lbm serve`'s default); None = torch's global RNG."""
 
     def run(self) -> int:
         from rich.console import Console
@@ -72,7 +74,7 @@ class Eval:
             instructions=self.instructions, seed=self.seed, num_workers=self.num_workers, max_steps=self.max_steps,
             record_video=self.record_video, cameras=self.cameras, image_size=self.image_size, device=self.device,
             server=self.server, sequential_baseline=self.sequential_baseline, look_every=self.look_every,
-            alpha=self.alpha,
+            alpha=self.alpha, noise_seed=self.noise_seed,
         )
         summary = evaluate(cfg)
         console = Console()
