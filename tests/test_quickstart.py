@@ -15,8 +15,10 @@ def test_quickstart_smoke_runs_every_stage(tmp_path: Path) -> None:
 
     # Stage 1: a valid LeRobot-v3 dataset with the demos of both smoke tasks.
     assert validate_dataset(out / "data") == []
-    # Stage 2: a loadable policy checkpoint.
+    # Stage 2: a loadable policy checkpoint, and in-training evaluation logged as curves.
     assert (out / "train" / "checkpoints" / "latest").is_file()
+    metrics = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "eval/success" in m] == [3, 6]
     # Stage 3 + 4: every planned episode recorded, summary and a self-contained report.
     records = [json.loads(line) for line in (out / "eval" / "episodes.jsonl").read_text().splitlines()]
     assert len(records) == 4 and {r["task"] for r in records} == {"button-press-topdown-v3", "drawer-close-v3"}

@@ -54,6 +54,11 @@ class Quickstart:
     """Episode time limit (demos and evaluation)."""
     seed: int = 0
     """Seeds demos, training and the evaluation's initial states."""
+    eval_every: int = 0
+    """Also roll out ``--eval-episodes-in-training`` episodes per task every this many training steps (0 = off);
+    the success curve appears in the report."""
+    eval_episodes_in_training: int = 3
+    """Episodes per task at each in-training evaluation."""
     smoke: bool = False
     """A seconds-long run of every stage at toy sizes (what CI runs): proves the pipeline, not the policy."""
 
@@ -70,6 +75,8 @@ class Quickstart:
             preset="debug",
             steps=self.steps or 6,
             batch_size=self.batch_size or 4,
+            eval_every=self.eval_every or 3,
+            eval_episodes_in_training=1,
             max_steps=min(self.max_steps, 150),
         )
 
@@ -121,6 +128,7 @@ def train_config(cfg: Quickstart, dataset: Path):  # noqa: ANN201 - TrainConfig 
         device=cfg.device,
         seed=cfg.seed,
         resume=(run_dir / "checkpoints" / "latest").exists(),
+        eval_every=cfg.eval_every,
     )
     return tc
 
@@ -135,7 +143,17 @@ def train_stage(cfg: Quickstart, dataset: Path) -> Path:
     if latest is not None and latest.name == step_dir_name(tc.steps):
         console.print(f"already trained: {latest}")
         return tc.run_dir
-    run_dir = train(tc)
+    eval_fn = None
+    if cfg.eval_every > 0:
+        from openlbm.eval.train_eval import make_train_eval_fn
+
+        eval_fn = make_train_eval_fn(cfg.tasks, cfg.eval_episodes_in_training, seed=cfg.seed + 2,
+                                     num_workers=cfg.workers, max_steps=cfg.max_steps, out_dir=tc.run_dir / "train_eval")
+    try:
+        run_dir = train(tc, eval_fn=eval_fn)
+    finally:
+        if eval_fn is not None:
+            eval_fn.close()
     _done(t0, f"trained {tc.steps} steps, run dir {run_dir}")
     return run_dir
 

@@ -67,8 +67,8 @@ class FlowHead(nn.Module):
         steps = num_steps or self.cfg.num_steps
         x, dt = noise, -1.0 / steps
         for i in range(steps):
-            t = torch.full((x.shape[0],), 1.0 + i * dt, device=x.device)
-            x = x + dt * denoise(x, t * self.cfg.time_scale)
+            t = torch.full((x.shape[0],), (1.0 + i * dt) * self.cfg.time_scale, device=x.device)
+            x = torch.add(x, denoise(x, t), alpha=dt)  # x + dt * v in one op
         return x
 
 
@@ -99,14 +99,18 @@ class DiffusionHead(nn.Module):
     def sample(self, denoise: DenoiseFn, noise: Tensor, num_steps: int | None = None) -> Tensor:
         steps = min(num_steps or self.cfg.sample_steps, self.cfg.train_steps)
         ts = torch.linspace(self.cfg.train_steps - 1, 0, steps).round().long().tolist()
+        # The schedule as Python floats: per-step coefficients cost no tensor ops (and no device syncs).
+        abar = [float(a) for a in self.alphas_cumprod.cpu()[ts].tolist()] + [1.0]
         x = noise
         for i, k in enumerate(ts):
-            ab = self.alphas_cumprod[k]
-            ab_prev = self.alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else torch.ones_like(ab)
+            ab, ab_prev = abar[i], abar[i + 1]
             pred = denoise(x, torch.full((x.shape[0],), float(k), device=x.device))
-            x0 = (x - (1 - ab).sqrt() * pred) / ab.sqrt() if self.cfg.prediction == "epsilon" else pred
+            if self.cfg.prediction == "epsilon":
+                x0 = torch.add(x, pred, alpha=-math.sqrt(1 - ab)) / math.sqrt(ab)
+            else:
+                x0 = pred
             if self.cfg.clip_sample > 0:
                 x0 = x0.clamp(-self.cfg.clip_sample, self.cfg.clip_sample)
-            eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+            eps = torch.add(x, x0, alpha=-math.sqrt(ab)) / math.sqrt(1 - ab)
+            x = torch.add(x0 * math.sqrt(ab_prev), eps, alpha=math.sqrt(1 - ab_prev))
         return x

@@ -123,7 +123,7 @@ class LBMModel(nn.Module):
         groups = group_indices(embodiment, state.device)
         if len(groups) == 1:
             tokens = self._group_tokens(next(iter(groups)), images, state, lang, rng)
-            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            mask = None  # every token is real: the trunk skips masking altogether
         else:
             parts = {}
             for name, idx in groups.items():
@@ -154,7 +154,8 @@ class LBMModel(nn.Module):
         def project_out(name: str, idx: Tensor | None) -> Tensor:
             hs = hidden if idx is None else hidden[idx]
             out = self.action_out[name](hs)  # [b, H, A_native]
-            return nn.functional.pad(out, (0, x.shape[-1] - out.shape[-1]))
+            pad = x.shape[-1] - out.shape[-1]
+            return nn.functional.pad(out, (0, pad)) if pad else out
 
         return per_group(enc.groups, enc.batch_size, project_out)
 

@@ -7,12 +7,18 @@ Conditioning, chosen once and used everywhere:
   values depend only on the observation, so :meth:`DiT.prepare` computes them once per chunk and every denoising
   step reuses them: only the ``H`` action tokens are re-run per step.
 
+Per-step cost matters at batch 1 (a handful of 16-token matmuls, so dispatch overhead dominates): one linear
+computes every block's modulation (and the final layer's) from ``c`` at once, modulation and gating are single
+fused ``addcmul`` ops (the ``+1`` of ``x * (1 + scale)`` lives in the ada bias, initialised to 1 on the scale
+slots), the attention mask is built once per chunk and dropped when every observation token is real.
+
 All attention goes through ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels on GPU).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,17 +46,20 @@ class TrunkConfig:
             raise ValueError(f"trunk dim {self.dim} must be divisible by heads {self.heads}")
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps: ``[B] -> [B, dim]``."""
+def timestep_frequencies(dim: int, device: torch.device | str | None = None, max_period: float = 10_000.0) -> Tensor:
+    """float32 ``[dim // 2]`` frequencies of :func:`timestep_embedding`."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    return torch.exp(-math.log(max_period) * torch.arange(half, device=device, dtype=torch.float32) / half)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0, freqs: Tensor | None = None) -> Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps: ``[B] -> [B, dim]`` (``freqs``: precomputed
+    :func:`timestep_frequencies`, saves rebuilding them at every call)."""
+    if freqs is None:
+        freqs = timestep_frequencies(dim, t.device, max_period)
     args = t.float()[:, None] * freqs[None]  # [B, 1] * [1, half] -> [B, half]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    return F.pad(emb, (0, dim % 2)) if dim % 2 else emb
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -70,10 +79,12 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        q, k, v = (_split_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, N] -> [B, 1, 1, N]
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """``attn_mask``: bool ``[B, 1, 1, N]`` (True = attend) or None (all keys real)."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # [B, N, 3D] -> [3, B, heads, N, Dh]
+        q, k, v = qkv.unbind(0)
+        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)))
 
 
 class CrossAttention(nn.Module):
@@ -90,10 +101,9 @@ class CrossAttention(nn.Module):
         k, v = self.kv(ctx).chunk(2, dim=-1)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], key_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], attn_mask: Tensor | None) -> Tensor:
         q = _split_heads(self.q(x), self.heads)
-        mask = key_mask[:, None, None, :]  # [B, N] -> [B, 1, 1, N]
-        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)))
+        return self.proj(_merge_heads(F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)))
 
 
 def mlp(dim: int, ratio: float) -> nn.Sequential:
@@ -111,43 +121,49 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = mlp(dim, mlp_ratio)
 
-    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x), key_mask)
+    def forward(self, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
 
 
+MODS_PER_BLOCK = 6
+"""shift, scale, gate for self-attention, then shift, scale, gate for the MLP."""
+
+
 class DiTBlock(nn.Module):
-    """adaLN-zero self-attention + cross-attention to observations + adaLN-zero MLP."""
+    """adaLN-zero self-attention + cross-attention to observations + adaLN-zero MLP.
+
+    The modulation comes from :class:`DiT`'s shared ``ada`` linear (one matmul per step for all blocks)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.dim = dim
         self.attn = SelfAttention(dim, heads)
         self.norm_x = nn.LayerNorm(dim)
         self.cross = CrossAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         self.mlp = mlp(dim, mlp_ratio)
-        self.ada = nn.Linear(dim, 6 * dim)
-        nn.init.zeros_(self.ada.weight)
-        nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x: Tensor, c: Tensor, kv: tuple[Tensor, Tensor], key_mask: Tensor) -> Tensor:
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)  # [B, 6D] -> 6 x [B, D]
-        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1))
-        x = x + self.cross(self.norm_x(x), kv, key_mask)
-        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
+    def forward(
+        self, x: Tensor, mods: Sequence[Tensor], kv: tuple[Tensor, Tensor], attn_mask: Tensor | None
+    ) -> Tensor:
+        """``mods``: this block's 6 ``[B, 1, D]`` shift / scale (``1 +`` already in) / gate tensors."""
+        sh1, sc1, g1, sh2, sc2, g2 = mods
+        shape = (self.dim,)
+        x = torch.addcmul(x, g1, self.attn(torch.addcmul(sh1, F.layer_norm(x, shape), sc1)))
+        x = x + self.cross(self.norm_x(x), kv, attn_mask)
+        return torch.addcmul(x, g2, self.mlp(torch.addcmul(sh2, F.layer_norm(x, shape), sc2)))
 
 
 @dataclass
 class TrunkContext:
-    """What :meth:`DiT.prepare` computes once per chunk: the pooled conditioning and every block's K/V."""
+    """What :meth:`DiT.prepare` computes once per chunk: the pooled conditioning, every block's K/V, the mask."""
 
     pooled: Tensor
     """``[B, D]`` pooled observation (added to the time embedding)."""
     kv: list[tuple[Tensor, Tensor]]
     """Per block: keys and values ``[B, heads, N, D/heads]``."""
-    key_mask: Tensor
-    """``[B, N]`` True for real observation tokens."""
+    attn_mask: Tensor | None
+    """bool ``[B, 1, 1, N]``, True for real observation tokens; None when all are real (no masking work)."""
 
 
 class DiT(nn.Module):
@@ -163,26 +179,49 @@ class DiT(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.action_pos = nn.Parameter(torch.randn(horizon, d) * 0.02)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
-        self.final_norm = nn.LayerNorm(d, elementwise_affine=False)
-        self.final_ada = nn.Linear(d, 2 * d)
-        nn.init.zeros_(self.final_ada.weight)
-        nn.init.zeros_(self.final_ada.bias)
+        self.n_mods = MODS_PER_BLOCK * cfg.depth + 2
+        # adaLN-zero for every block + the final layer in one linear: [B, D] -> [B, n_mods * D], laid out
+        # (block 0: shift, scale, gate, shift, scale, gate), (block 1: ...), ..., final shift, final scale.
+        # Zero weights; bias 1 on the scale slots (the "1 +" of x * (1 + scale)), 0 elsewhere: every gate
+        # starts closed, so each block starts as the identity and the output as plain LayerNorm.
+        self.ada = nn.Linear(d, self.n_mods * d)
+        nn.init.zeros_(self.ada.weight)
+        with torch.no_grad():
+            is_scale = torch.zeros(self.n_mods, dtype=torch.bool)
+            is_scale[1 : MODS_PER_BLOCK * cfg.depth : 3] = True  # every block's two scale slots
+            is_scale[-1] = True
+            self.ada.bias.copy_(is_scale.float().repeat_interleave(d))  # [n_mods] -> [n_mods * D]
+        self._freqs: dict[torch.device, Tensor] = {}
 
-    def prepare(self, tokens: Tensor, key_mask: Tensor) -> TrunkContext:
-        """Run once per chunk: observation self-attention, pooling and every block's cross-attention K/V."""
+    def _time_freqs(self, device: torch.device) -> Tensor:
+        # A cache, not a buffer: the frequencies must stay float32 even if the module is cast to bf16.
+        freqs = self._freqs.get(device)
+        if freqs is None:
+            freqs = self._freqs[device] = timestep_frequencies(self.cfg.dim, device)
+        return freqs
+
+    def prepare(self, tokens: Tensor, key_mask: Tensor | None) -> TrunkContext:
+        """Run once per chunk: observation self-attention, pooling and every block's cross-attention K/V.
+
+        ``key_mask``: bool ``[B, N]`` True for real tokens, or None when all are (a single embodiment)."""
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, N] -> [B, 1, 1, N]
         for layer in self.obs_layers:
-            tokens = layer(tokens, key_mask)
+            tokens = layer(tokens, attn_mask)
         tokens = self.obs_norm(tokens)
-        w = key_mask.to(tokens.dtype)[..., None]  # [B, N] -> [B, N, 1]
-        pooled = self.pool((tokens * w).sum(1) / w.sum(1).clamp(min=1.0))
+        if key_mask is None:
+            pooled = self.pool(tokens.mean(1))
+        else:
+            w = key_mask.to(tokens.dtype)[..., None]  # [B, N] -> [B, N, 1]
+            pooled = self.pool((tokens * w).sum(1) / w.sum(1).clamp(min=1.0))
         kv = [blk.cross.kv_cache(tokens) for blk in self.blocks]
-        return TrunkContext(pooled=pooled, kv=kv, key_mask=key_mask)
+        return TrunkContext(pooled=pooled, kv=kv, attn_mask=attn_mask)
 
     def forward(self, x: Tensor, t: Tensor, ctx: TrunkContext) -> Tensor:
         """``x``: action tokens ``[B, H, D]`` (already projected); ``t``: ``[B]`` time/noise level."""
-        c = self.time_mlp(timestep_embedding(t, self.cfg.dim)) + ctx.pooled
-        x = x + self.action_pos[: x.shape[1]]
-        for blk, kv in zip(self.blocks, ctx.kv, strict=True):
-            x = blk(x, c, kv, ctx.key_mask)
-        shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
-        return modulate(self.final_norm(x), shift, scale)
+        b, h, d = x.shape
+        c = self.time_mlp(timestep_embedding(t, d, freqs=self._time_freqs(t.device))) + ctx.pooled
+        mods = self.ada(F.silu(c)).view(b, self.n_mods, 1, d).unbind(1)  # [B, n_mods*D] -> n_mods x [B, 1, D]
+        x = x + self.action_pos[:h]
+        for i, (blk, kv) in enumerate(zip(self.blocks, ctx.kv, strict=True)):
+            x = blk(x, mods[MODS_PER_BLOCK * i : MODS_PER_BLOCK * (i + 1)], kv, ctx.attn_mask)
+        return torch.addcmul(mods[-2], F.layer_norm(x, (d,)), mods[-1])

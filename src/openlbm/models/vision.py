@@ -6,17 +6,22 @@ network always sees ``crop_frac`` of each side. The layer names mirror torchvisi
 ``layer1.0.conv1``, ``downsample.0`` ...) so that a torchvision/timm ``resnet18`` state dict maps onto the
 ``(64, 128, 256, 512) x (2, 2, 2, 2)`` configuration; norms are GroupNorm (BatchNorm's running statistics are
 bad news under small per-GPU batches and EMA), and a pretrained BatchNorm's affine weights initialise them.
+``kind="vit"`` swaps the ResNet + keypoints for a ViT + class-token/mean pooling (``openlbm.models.vit``); the
+output contract, one ``dim``-wide token per image, is the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from openlbm.models.vit import TokenPool, ViTConfig
 
 # ImageNet statistics: what torchvision/timm ResNets were trained with (harmless for random init).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,6 +35,8 @@ RandFn = Callable[[tuple[int, ...]], Tensor]
 class VisionConfig:
     """Architecture and augmentation of the shared camera encoder."""
 
+    kind: Literal["resnet", "vit"] = "resnet"
+    """Backbone: GroupNorm ResNet + spatial-softmax keypoints (``widths``... below), or a ViT (``vit``)."""
     widths: tuple[int, ...] = (64, 128, 256, 512)
     """Channels of each ResNet stage (the first stage keeps the stem's resolution, the others halve it)."""
     depths: tuple[int, ...] = (2, 2, 2, 2)
@@ -44,9 +51,12 @@ class VisionConfig:
     """Side fraction kept by the random (train) / center (eval) crop."""
     color_jitter: float = 0.2
     """Brightness, contrast and saturation jitter strength in training (0 disables)."""
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    """ViT architecture and input normalization (used when ``kind="vit"``)."""
     pretrained: Path | None = None
-    """Local safetensors file (torchvision/timm ``resnet18`` layout or an openlbm checkpoint) to initialise from.
-    Never downloaded: export one yourself (see docs/model.md)."""
+    """Local safetensors file (torchvision/timm ``resnet18`` layout or an openlbm checkpoint) to initialise from;
+    with ``kind="vit"`` a file or a ``save_pretrained`` dir of a transformers CLIP/SigLIP vision model or an
+    open_clip ViT. Never downloaded: export one yourself (see docs/model.md)."""
     pretrained_lr_mult: float = 0.1
     """Learning-rate multiplier for the encoder when ``pretrained`` is set (``param_groups``' ``encoder_lr_mult``
     overrides it when given)."""
@@ -54,6 +64,8 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.depths) or not self.widths:
             raise ValueError(f"vision widths {self.widths} and depths {self.depths} must be non-empty, equal length")
+        if self.kind not in ("resnet", "vit"):
+            raise ValueError(f"vision kind must be 'resnet' or 'vit', got {self.kind!r}")
         if not 0.3 <= self.crop_frac <= 1.0:
             raise ValueError(f"vision crop_frac must be in [0.3, 1], got {self.crop_frac}")
 
@@ -172,11 +184,20 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig, dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNet(cfg)
-        self.pool = SpatialSoftmax(self.backbone.out_channels, cfg.num_keypoints)
-        self.out = nn.Linear(2 * cfg.num_keypoints, dim)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.backbone: nn.Module
+        self.pool: nn.Module
+        if cfg.kind == "vit":
+            self.backbone = cfg.vit.build()
+            self.pool = TokenPool(cfg.vit)
+            self.out = nn.Linear(cfg.vit.width, dim)
+            mean, std = cfg.vit.image_mean, cfg.vit.image_std
+        else:
+            self.backbone = ResNet(cfg)
+            self.pool = SpatialSoftmax(self.backbone.out_channels, cfg.num_keypoints)
+            self.out = nn.Linear(2 * cfg.num_keypoints, dim)
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)  # [3] -> [1, 3, 1, 1]
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)  # [3] -> [1, 3, 1, 1]
 
     def preprocess(self, images: Tensor, rand: RandFn | None) -> Tensor:
         """uint8 -> normalized float crops; ``rand`` given = training augmentation, ``None`` = center crop."""

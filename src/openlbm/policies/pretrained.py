@@ -7,6 +7,9 @@ Supported key layouts (detected from the file):
   stem_width=64)``, the ``base``/``large`` default. Keys may carry a ``model.`` / ``backbone.`` / ``resnet.`` prefix.
 - openlbm: a policy's ``model.safetensors`` (``model.vision.backbone.*``) or a saved ``VisionEncoder``
   (``backbone.*``), any widths, as long as they match.
+- ViT (``VisionConfig.kind="vit"``), a file or a ``save_pretrained`` dir: transformers ``CLIPVisionModel`` /
+  ``SiglipVisionModel`` (or the full CLIP/SigLIP model; ``vision_model.*``, q/k/v fused on load, SigLIP's
+  attention-pooling head ignored), open_clip ``visual.*`` (``visual.proj`` ignored), or openlbm ``backbone.*``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -41,6 +45,8 @@ def _strip_prefix(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_vision_weights(encoder: VisionEncoder, path: Path) -> list[str]:
     """Copy the backbone weights in ``path`` into ``encoder.backbone``; returns the keys loaded."""
+    if encoder.cfg.kind == "vit":
+        return load_vit_weights(encoder, path)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained vision weights {path} not found: {HOW_TO}")
@@ -64,4 +70,124 @@ def load_vision_weights(encoder: VisionEncoder, path: Path) -> list[str]:
         )
     encoder.backbone.load_state_dict({k: src[k].to(v.dtype) for k, v in target.items()})
     log.info("vision backbone initialised from %s (%d tensors)", path, len(target))
+    return sorted(target)
+
+
+# -- ViT: transformers CLIP / SigLIP vision, open_clip, openlbm ------------------------------------------------
+VIT_HOW_TO = (
+    "save one on a machine that has the weights, e.g. `transformers.CLIPVisionModel.from_pretrained("
+    "'openai/clip-vit-base-patch16').save_pretrained('clip_vision')` (or SiglipVisionModel / an open_clip "
+    "`model.state_dict()` saved with safetensors), copy it here and set policy.vision.pretrained=PATH with "
+    "policy.vision.kind=vit and matching policy.vision.vit.* (see docs/model.md). openlbm never downloads weights."
+)
+_HF_LAYER = {
+    "layer_norm1": "ln1", "layer_norm2": "ln2", "self_attn.out_proj": "attn.proj", "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+_OC_LAYER = {
+    "ln_1": "ln1", "ln_2": "ln2", "attn.out_proj": "attn.proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+    "attn.in_proj": "attn.qkv",
+}
+
+
+def _vit_file(path: Path) -> Path:
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            found = sorted(p.name for p in path.iterdir())[:10]
+            raise FileNotFoundError(f"{path}: no model.safetensors in this dir (found {found}); {VIT_HOW_TO}")
+        return path / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained vision weights {path} not found: {VIT_HOW_TO}")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"pretrained vision weights must be a .safetensors file or dir (no pickles), got {path}")
+    return path
+
+
+def _from_hf(src: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """transformers ``CLIPVisionModel`` / ``SiglipVisionModel`` (also the full CLIP/SigLIP models) -> ours."""
+    out: dict[str, Tensor] = {}
+    emb = prefix + "embeddings."
+    for ours, theirs in [("patch_embed.weight", "patch_embedding.weight"), ("patch_embed.bias", "patch_embedding.bias"),
+                         ("cls_token", "class_embedding"), ("pos_embed", "position_embedding.weight")]:
+        if emb + theirs in src:
+            out[ours] = src[emb + theirs]
+    for ours, theirs in [("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")]:
+        for p in ("weight", "bias"):
+            if f"{prefix}{theirs}.{p}" in src:
+                out[f"{ours}.{p}"] = src[f"{prefix}{theirs}.{p}"]
+    layers = prefix + "encoder.layers."
+    ids = sorted({int(k[len(layers):].split(".")[0]) for k in src if k.startswith(layers)})
+    for i in ids:
+        pre = f"{layers}{i}."
+        for theirs, ours in _HF_LAYER.items():
+            for p in ("weight", "bias"):
+                if f"{pre}{theirs}.{p}" in src:
+                    out[f"blocks.{i}.{ours}.{p}"] = src[f"{pre}{theirs}.{p}"]
+        for p in ("weight", "bias"):
+            qkv = [f"{pre}self_attn.{n}_proj.{p}" for n in "qkv"]
+            if all(k in src for k in qkv):
+                out[f"blocks.{i}.attn.qkv.{p}"] = torch.cat([src[k] for k in qkv], dim=0)  # 3 x [W, ...] -> [3W, ...]
+    return out
+
+
+def _from_open_clip(src: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """open_clip ``VisionTransformer`` (``visual.conv1``, ``visual.transformer.resblocks.N`` ...) -> ours."""
+    out: dict[str, Tensor] = {}
+    for ours, theirs in [("patch_embed.weight", "conv1.weight"), ("patch_embed.bias", "conv1.bias"),
+                         ("cls_token", "class_embedding"), ("pos_embed", "positional_embedding")]:
+        if prefix + theirs in src:
+            out[ours] = src[prefix + theirs]
+    for name in ("ln_pre", "ln_post"):
+        for p in ("weight", "bias"):
+            if f"{prefix}{name}.{p}" in src:
+                out[f"{name}.{p}"] = src[f"{prefix}{name}.{p}"]
+    blocks = prefix + "transformer.resblocks."
+    for k, v in src.items():
+        if not k.startswith(blocks):
+            continue
+        i, rest = k[len(blocks):].split(".", 1)
+        for theirs, ours in _OC_LAYER.items():
+            for p in ("weight", "bias"):
+                if rest in (f"{theirs}.{p}", f"{theirs}_{p}"):
+                    out[f"blocks.{i}.{ours}.{p}"] = v
+    return out
+
+
+def convert_vit_state_dict(src: dict[str, Tensor]) -> tuple[str, dict[str, Tensor]]:
+    """Detect the layout of ``src`` and rename it to ``openlbm.models.vit.ViT``'s keys: ``(layout, tensors)``."""
+    for prefix in ("model.vision.backbone.", "vision.backbone.", "backbone."):
+        if prefix + "patch_embed.weight" in src:
+            return "openlbm", {k[len(prefix):]: v for k, v in src.items() if k.startswith(prefix)}
+    for prefix in ("vision_model.", ""):
+        if prefix + "embeddings.patch_embedding.weight" in src:
+            layout = "clip" if prefix + "embeddings.class_embedding" in src else "siglip"
+            return f"transformers-{layout}", _from_hf(src, prefix)
+    for prefix in ("visual.", ""):
+        if prefix + "conv1.weight" in src and any(k.startswith(prefix + "transformer.resblocks.") for k in src):
+            return "open_clip", _from_open_clip(src, prefix)
+    raise ValueError(
+        "no ViT layout recognised (expected transformers CLIP/SigLIP 'vision_model.embeddings.patch_embedding."
+        f"weight', open_clip 'visual.conv1.weight' or openlbm 'backbone.patch_embed.weight'); first keys: "
+        f"{sorted(src)[:8]}"
+    )
+
+
+def load_vit_weights(encoder: VisionEncoder, path: Path) -> list[str]:
+    """Copy a local CLIP/SigLIP/open_clip/openlbm ViT into ``encoder.backbone`` (a ``kind="vit"`` encoder)."""
+    file = _vit_file(Path(path))
+    layout, src = convert_vit_state_dict(load_file(str(file)))
+    target = encoder.backbone.state_dict()
+    missing = sorted(k for k in target if k not in src)
+    unexpected = sorted(k for k in src if k not in target)
+    mismatched = [f"{k}: ours {tuple(v.shape)} vs file {tuple(src[k].shape)}" for k, v in target.items()
+                  if k in src and src[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{file} ({layout} layout) does not fit policy.vision.vit: {len(missing)} missing keys {missing[:6]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:6]}, {len(mismatched)} shape mismatches "
+            f"{mismatched[:6]}. Match width/depth/mlp_dim/patch_size, pos_grid = image_size // patch_size, and "
+            "cls_token/pre_norm/patch_bias (CLIP: True/True/False; SigLIP: False/False/True)"
+        )
+    encoder.backbone.load_state_dict({k: src[k].to(v.dtype) for k, v in target.items()})
+    log.info("vision ViT initialised from %s (%s layout, %d tensors)", file, layout, len(target))
     return sorted(target)

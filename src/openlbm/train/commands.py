@@ -44,6 +44,10 @@ class Train:
     """The training config, starting from the chosen preset."""
     dataset: tyro.conf.UseAppendAction[tuple[Path, ...]] = ()
     """A dataset root to train on (repeat the flag for a mixture); added to ``data.sources`` with weight 1."""
+    eval_tasks: str | None = None
+    """Meta-World tasks (set name or comma list) rolled out every ``--eval-every`` steps; logged as ``eval/*``."""
+    eval_episodes: int = 5
+    """Episodes per task at each in-training evaluation (fixed starts, the same at every call)."""
     verbose: bool = False
     """Debug-level logging."""
 
@@ -54,7 +58,19 @@ class Train:
         cfg = with_datasets(self.config, self.dataset)
         if not cfg.data.sources:
             raise SystemExit("lbm train: no dataset given; pass --dataset PATH (repeatable)")
-        run_dir = train(cfg)
+        if cfg.eval_every > 0 and self.eval_tasks is None:
+            raise SystemExit("lbm train: --eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
+        eval_fn = None
+        if cfg.eval_every > 0 and self.eval_tasks is not None:
+            from openlbm.eval.train_eval import make_train_eval_fn
+
+            eval_fn = make_train_eval_fn(self.eval_tasks, self.eval_episodes, seed=cfg.seed + 1,
+                                         out_dir=cfg.run_dir / "train_eval")
+        try:
+            run_dir = train(cfg, eval_fn=eval_fn)
+        finally:
+            if eval_fn is not None:
+                eval_fn.close()
         if os.environ.get("RANK", "0") == "0":
             print(f"run dir: {run_dir}")
         return 0

@@ -272,7 +272,9 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None) 
                 logger.log(step, {**meter.summary(), "lr": lr})
                 meter.reset()
             if cfg.eval_every and eval_fn is not None and step % cfg.eval_every == 0:
+                t_eval = time.perf_counter()
                 _run_eval(eval_fn, export, step, logger, info)
+                meter.t0 += time.perf_counter() - t_eval  # rollouts are not training throughput
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.steps:
                 save()
         save()
@@ -319,10 +321,12 @@ def _sampler_state(data: Any) -> dict[str, Any]:
 
 def _run_eval(eval_fn: EvalFn, policy: nn.Module, step: int, logger: Any, info: dist_utils.DistInfo) -> None:
     if info.is_main:
-        t0 = time.perf_counter()
+        t0, was_training = time.perf_counter(), policy.training
         results = eval_fn(policy, step)
-        logger.log(step, {f"eval/{k}": float(v) for k, v in results.items()} | {"eval/seconds": time.perf_counter() - t0})
-        policy.eval()
+        # Without EMA the exported module is the one being trained: hand it back in the mode it was in.
+        policy.train(was_training)
+        metrics = {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in results.items()}
+        logger.log(step, metrics | {"eval/seconds": time.perf_counter() - t0})
     dist_utils.barrier()
 
 
