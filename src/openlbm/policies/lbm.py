@@ -198,7 +198,7 @@ class LBMPolicy(nn.Module):
         (default ``vision.pretrained_lr_mult``) when it starts from pretrained weights, else the full rate."""
         pretrained = self.config.vision.pretrained is not None
         enc_mult = (self.config.vision.pretrained_lr_mult if encoder_lr_mult is None else encoder_lr_mult) if pretrained else 1.0
-        no_decay_names = ("step_pos", "camera_emb", "embodiment_token", "action_pos")
+        no_decay_names = ("step_pos", "camera_emb", "embodiment_token", "action_pos", "pos_embed", "cls_token")
         groups: dict[str, dict[str, Any]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
