@@ -183,7 +183,7 @@ class DiT(nn.Module):
         # adaLN-zero for every block + the final layer in one linear: [B, D] -> [B, n_mods * D], laid out
         # (block 0: shift, scale, gate, shift, scale, gate), (block 1: ...), ..., final shift, final scale.
         # Zero weights; bias 1 on the scale slots (the "1 +" of x * (1 + scale)), 0 elsewhere: every gate
-        # starts closed, so each block starts as the identity and the output as plain LayerNorm.
+        # starts closed, so each block's self-attention and MLP branches start as the identity (adaLN-zero).
         self.ada = nn.Linear(d, self.n_mods * d)
         nn.init.zeros_(self.ada.weight)
         with torch.no_grad():
