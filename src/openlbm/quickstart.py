@@ -145,9 +145,9 @@ def train_stage(cfg: Quickstart, dataset: Path) -> Path:
         return tc.run_dir
     eval_fn = None
     if cfg.eval_every > 0:
-        from openlbm.eval.train_eval import make_train_eval_fn
+        from openlbm.eval.train_eval import TrainEvalFn
 
-        eval_fn = make_train_eval_fn(cfg.tasks, cfg.eval_episodes_in_training, seed=cfg.seed + 2,
+        eval_fn = TrainEvalFn(cfg.tasks, cfg.eval_episodes_in_training, seed=cfg.seed + 2,
                                      num_workers=cfg.workers, max_steps=cfg.max_steps, out_dir=tc.run_dir / "train_eval")
     try:
         run_dir = train(tc, eval_fn=eval_fn)

@@ -13,7 +13,7 @@ from openlbm.envs.expert import ScriptedExpert
 from openlbm.envs.metaworld import MetaWorldConfig
 from openlbm.eval.records import load_records
 from openlbm.eval.runner import EvalConfig, SpecMismatchError, episode_seed, evaluate
-from openlbm.eval.train_eval import make_train_eval_fn
+from openlbm.eval.train_eval import TrainEvalFn
 
 TASKS = "button-press-topdown-v3,drawer-close-v3"
 
@@ -110,7 +110,7 @@ def test_bad_input_errors(tmp_path: Path) -> None:
 
 def test_train_eval_fn_returns_curves_metrics(tmp_path: Path) -> None:
     policy = ScriptedExpert(MetaWorldConfig(cameras=()))
-    with make_train_eval_fn("button-press-topdown-v3", 2, num_workers=1, out_dir=tmp_path / "ev") as fn:
+    with TrainEvalFn("button-press-topdown-v3", 2, num_workers=1, out_dir=tmp_path / "ev") as fn:
         m1 = fn(policy, 100)
         m2 = fn(policy, 200)  # same workers, same starts
     assert m1 == m2 == {"eval/button-press-topdown-v3": 1.0, "eval/success": 1.0}

@@ -115,17 +115,3 @@ class TrainEvalFn:
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to report to
             self.close()
 
-
-def make_train_eval_fn(
-    tasks: str | Sequence[str],
-    episodes: int,
-    *,
-    seed: int = 0,
-    instructions: Literal["train", "heldout"] = "train",
-    num_workers: int = 2,
-    max_steps: int | None = None,
-    out_dir: Path | None = None,
-) -> TrainEvalFn:
-    """An ``eval_fn`` for ``openlbm.train.loop.train``: ``episodes`` per task from fixed starts at every call."""
-    return TrainEvalFn(tasks, episodes, seed=seed, instructions=instructions, num_workers=num_workers,
-                       max_steps=max_steps, out_dir=out_dir)

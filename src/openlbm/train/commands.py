@@ -62,9 +62,9 @@ class Train:
             raise SystemExit("lbm train: --eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
         eval_fn = None
         if cfg.eval_every > 0 and self.eval_tasks is not None:
-            from openlbm.eval.train_eval import make_train_eval_fn
+            from openlbm.eval.train_eval import TrainEvalFn
 
-            eval_fn = make_train_eval_fn(self.eval_tasks, self.eval_episodes, seed=cfg.seed + 1,
+            eval_fn = TrainEvalFn(self.eval_tasks, self.eval_episodes, seed=cfg.seed + 1,
                                          out_dir=cfg.run_dir / "train_eval")
         try:
             run_dir = train(cfg, eval_fn=eval_fn)
