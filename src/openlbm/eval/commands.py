@@ -6,10 +6,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tyro
 
+from openlbm.eval.runner import EvalConfig
 from openlbm.eval.sequential import Spending
 from openlbm.eval.stats import Correction, TestName
 
@@ -22,60 +23,17 @@ def _pct(x: float) -> str:
 class Eval:
     """Roll out a policy on fixed initial states; write per-episode records, summary.json and report.html."""
 
-    policy: str = "expert"
-    """Run dir, checkpoint dir or policy dir, or `expert` (Meta-World's scripted expert)."""
-    out: Path | None = None
-    """Output dir (default: `<policy>/eval/<tasks>-<instructions>-s<seed>`, or `evals/expert-...`)."""
-    suite: Literal["metaworld"] = "metaworld"
-    """Simulation suite."""
-    tasks: str = "quickstart"
-    """Task set (mt10, mt50, quickstart, ...) or comma-separated task names."""
-    episodes_per_task: int = 50
-    """Episodes per task."""
-    instructions: Literal["train", "heldout"] = "train"
-    """Instruction paraphrases: `heldout` ones were never used in training."""
-    seed: int = 0
-    """Base seed of the initial states (same seed = same starts = paired comparison)."""
-    num_workers: int = 2
-    """Env processes (about one per CPU core)."""
-    max_steps: int | None = None
-    """Time limit per episode (default: the suite's)."""
-    record_video: bool = True
-    """Save a success and a failure clip per task for the report."""
-    cameras: tuple[str, ...] | None = None
-    """Cameras to render (default: the policy's)."""
-    image_size: tuple[int, int] | None = None
-    """Image (height, width) (default: the policy's)."""
-    device: str = "auto"
-    """Torch device for the policy (auto = CUDA when available)."""
-    server: str | None = None
-    """Evaluate a policy served by `lbm serve` at this ws:// URL instead of loading --policy."""
-    sequential_baseline: Path | None = None
-    """Eval dir of a baseline (same --seed): stop as soon as a group-sequential paired test decides."""
-    look_every: int = 0
-    """Paired episodes between sequential looks (0 = 5 per task)."""
-    alpha: float = 0.05
-    """Two-sided error rate of the sequential test."""
-    noise_seed: int | None = 0
-    """Seed of a loaded policy's sampling noise (same as `lbm serve`'s default); None = torch's global RNG."""
+    config: Annotated[EvalConfig, tyro.conf.arg(name="")]
+    """What to evaluate, where, and how (every field of ``openlbm.eval.runner.EvalConfig`` is a flag)."""
 
     def run(self) -> int:
         from rich.console import Console
 
-        from openlbm.eval.runner import EXPERT, EvalConfig, evaluate
+        from openlbm.eval.runner import evaluate
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        out = self.out
-        if out is None:
-            name = f"{self.tasks.replace(',', '+')}-{self.instructions}-s{self.seed}"
-            out = Path("evals") / f"expert-{name}" if self.policy == EXPERT or self.server else Path(self.policy) / "eval" / name
-        cfg = EvalConfig(
-            policy=self.policy, out=out, suite=self.suite, tasks=self.tasks, episodes_per_task=self.episodes_per_task,
-            instructions=self.instructions, seed=self.seed, num_workers=self.num_workers, max_steps=self.max_steps,
-            record_video=self.record_video, cameras=self.cameras, image_size=self.image_size, device=self.device,
-            server=self.server, sequential_baseline=self.sequential_baseline, look_every=self.look_every,
-            alpha=self.alpha, noise_seed=self.noise_seed,
-        )
+        cfg = self.config
+        out = cfg.out_dir()
         summary = evaluate(cfg)
         console = Console()
         from rich.table import Table
@@ -88,9 +46,9 @@ class Eval:
             table.add_row(t, f"{e.successes}/{e.n}", _pct(e.rate), f"{_pct(e.wilson[0])}–{_pct(e.wilson[1])}", str(err))
         console.print(table)
         seq = out / "sequential.json"
-        if self.sequential_baseline is not None and seq.is_file():
+        if cfg.sequential_baseline is not None and seq.is_file():
             state = json.loads(seq.read_text())
-            console.print(f"sequential vs {self.sequential_baseline}: {state['verdict']} after "
+            console.print(f"sequential vs {cfg.sequential_baseline}: {state['verdict']} after "
                           f"{state['looks'][-1]['pairs'] if state['looks'] else 0} of {state['planned_pairs']} pairs")
         console.print(f"records, summary and report in {out}")
         return 0

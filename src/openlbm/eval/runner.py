@@ -57,11 +57,12 @@ class SpecMismatchError(ValueError):
 class EvalConfig:
     """One evaluation: which policy, on which tasks and starts, with how many episodes, written where."""
 
-    policy: str
+    policy: str = EXPERT
     """A training run dir, a checkpoint dir or a policy dir (resolved by ``openlbm.train.checkpoint.
     resolve_policy_dir``), or ``"expert"`` for Meta-World's scripted expert. Ignored when ``server`` is set."""
-    out: Path
-    """Eval dir: records, summary, videos and report go here. Re-running with the same dir resumes."""
+    out: Path | None = None
+    """Eval dir: records, summary, videos and report go here; re-running with the same dir resumes. Default:
+    ``<policy>/eval/<tasks>-<instructions>-s<seed>`` (``evals/expert-...`` for the expert or a server)."""
     suite: Literal["metaworld"] = "metaworld"
     """Simulation suite."""
     tasks: str | tuple[str, ...] = "quickstart"
@@ -108,6 +109,16 @@ class EvalConfig:
     """Paired episodes between sequential looks (0 = 5 per task)."""
     alpha: float = 0.05
     """Two-sided error rate of the sequential test."""
+
+    def out_dir(self) -> Path:
+        """``out``, or the default eval dir derived from the policy, tasks, instructions and seed."""
+        if self.out is not None:
+            return Path(self.out)
+        tasks = self.tasks if isinstance(self.tasks, str) else ",".join(self.tasks)
+        name = f"{tasks.replace(',', '+')}-{self.instructions}-s{self.seed}"
+        if self.policy == EXPERT or self.server:
+            return Path("evals") / f"expert-{name}"
+        return Path(self.policy) / "eval" / name
 
     def build(self, policy: PolicyLike | None = None) -> EvalSummary:
         """Run the evaluation (same as :func:`evaluate`)."""
@@ -172,7 +183,7 @@ def _validate(cfg: EvalConfig) -> list[str]:
     if cfg.instructions not in ("train", "heldout"):
         raise ValueError(f"instructions must be 'train' or 'heldout', got {cfg.instructions!r}")
     tasks = resolve_tasks(cfg.tasks)
-    out = Path(cfg.out)
+    out = cfg.out_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write_test.{os.getpid()}"
@@ -298,7 +309,7 @@ def evaluate(cfg: EvalConfig, policy: PolicyLike | None = None) -> EvalSummary:
 
         check_spec(policy.embodiment, embodiment(env_cfg))  # before any worker starts
         plan = plan_episodes(tasks, cfg.episodes_per_task, cfg.seed, cfg.instructions)
-        out = Path(cfg.out)
+        out = cfg.out_dir()
         meta = {
             **{k: v for k, v in asdict(cfg).items() if k in _IDENTITY},
             "out": str(out), "tasks": tasks, "episodes_per_task": cfg.episodes_per_task, "planned": len(plan),
@@ -343,17 +354,17 @@ def _run_sequential(cfg: EvalConfig, policy: PolicyLike, env_cfg: Any, plan: lis
     look = cfg.look_every or 5 * len({e.task for e in paired})
 
     def decide() -> bool:
-        xs, ys = paired_sequence(base, load_records(Path(cfg.out)))
+        xs, ys = paired_sequence(base, load_records(cfg.out_dir()))
         test = run_sequential(xs, ys, look_every=look, planned_pairs=len(paired), alpha=cfg.alpha)
         state = {"baseline": str(cfg.sequential_baseline), "alpha": cfg.alpha, "look_every": look,
                  "planned_pairs": len(paired), "decided": test.decided, "verdict": test.verdict,
                  "looks": [vars(lk) for lk in test.looks]}
-        (Path(cfg.out) / "sequential.json").write_text(json.dumps(state, indent=2) + "\n")
+        (cfg.out_dir() / "sequential.json").write_text(json.dumps(state, indent=2) + "\n")
         if test.decided:
             log.info("sequential test decided after %d paired episodes: %s", test.looks[-1].pairs, test.verdict)
         return test.decided
 
-    done = {r["episode_id"] for r in load_records(Path(cfg.out))}
+    done = {r["episode_id"] for r in load_records(cfg.out_dir())}
     chunks = [[e for e in paired[i : i + look] if e.episode_id not in done] for i in range(0, len(paired), look)]
     if not decide():
         _rollout(cfg, policy, env_cfg, chunks, path, after_chunk=decide)
@@ -373,7 +384,7 @@ def _rollout(
     from openlbm.envs.rollout import EpisodeResult, EpisodeSpec, RolloutRunner
 
     writer = RecordWriter(path)
-    videos = _VideoKeeper(Path(cfg.out), fps=20.0)
+    videos = _VideoKeeper(cfg.out_dir(), fps=20.0)
 
     def on_result(res: EpisodeResult) -> None:
         writer.write({
