@@ -25,7 +25,7 @@ from openlbm.models.rng import SampleRNG
 from openlbm.policies.config import PolicyConfig
 from openlbm.policies.execution import ChunkExecutor
 from openlbm.policies.normalize import MissingStatsError, Normalizer
-from openlbm.policies.pretrained import load_vision_weights
+from openlbm.policies.pretrained import load_vision_weights, state_dict_diff
 from openlbm.policies.text import build_text_encoder
 from openlbm.types import Batch, EmbodimentSpec, Observation
 
@@ -251,11 +251,7 @@ class LBMPolicy(nn.Module):
         cfg, embodiments, stats = cls.read_dir(d)
         policy = cls(cfg, embodiments, stats, load_pretrained=False)
         tensors = load_file(str(d / "model.safetensors"))
-        own = policy.state_dict()
-        missing = sorted(set(own) - set(tensors))
-        unexpected = sorted(set(tensors) - set(own))
-        shapes = [f"{k}: config {tuple(own[k].shape)} vs file {tuple(v.shape)}" for k, v in tensors.items()
-                  if k in own and own[k].shape != v.shape]
+        missing, unexpected, shapes = state_dict_diff(policy.state_dict(), tensors, ours_label="config")
         if missing or unexpected or shapes:
             raise ValueError(
                 f"{d / 'model.safetensors'} does not match {d / 'config.json'}: {len(missing)} missing {missing[:8]}, "

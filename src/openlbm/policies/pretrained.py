@@ -25,6 +25,18 @@ from openlbm.models.vision import VisionEncoder
 
 log = logging.getLogger(__name__)
 
+
+def state_dict_diff(
+    ours: dict[str, Tensor], theirs: dict[str, Tensor], ours_label: str = "ours"
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys ``ours`` has that ``theirs`` lacks, keys only ``theirs`` has, and ``"key: <ours_label> (..) vs file
+    (..)"`` for shared keys whose shapes differ: the three lists every weight-loading error reports."""
+    missing = sorted(k for k in ours if k not in theirs)
+    unexpected = sorted(k for k in theirs if k not in ours)
+    shapes = [f"{k}: {ours_label} {tuple(ours[k].shape)} vs file {tuple(v.shape)}" for k, v in theirs.items()
+              if k in ours and ours[k].shape != v.shape]
+    return missing, unexpected, shapes
+
 HOW_TO = (
     "export one on a machine that has the weights, e.g. with torchvision: `python -c \"import torchvision, "
     "safetensors.torch as st; m = torchvision.models.resnet18(weights='IMAGENET1K_V1'); "
@@ -59,9 +71,7 @@ def load_vision_weights(encoder: VisionEncoder, path: Path) -> list[str]:
             f"optionally under one of {_PREFIXES}); first keys: {sorted(src)[:8]}"
         )
     target = encoder.backbone.state_dict()
-    missing = sorted(k for k in target if k not in src)
-    mismatched = [f"{k}: ours {tuple(v.shape)} vs file {tuple(src[k].shape)}" for k, v in target.items()
-                  if k in src and src[k].shape != v.shape]
+    missing, _, mismatched = state_dict_diff(target, src)  # extra keys (e.g. the classifier head) are ignored
     if missing or mismatched:
         raise ValueError(
             f"{path} does not fit policy.vision (widths/depths/stem_width): "
@@ -177,10 +187,7 @@ def load_vit_weights(encoder: VisionEncoder, path: Path) -> list[str]:
     file = _vit_file(Path(path))
     layout, src = convert_vit_state_dict(load_file(str(file)))
     target = encoder.backbone.state_dict()
-    missing = sorted(k for k in target if k not in src)
-    unexpected = sorted(k for k in src if k not in target)
-    mismatched = [f"{k}: ours {tuple(v.shape)} vs file {tuple(src[k].shape)}" for k, v in target.items()
-                  if k in src and src[k].shape != v.shape]
+    missing, unexpected, mismatched = state_dict_diff(target, src)
     if missing or unexpected or mismatched:
         raise ValueError(
             f"{file} ({layout} layout) does not fit policy.vision.vit: {len(missing)} missing keys {missing[:6]}, "
