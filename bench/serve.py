@@ -11,9 +11,7 @@ dynamic batching.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +22,7 @@ import torch
 
 from openlbm.serve import protocol
 from openlbm.serve.client import PolicyClient
+from openlbm.serve.launch import spawn_server
 from openlbm.serve.server import PolicyRunner, _History
 from openlbm.types import EmbodimentSpec
 
@@ -80,34 +79,7 @@ def in_process_ms(policy: torch.nn.Module, n: int) -> list[float]:
 
 
 def start_server(policy_dir: Path, log: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "openlbm.cli",
-            "serve",
-            "--policy",
-            str(policy_dir),
-            "--port",
-            "0",
-            "--max-batch",
-            str(max_batch),
-            "--max-wait-ms",
-            "2",
-        ],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)", log.read_text())
-        if m:
-            return proc, int(m.group(1))
-        if proc.poll() is not None:
-            raise RuntimeError(log.read_text()[-3000:])
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return spawn_server(policy_dir, log, ["--max-batch", str(max_batch), "--max-wait-ms", "2"])
 
 
 def round_trip_ms(port: int, n: int) -> list[float]:

@@ -11,9 +11,7 @@ import inspect
 import re
 import signal
 import subprocess
-import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ import websockets
 import websockets.sync.client as wsc
 
 from openlbm.serve import codec
+from openlbm.serve.launch import spawn_server
 
 _LEGACY = {"legacy": True} if "legacy" in inspect.signature(wsc.connect).parameters else {}
 
@@ -35,39 +34,11 @@ REQUESTS_PER_CLIENT = 12
 
 
 def _start_server(policy_dir: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "openlbm.cli",
-            "serve",
-            "--policy",
-            str(policy_dir),
-            "--port",
-            "0",
-            "--api-key",
-            API_KEY,
-            "--max-batch",
-            "4",
-            "--max-wait-ms",
-            "2",
-            "--max-message-mb",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    return spawn_server(
+        policy_dir,
+        log_path,
+        ["--api-key", API_KEY, "--max-batch", "4", "--max-wait-ms", "2", "--max-message-mb", "1"],
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)", log_path.read_text())
-        if m:
-            return proc, int(m.group(1))
-        if proc.poll() is not None:
-            raise RuntimeError(f"lbm serve exited early:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"lbm serve did not come up:\n{log_path.read_text()[-3000:]}")
 
 
 def _rss_kib(pid: int) -> int:
