@@ -15,6 +15,12 @@ weighted mean of every stored chunk's prediction for ``t``, weights ``exp(-m * i
 
 Each batch slot is an independent environment: it keeps its own history and queue, only the slots whose queue ran
 out are sent to the model, and ``reset([i])`` clears slot ``i`` (the rollout runner calls it at episode start).
+
+This is the only observation history in openlbm: in-process execution (``LBMPolicy.select_action``) and the policy
+server's client (``openlbm.serve.client.RemotePolicy``, which sends each window over the wire to a stateless
+server) both run it, so a served policy sees exactly the windows an in-process one sees. ``predict`` also receives
+each window's *chunk index* (chunks predicted for that slot since its reset, 0 for the first), which keys the
+sampling noise (``LBMPolicy.noise_seed``).
 """
 
 from __future__ import annotations
@@ -51,9 +57,18 @@ class _Slot:
     """Temporal ensembling: [chunk [H, A], age] pairs, oldest first."""
     n_real: int = 0
     """Frames observed since reset (the rest of the history is padding)."""
+    n_chunks: int = 0
+    """Chunks predicted for this slot since reset (the next one's chunk index)."""
+
+
+Predict = Callable[[Observation, list[int]], Tensor]
+"""``predict(window, chunk_index) -> [n, H, A]``: ``window`` is ``T = n_obs_steps``, ``chunk_index[j]`` counts the
+chunks already predicted for window ``j``'s slot since its reset."""
 
 
 class ChunkExecutor:
+    """Per-slot observation history + action queue (or ensembling buffer); see the module docstring."""
+
     def __init__(self, n_obs_steps: int, n_action_steps: int, horizon: int, ensemble: float | None) -> None:
         self.n_obs_steps = n_obs_steps
         self.n_action_steps = n_action_steps
@@ -77,7 +92,7 @@ class ChunkExecutor:
             slot.history.clear()
             slot.queue.clear()
             slot.chunks.clear()
-            slot.n_real = 0
+            slot.n_real = slot.n_chunks = 0
         if not slot.history:
             slot.history.extend([frame] * self.n_obs_steps)  # pad by repeating the first frame
         else:
@@ -101,7 +116,7 @@ class ChunkExecutor:
             obs_is_pad=pad,
         )
 
-    def step(self, obs: Observation, predict: Callable[[Observation], Tensor]) -> Tensor:
+    def step(self, obs: Observation, predict: Predict) -> Tensor:
         """One env step for every slot: ``obs`` is ``T = 1``; returns ``[B, A]`` (``predict`` gives ``[n, H, A]``)."""
         if obs.n_steps != 1:
             raise ValueError(f"select_action takes one observation step per slot (T = 1), got T = {obs.n_steps}")
@@ -116,8 +131,9 @@ class ChunkExecutor:
         need = [i for i, s in enumerate(self.slots) if self.ensemble is not None or not s.queue]
         if need:
             group = [self.slots[i] for i in need]
-            chunks = predict(self._window(group, obs.state.device))  # [n, H, A]
+            chunks = predict(self._window(group, obs.state.device), [s.n_chunks for s in group])  # [n, H, A]
             for slot, chunk in zip(group, chunks, strict=True):
+                slot.n_chunks += 1
                 if self.ensemble is None:
                     slot.queue.extend(chunk[: self.n_action_steps])
                 else:

@@ -10,6 +10,7 @@ Policy dir (``save`` / ``load``; no training code needed to load)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -35,6 +36,26 @@ FORMAT = "openlbm.policy"
 VERSION = 1
 PER_EMBODIMENT = ("state_in", "camera_emb", "embodiment_token", "action_in", "action_out")
 """``model.<these>.<embodiment>.*`` parameters belong to one embodiment (new ones may be reinitialised)."""
+
+
+def window_digest(obs: Observation, i: int, specs: dict[str, EmbodimentSpec]) -> bytes:
+    """Digest of sample ``i``'s observation window: its embodiment's cameras and state dims, the padding flags, the
+    instruction. Equal windows (in-process or rebuilt by the server from the wire) give equal digests."""
+    spec = specs[obs.embodiment[i]]
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{spec.name}\0{obs.instruction[i]}\0".encode())
+    pad = obs.obs_is_pad[i] if obs.obs_is_pad is not None else torch.zeros(obs.n_steps, dtype=torch.bool)
+    h.update(pad.to("cpu", torch.uint8).numpy().tobytes())
+    h.update(obs.state[i, :, : spec.state_dim].to("cpu", torch.float32).contiguous().numpy().tobytes())
+    for cam in spec.cameras:
+        h.update(obs.images[cam][i].to("cpu", torch.uint8).contiguous().numpy().tobytes())
+    return h.digest()
+
+
+def chunk_noise_seed(noise_seed: int, digest: bytes, chunk_index: int) -> int:
+    """63-bit seed of one chunk's initial noise: a pure function of (noise seed, window digest, chunk index)."""
+    key = hashlib.blake2b(f"openlbm-noise/{int(noise_seed)}/{int(chunk_index)}/".encode() + digest, digest_size=8)
+    return int.from_bytes(key.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _jsonable(x: Any) -> Any:
@@ -78,10 +99,12 @@ class LBMPolicy(nn.Module):
         if load_pretrained and config.vision.pretrained is not None:
             load_vision_weights(self.model.vision, config.vision.pretrained)
         self.executor = ChunkExecutor(config.n_obs_steps, config.n_action_steps, config.horizon, config.temporal_ensemble)
-        self.noise_seed: int | None = None
-        """Set (an int) to draw every sample's initial noise from its own ``torch.Generator().manual_seed(noise_seed)``:
-        sampling is then a deterministic function of the observation, whatever the batch size or position (the
-        policy server and evaluation set it). ``None`` = torch's global RNG. Not saved with the policy."""
+        self.noise_seed: int | None = 0
+        """The sampler (the same in ``lbm eval``, in-training eval and ``lbm serve``): with an int, each chunk's
+        initial noise is a fresh ``N(0, I)`` draw from a generator seeded by :func:`chunk_noise_seed` of (this
+        seed, the digest of the sample's observation window, its chunk index since the episode start). Each chunk
+        thus gets new noise (the real stochastic policy is sampled), yet evaluation is reproducible and a chunk does
+        not depend on the rest of the batch. ``None`` = torch's global RNG. Not saved with the policy."""
 
     @property
     def device(self) -> torch.device:
@@ -122,32 +145,51 @@ class LBMPolicy(nn.Module):
         state = self.normalizer.normalize("state", obs.state, obs.embodiment)  # [B, T, S]
         return self.model.encode_observation(obs.images, state, lang, obs.embodiment, rng)
 
-    def sample_actions(
-        self, enc: ObsEncoding, num_steps: int | None = None, generator: torch.Generator | None = None
+    def initial_noise(
+        self, obs: Observation, chunk_index: Sequence[int] | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Normalized chunk ``[B, H, A_max]`` by denoising from Gaussian noise, reusing ``enc`` at every step.
+        """The sampler's starting noise ``[B, H, A_max]`` for ``obs``: from ``generator`` if given (one stream for
+        the whole batch), else per sample from ``noise_seed`` (see its docstring; ``chunk_index`` defaults to 0),
+        else from torch's global RNG."""
+        b = obs.batch_size
+        shape = (b, self.config.horizon, self.max_action_dim)
+        if generator is not None or self.noise_seed is None:
+            return torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
+        index = [0] * b if chunk_index is None else [int(c) for c in chunk_index]
+        if len(index) != b:
+            raise ValueError(f"chunk_index has {len(index)} entries for a batch of {b}")
+        seeds = [chunk_noise_seed(self.noise_seed, window_digest(obs, i, self.specs), index[i]) for i in range(b)]
+        return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
 
-        Noise: from ``generator`` if given (one stream for the whole batch), else per sample from ``noise_seed``
-        if set, else from torch's global RNG."""
-        shape = (enc.batch_size, self.config.horizon, self.max_action_dim)
-        if generator is None and self.noise_seed is not None:
-            # Every sample gets the same seeded draw, so its chunk does not depend on the rest of the batch.
-            one = torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(self.noise_seed)))  # [H, A_max]
-            noise = one.expand(shape).contiguous()  # [H, A_max] -> [B, H, A_max]
-        else:
+    def sample_actions(
+        self,
+        enc: ObsEncoding,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Normalized chunk ``[B, H, A_max]`` by denoising from ``noise`` (``[B, H, A_max]``; default: drawn from
+        ``generator`` or torch's global RNG), reusing ``enc`` at every step."""
+        if noise is None:
+            shape = (enc.batch_size, self.config.horizon, self.max_action_dim)
             noise = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
         return self.model.sample(enc, noise.to(self.device), num_steps)
 
     @torch.no_grad()
     def predict_chunk(
-        self, obs: Observation, num_steps: int | None = None, generator: torch.Generator | None = None
+        self,
+        obs: Observation,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        chunk_index: Sequence[int] | None = None,
     ) -> Tensor:
         """Action chunk ``[B, horizon, A]`` in physical units; ``A`` = the largest native action dim among the
         batch's embodiments (= the native dim when the batch has one embodiment; narrower ones are zero-padded).
-        ``num_steps`` overrides the head's sampling steps; ``generator`` (CPU) makes the noise reproducible."""
+        ``num_steps`` overrides the head's sampling steps; noise: see :meth:`initial_noise`."""
         self.check_observation(obs)
+        noise = self.initial_noise(obs, chunk_index, generator)
         obs = obs.to(self.device)
-        chunk = self.sample_actions(self.encode_observation(obs), num_steps, generator)
+        chunk = self.sample_actions(self.encode_observation(obs), num_steps, noise=noise)
         chunk = self.normalizer.unnormalize("action", chunk, obs.embodiment)
         width = max(self.specs[e].action_dim for e in obs.embodiment)
         return chunk[..., :width]
@@ -186,7 +228,7 @@ class LBMPolicy(nn.Module):
     def select_action(self, obs: Observation) -> Tensor:
         """``[B, A]`` for a ``T = 1`` observation of ``B`` independent envs (see :mod:`openlbm.policies.execution`)."""
         self.check_observation(obs, n_steps=1)
-        return self.executor.step(obs.to(self.device), self.predict_chunk)
+        return self.executor.step(obs.to(self.device), lambda w, idx: self.predict_chunk(w, chunk_index=idx))
 
     def reset(self, indices: Sequence[int] | None = None) -> None:
         """Clear history and queued actions of the given batch slots (all when None)."""
