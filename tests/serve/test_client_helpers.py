@@ -74,8 +74,9 @@ def _window(t: int, **override: object) -> dict:
         (_window(3, **{"observation/is_pad": np.array([False, True, False])}), "padding must be a prefix"),
         (_window(3, **{"observation/is_pad": np.array([True, True, True])}), "last frame real"),
         (_window(3, **{"observation/is_pad": np.array([0, 0, 0])}), "bool numpy array"),
-        (_window(3, chunk_index=-1), "chunk_index: expected an int >= 0"),
-        (_window(3, chunk_index="0"), "chunk_index: expected an int >= 0"),
+        (_window(3, chunk_index=-1), "chunk_index: expected an int with 0 <= value"),
+        (_window(3, chunk_index="0"), "chunk_index: expected an int with 0 <= value"),
+        (_window(3, episode_key=2**63), "episode_key: expected an int with 0 <= value"),
         (_window(1, **{"observation/is_pad": np.array([True])}), "single frame it can only be"),
     ],
 )

@@ -50,6 +50,15 @@ def test_client_gets_metadata_and_the_policys_chunk(
         out = client.infer(req)
     assert out["actions"].dtype == np.float32
     np.testing.assert_allclose(out["actions"], expected_chunk(req), rtol=1e-4, atol=1e-5)
+    # A lone frame is an episode start: the answer is what in-process execution does at an episode's first step.
+    frame = EnvFrame(
+        {c: req[f"observation/images/{c}"] for c in emb.cameras}, req["observation/state"], req["prompt"]
+    )
+    policy.reset()
+    with torch.inference_mode():
+        first = policy.select_action(observation_from_frames([frame], emb.name))
+    policy.reset()
+    np.testing.assert_allclose(out["actions"][0], first[0].numpy(), rtol=1e-4, atol=1e-5)
     assert out["server_timing"]["infer_ms"] > 0 and out["server_timing"]["batch_size"] == 1
 
 
@@ -151,9 +160,12 @@ def test_huge_state_is_refused_and_non_finite_actions_are_never_sent(policy, pol
     broken = policy_builder()  # a corrupt checkpoint: NaN in the action output layer
     with torch.no_grad():
         broken.model.action_out[broken.embodiments[0].name].bias[0] = float("nan")
-    with serve_in_thread(broken, ServerConfig(port=0)) as srv, PolicyClient(f"127.0.0.1:{srv.port}") as client:
-        with pytest.raises(ServerError, match="non-finite actions for this observation; none were sent"):
-            client.infer(req)
+    with (
+        serve_in_thread(broken, ServerConfig(port=0)) as srv,
+        PolicyClient(f"127.0.0.1:{srv.port}") as client,
+        pytest.raises(ServerError, match="non-finite actions for this observation; none were sent"),
+    ):
+        client.infer(req)
 
 
 def test_errors_reach_the_client_as_one_line_and_the_traceback_stays_in_the_log(

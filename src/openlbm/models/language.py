@@ -80,7 +80,7 @@ class CachedTextEncoder:
             missing = sorted(set(texts) - found.keys())
             if missing:
                 for text, emb in zip(missing, self.encoder.encode(missing), strict=True):
-                    found[text] = emb.detach().float().cpu()
+                    found[text] = emb.detach().float().cpu().clone()  # own storage, not a view of the batch
             for text in texts:  # refresh recency (and insert the new ones)
                 self._cache[text] = found[text]
                 self._cache.move_to_end(text)

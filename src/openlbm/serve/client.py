@@ -235,8 +235,8 @@ class RemotePolicy:
 
     History, action queue and chunk counting per batch slot live in a
     :class:`~openlbm.policies.execution.ChunkExecutor`, exactly as in ``LBMPolicy.select_action``; a slot whose
-    queue ran out sends its whole ``n_obs_steps`` window (with ``observation/is_pad`` and ``chunk_index``) to the
-    stateless server. The windows of all slots that need a chunk go out on separate connections before any reply is
+    queue ran out sends its whole ``n_obs_steps`` window (with ``observation/is_pad``, ``episode_key`` and
+    ``chunk_index``) to the stateless server. The windows of all slots that need a chunk go out on separate connections before any reply is
     read, so the server can batch them.
     """
 
@@ -267,10 +267,14 @@ class RemotePolicy:
         )
         self.n_action_steps = int(n_action_steps or self.metadata["n_action_steps"])
         self.executor = ChunkExecutor(
-            int(self.metadata["n_obs_steps"]), self.n_action_steps, int(self.metadata["horizon"]), temporal_ensemble
+            int(self.metadata["n_obs_steps"]),
+            self.n_action_steps,
+            int(self.metadata["horizon"]),
+            temporal_ensemble,
+            {name: self.embodiment},
         )
 
-    def _request(self, window: Observation, j: int, chunk_index: int) -> dict[str, Any]:
+    def _request(self, window: Observation, j: int, episode_key: int, chunk_index: int) -> dict[str, Any]:
         from openlbm.types import hwc_from_chw
 
         images = {cam: hwc_from_chw(window.images[cam][j]) for cam in self.embodiment.cameras}  # [T, Hi, Wi, 3]
@@ -282,10 +286,11 @@ class RemotePolicy:
             window.instruction[j],
             embodiment=self.embodiment.name if self._send_embodiment else None,
             is_pad=is_pad,
+            episode_key=episode_key,
             chunk_index=chunk_index,
         )
 
-    def _predict(self, window: Observation, chunk_index: list[int]) -> torch.Tensor:
+    def _predict(self, window: Observation, episode_key: list[int], chunk_index: list[int]) -> torch.Tensor:
         """``[n, H, A]`` for the ``n`` windows the executor needs chunks for (one connection each)."""
         import torch
 
@@ -293,7 +298,7 @@ class RemotePolicy:
         while len(self._clients) < n:
             self._clients.append(PolicyClient(self.url, self.api_key, connect_timeout_s=self.connect_timeout_s))
         for j in range(n):
-            self._clients[j].send(self._request(window, j, chunk_index[j]))
+            self._clients[j].send(self._request(window, j, episode_key[j], chunk_index[j]))
         chunks = [np.asarray(self._clients[j].recv()[protocol.ACTIONS_KEY], dtype=np.float32) for j in range(n)]
         return torch.from_numpy(np.stack(chunks)).to(window.state.device)  # [n, H, A]
 

@@ -16,8 +16,10 @@ Request (one msgpack map per websocket binary frame)::
                                                             the first one (see metadata)
     "observation/is_pad"           bool [T] (optional)      with a window: True for the frames before the episode
                                                             start (copies of its first frame); default all False
-    "chunk_index"                  int  (optional)          chunks requested since the episode start (default 0);
-                                                            keys the sampling noise together with the window
+    "episode_key"                  int  (optional)          the episode's noise stream, 0 <= key < 2**63: the
+                                                            frame key of its first frame (default: the key of
+                                                            this request's last frame, i.e. an episode start)
+    "chunk_index"                  int  (optional)          chunks requested since the episode start (default 0)
     "reset"                        bool (optional)          accepted for compatibility; no effect (no server state)
 
 A single frame (no ``T`` axis, or ``T = 1``) is padded to ``n_obs_steps`` by repeating it, the copies flagged as
@@ -49,6 +51,7 @@ EMBODIMENT_KEY = "embodiment"
 RESET_KEY = "reset"
 IS_PAD_KEY = "observation/is_pad"
 CHUNK_INDEX_KEY = "chunk_index"
+EPISODE_KEY = "episode_key"
 ACTIONS_KEY = "actions"
 TIMING_KEY = "server_timing"
 MAX_PROMPT_CHARS = 4096
@@ -125,6 +128,8 @@ class ParsedObservation:
     """bool ``[T]``: True for the padding frames before the episode start."""
     prompt: str
     chunk_index: int
+    episode_key: int | None
+    """``None``: the request did not say (the policy then keys the noise by the window's last frame)."""
 
     def shape_key(self) -> tuple:
         """Requests with equal keys can be stacked into one batch."""
@@ -160,7 +165,7 @@ def build_metadata(
             for s in specs
         },
         "instruction_key": PROMPT_KEY,
-        "optional_keys": [EMBODIMENT_KEY, IS_PAD_KEY, CHUNK_INDEX_KEY, RESET_KEY],
+        "optional_keys": [EMBODIMENT_KEY, IS_PAD_KEY, EPISODE_KEY, CHUNK_INDEX_KEY, RESET_KEY],
         "action_key": ACTIONS_KEY,
         "horizon": horizon,
         "n_action_steps": n_action_steps,
@@ -242,6 +247,14 @@ def _check_window(
     return images, state, raw_pad.copy()
 
 
+def _check_int(key: str, value: Any) -> int:
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise ProtocolError(f"{key}: expected an int with 0 <= value < 2**63, got {value!r:.60}")
+    return value
+
+
 def _split_keys(msg: dict) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in msg.items():
@@ -269,11 +282,10 @@ def parse_observation(
     reset = obs.pop(RESET_KEY, False)
     if not isinstance(reset, bool):
         raise ProtocolError(f"{RESET_KEY}: expected a bool, got {type(reset).__name__}")
-    chunk_index = obs.pop(CHUNK_INDEX_KEY, 0)
-    if isinstance(chunk_index, np.integer):
-        chunk_index = int(chunk_index)
-    if not isinstance(chunk_index, int) or isinstance(chunk_index, bool) or not 0 <= chunk_index < 2**62:
-        raise ProtocolError(f"{CHUNK_INDEX_KEY}: expected an int >= 0, got {chunk_index!r:.60}")
+    chunk_index = _check_int(CHUNK_INDEX_KEY, obs.pop(CHUNK_INDEX_KEY, 0))
+    episode_key = obs.pop(EPISODE_KEY, None)
+    if episode_key is not None:
+        episode_key = _check_int(EPISODE_KEY, episode_key)
     image_keys = [image_wire_key(c) for c in spec.cameras]
     expected = {*image_keys, STATE_WIRE_KEY, PROMPT_KEY}
     present = obs.keys() - {IS_PAD_KEY}
@@ -295,7 +307,7 @@ def parse_observation(
     images = {c: _check_image(k, obs[k], spec) for c, k in zip(spec.cameras, image_keys, strict=True)}
     state = _check_state(STATE_WIRE_KEY, obs[STATE_WIRE_KEY], spec)
     images, state, is_pad = _check_window(obs, images, state, n_obs_steps)
-    return ParsedObservation(emb, images, state, is_pad, prompt, chunk_index)
+    return ParsedObservation(emb, images, state, is_pad, prompt, chunk_index, episode_key)
 
 
 def make_observation(
@@ -305,10 +317,11 @@ def make_observation(
     *,
     embodiment: str | None = None,
     is_pad: np.ndarray | None = None,
+    episode_key: int | None = None,
     chunk_index: int | None = None,
 ) -> dict[str, Any]:
     """Build a request dict from camera -> HWC uint8 images (``[Hi, Wi, 3]``, or a window ``[T, Hi, Wi, 3]``), a
-    state (``[S]`` or ``[T, S]``) and the instruction; ``is_pad`` / ``chunk_index`` as in the module docstring."""
+    state (``[S]`` or ``[T, S]``) and the instruction; the optional fields as in the module docstring."""
     obs: dict[str, Any] = {
         image_wire_key(c): np.ascontiguousarray(img, dtype=np.uint8) for c, img in images.items()
     }
@@ -318,6 +331,8 @@ def make_observation(
         obs[EMBODIMENT_KEY] = embodiment
     if is_pad is not None:
         obs[IS_PAD_KEY] = np.asarray(is_pad, dtype=bool)
+    if episode_key is not None:
+        obs[EPISODE_KEY] = int(episode_key)
     if chunk_index is not None:
         obs[CHUNK_INDEX_KEY] = int(chunk_index)
     return obs

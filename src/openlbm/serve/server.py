@@ -63,8 +63,8 @@ class ServerConfig:
     """On SIGINT/SIGTERM, how long in-flight requests may take to finish before connections are closed."""
     noise_seed: int | None = 0
     """The sampler's noise seed (``LBMPolicy.noise_seed``, same default as ``lbm eval``): each chunk's noise is
-    drawn afresh from (this seed, the request's window, its ``chunk_index``), so an answer is reproducible and
-    independent of batching. ``None`` draws from torch's global RNG (answers then vary from call to call)."""
+    drawn afresh from (this seed, the request's ``episode_key`` and ``chunk_index``), so an answer is reproducible
+    and independent of batching. ``None`` draws from torch's global RNG (answers then vary from call to call)."""
 
 
 class PolicyRunner:
@@ -94,9 +94,9 @@ class PolicyRunner:
             embodiment=[w.embodiment for w in windows],
             obs_is_pad=torch.from_numpy(np.stack([w.is_pad for w in windows])),  # [B, T]
         )
-        index = [w.chunk_index for w in windows]
+        index, keys = [w.chunk_index for w in windows], [w.episode_key for w in windows]
         with torch.inference_mode():
-            actions = self.policy.predict_chunk(obs.to(self.device), chunk_index=index)  # [B, H, A]
+            actions = self.policy.predict_chunk(obs.to(self.device), chunk_index=index, episode_key=keys)  # [B, H, A]
         return actions.float().cpu().numpy()
 
 
