@@ -140,3 +140,15 @@ def test_writer_and_lbm_data_stats_give_the_same_image_stats(tmp_path: Path) -> 
     root = make_dataset(tmp_path / "p", (30, 7), image=pattern)
     written = json.loads((root / "meta/stats.json").read_text())
     assert written == compute_stats(root)  # one computation: identical numbers, images included
+
+
+def test_nan_in_a_column_is_a_clear_error(tmp_path: Path) -> None:
+    from openlbm.data.layout import DatasetError
+
+    x = np.ones((10, 4), np.float32)
+    x[3, 2] = np.nan
+    _write_column(tmp_path / "bad.parquet", x)
+    with pytest.raises(DatasetError, match=r"bad.parquet, field=action: contains NaN"):
+        exact_stats([parquet_column([tmp_path / "bad.parquet"], "action", FeatureSpec("float32", (4,)))])
+    with pytest.raises(ValueError, match="NaN in the data"):
+        exact_stats([lambda: [x]])

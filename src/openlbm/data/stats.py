@@ -113,6 +113,8 @@ def _chunks(sources: Sequence[ChunkSource]) -> Iterator[np.ndarray]:
     for src in sources:
         for c in src():
             c = np.asarray(c, dtype=np.float64)
+            if np.isnan(c).any():
+                raise ValueError("NaN in the data: statistics (and training) need finite values")
             if len(c):
                 yield c.reshape(len(c), -1)  # [n, *shape] -> [n, D]
 
@@ -196,7 +198,12 @@ def parquet_column(files: Sequence[Path], key: str, spec: FeatureSpec, chunk_row
             try:
                 batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[key])
                 for batch in batches:
-                    yield L.column_to_numpy(batch.column(0), spec)
+                    x = L.column_to_numpy(batch.column(0), spec)
+                    if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+                        raise L.DatasetError(f"{L.where(path, field=key)}: contains NaN; statistics need finite values")
+                    yield x
+            except L.DatasetError:
+                raise
             except (OSError, ValueError) as e:  # ArrowException subclasses these
                 raise L.DatasetError(f"{L.where(path, field=key)}: cannot read column ({e})") from None
 
