@@ -152,3 +152,32 @@ def test_nan_in_a_column_is_a_clear_error(tmp_path: Path) -> None:
         exact_stats([parquet_column([tmp_path / "bad.parquet"], "action", FeatureSpec("float32", (4,)))])
     with pytest.raises(ValueError, match="NaN in the data"):
         exact_stats([lambda: [x]])
+
+
+def test_stats_while_recording_and_after_reopen(tmp_path: Path) -> None:
+    from openlbm.data.writer import DatasetWriter
+
+    root = make_dataset(tmp_path / "r", (5, 8), finalize=False)
+    during = json.loads((root / "meta/stats.json").read_text())
+    exact = compute_stats(root)
+    # exact moments and image stats after each save_episode; low-dim quantiles wait for finalize/open
+    assert "q99" not in during["action"] and during[CAM] == exact[CAM]
+    np.testing.assert_allclose(during["action"]["mean"], exact["action"]["mean"], rtol=1e-9)
+    DatasetWriter.open(root)  # e.g. after a crash: derived files are rewritten, complete and exact
+    assert json.loads((root / "meta/stats.json").read_text()) == exact
+
+
+def test_lbm_data_stats_cli(tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from openlbm.cli import main
+    from openlbm.data.writer import DatasetWriter
+
+    (tiny / "meta/image_histograms.json").unlink()
+    assert main(["data", "stats", str(tiny)]) == 0
+    assert json.loads((tiny / "meta/stats.json").read_text()) == compute_stats(tiny)
+    assert (tiny / "meta/image_histograms.json").exists()
+    empty = tmp_path / "empty"
+    DatasetWriter.create(empty, {"action": FeatureSpec("float32", (2,))}, fps=10)
+    capsys.readouterr()
+    assert main(["data", "stats", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no episodes" in err
