@@ -191,12 +191,14 @@ def array_source(x: np.ndarray) -> ChunkSource:
 
 
 def parquet_column(files: Sequence[Path], key: str, spec: FeatureSpec, chunk_rows: int = 65536) -> ChunkSource:
-    """Column ``key`` of the parquet ``files``, read ``chunk_rows`` rows at a time (never a whole file)."""
+    """Column ``key`` of the parquet ``files``, read ``chunk_rows`` rows at a time (never a whole file or row group:
+    without pre-buffering and with a small stream buffer pyarrow holds only a few pages)."""
 
     def read() -> Iterator[np.ndarray]:
         for path in files:
             try:
-                batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[key])
+                reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 18)
+                batches = reader.iter_batches(batch_size=chunk_rows, columns=[key])
                 for batch in batches:
                     x = L.column_to_numpy(batch.column(0), spec)
                     if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
