@@ -9,10 +9,11 @@ one episode, one dataset, or any merge of datasets. Nothing is ever derived by a
 - Low-dim features (:func:`exact_stats`): several streaming passes over chunked reads of the columns
   (:func:`parquet_column`). Pass 1 gives count, min/max and Chan's parallel mean/variance; then each order
   statistic the quantiles need is found by radix selection on the order-preserving 64-bit key of each float: a pass
-  histograms the keys inside the current bracket into ``2**bits`` bins and narrows the bracket to the bin that holds
-  the wanted rank, until the bracket holds at most ``collect`` values, which the last pass gathers and sorts. At
-  most ``ceil(64 / bits)`` histogram passes, usually two. Memory is ``O(chunk + dims * ranks * (2**bits +
-  collect))``, independent of the dataset size. A merge passes all sources' columns to one call.
+  histograms the keys inside the current bracket into ``2**bits`` bins (with each bin's smallest and largest key) and
+  narrows the bracket to the keys present in the bin that holds the wanted rank, until the bracket holds one
+  distinct value or at most ``collect`` values, which the last pass gathers and sorts. At most ``ceil(64 / bits)``
+  histogram passes, usually one or two. Memory is ``O(chunk + dims * ranks * (3 * 2**bits + collect))``,
+  independent of the dataset size. A merge passes all sources' columns to one call.
 - Images (:class:`ImageHistogram`): pixels are uint8, so a per-channel 256-bin count is a lossless summary; stats
   and quantiles come from it exactly and histograms of datasets merge by addition. The pixels are every pixel of
   up to :data:`IMAGE_FRAMES_PER_EPISODE` frames per episode (:func:`image_frame_indices`: evenly spaced, first and
@@ -137,7 +138,9 @@ def _order_statistics(sources: Sequence[ChunkSource], m: _Moments, ranks: set[in
                 tasks[(d, lo, hi)] = []
             else:
                 shift = max(0, (hi - lo).bit_length() - bits)
-                tasks[(d, lo, hi)] = (shift, np.zeros(((hi - lo) >> shift) + 1, dtype=np.int64))
+                nb = ((hi - lo) >> shift) + 1
+                # per bin: count, and smallest/largest key offset seen (a bin of equal values is then resolved)
+                tasks[(d, lo, hi)] = (shift, np.zeros(nb, np.int64), np.full(nb, hi - lo, np.uint64), np.zeros(nb, np.uint64))
         if not tasks:
             break
         for chunk in _chunks(sources):
@@ -147,8 +150,11 @@ def _order_statistics(sources: Sequence[ChunkSource], m: _Moments, ranks: set[in
                 sel = k[(k >= np.uint64(lo)) & (k <= np.uint64(hi))] - np.uint64(lo)
                 if isinstance(task, list):
                     task.append(sel)
-                else:
-                    task[1][:] += np.bincount((sel >> np.uint64(task[0])).astype(np.int64), minlength=len(task[1]))
+                    continue
+                idx = (sel >> np.uint64(task[0])).astype(np.int64)
+                task[1][:] += np.bincount(idx, minlength=len(task[1]))
+                np.minimum.at(task[2], idx, sel)
+                np.maximum.at(task[3], idx, sel)
         nxt: dict[tuple[int, int, int], list[Any]] = {}
         for (d, lo, hi), task in tasks.items():
             below, _, rs = brackets[(d, lo, hi)]
@@ -156,12 +162,11 @@ def _order_statistics(sources: Sequence[ChunkSource], m: _Moments, ranks: set[in
                 vals = np.sort(np.concatenate(task)) + np.uint64(lo) if task else np.zeros(0, np.uint64)
                 found[d].update({r: float(_from_keys(vals[r - below])) for r in rs})
                 continue
-            shift, hist = task
+            _, hist, bin_lo, bin_hi = task
             cum = np.cumsum(hist)
             for r in rs:
                 b = int(np.searchsorted(cum, r - below, side="right"))  # first bin whose cumulative count > r - below
-                new_lo = lo + (b << shift)
-                entry = nxt.setdefault((d, new_lo, min(hi, new_lo + (1 << shift) - 1)),
+                entry = nxt.setdefault((d, lo + int(bin_lo[b]), lo + int(bin_hi[b])),
                                        [below + (int(cum[b - 1]) if b else 0), int(hist[b]), []])
                 entry[2].append(r)
         brackets = nxt
