@@ -134,7 +134,8 @@ def train_config(cfg: Quickstart, dataset: Path):  # noqa: ANN201 - TrainConfig 
 
 
 def train_stage(cfg: Quickstart, dataset: Path) -> Path:
-    from openlbm.train.checkpoint import read_latest, step_dir_name
+    from openlbm.policies.policy_dir import read_latest
+    from openlbm.train.checkpoint import step_dir_name
     from openlbm.train.loop import train
 
     t0 = _stage(2, f"training ({cfg.preset} preset)")

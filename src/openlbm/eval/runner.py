@@ -58,7 +58,7 @@ class EvalConfig:
     """One evaluation: which policy, on which tasks and starts, with how many episodes, written where."""
 
     policy: str = EXPERT
-    """A training run dir, a checkpoint dir or a policy dir (resolved by ``openlbm.train.checkpoint.
+    """A training run dir, a checkpoint dir or a policy dir (resolved by ``openlbm.policies.policy_dir.
     resolve_policy_dir``), or ``"expert"`` for Meta-World's scripted expert. Ignored when ``server`` is set."""
     out: Path | None = None
     """Eval dir: records, summary, videos and report go here; re-running with the same dir resumes. Default:
@@ -240,7 +240,7 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
         yield ScriptedExpert(env_config(cfg, None))
         return
     from openlbm.policies.lbm import LBMPolicy
-    from openlbm.train.checkpoint import resolve_policy_dir
+    from openlbm.policies.policy_dir import resolve_policy_dir
 
     policy_dir = resolve_policy_dir(Path(cfg.policy))
     policy = LBMPolicy.load(policy_dir, device=_pick_device(cfg.device))

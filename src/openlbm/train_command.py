@@ -3,6 +3,10 @@
     lbm train debug --dataset data/pick --steps 20
     lbm train small --dataset data/a --dataset data/b --optim.lr 3e-4 --run-dir runs/ab
     torchrun --nproc_per_node 2 -m openlbm.cli train small --dataset data/a
+
+The command composes two packages: the trainer (``openlbm.train``) and, with ``--eval-every``, in-training
+evaluation in simulation (``openlbm.eval.train_eval.TrainEvalFn``, passed to the loop as its ``EvalFn``). It lives
+outside both so that ``train/`` never imports ``eval/`` (tests/test_layering.py checks it).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import Annotated, Union
 import tyro
 
 from openlbm.configs.presets import PRESETS
+from openlbm.configs.train import TrainConfig
 from openlbm.data.mixture import SourceConfig
-from openlbm.train.config import TrainConfig
 
 _PresetChoice = Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated subcommands
     tuple(
