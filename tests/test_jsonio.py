@@ -12,7 +12,7 @@ import pytest
 from openlbm.configs.presets import preset
 from openlbm.configs.train import TrainConfig
 from openlbm.data.mixture import SourceConfig
-from openlbm.jsonio import from_jsonable, read_json, to_jsonable, write_json
+from openlbm.jsonio import changed_fields, from_jsonable, read_json, to_jsonable, write_json
 from openlbm.policies.config import PolicyConfig
 
 
@@ -66,3 +66,13 @@ def test_missing_required_field_and_bad_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         read_json(tmp_path / "bad.json")
     assert read_json(tmp_path / "ok.json") == {"a": 1}
+
+
+def test_changed_fields_names_nested_fields() -> None:
+    old = _run_config()
+    new = replace(old, steps=9, optim=replace(old.optim, lr=3e-4), data=replace(old.data, num_workers=1))
+    assert changed_fields(to_jsonable(old), new) == [
+        "data.num_workers: 0 -> 1", f"steps: {old.steps} -> 9", f"optim.lr: {old.optim.lr} -> 0.0003",
+    ]
+    assert changed_fields(old, new, keys=("seed", "steps")) == [f"steps: {old.steps} -> 9"]
+    assert changed_fields(old, old) == []

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from openlbm.policies.policy_dir import CKPT_PREFIX, LATEST, POLICY_DIR, list_checkpoints, read_latest
+from openlbm.policies.pretrained import state_dict_diff
 from openlbm.train import distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -196,13 +197,11 @@ def load_checkpoint(
         )
     model_sd = load_file(str(ckpt_dir / "model.safetensors"))
     optim_sd = _unflatten_optimizer(load_file(str(ckpt_dir / "optimizer.safetensors")), _read_json(ckpt_dir / "optimizer.json"))
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing, unexpected = sorted(set(own) - set(model_sd)), sorted(set(model_sd) - set(own))
-    shapes = [f"{k}: {tuple(v.shape)} vs {own[k]}" for k, v in model_sd.items() if k in own and tuple(v.shape) != own[k]]
+    missing, unexpected, shapes = state_dict_diff(model.state_dict(), model_sd, ours_label="model")
     if missing or unexpected or shapes:
         raise ValueError(
             f"checkpoint {ckpt_dir} does not match this model: missing {missing[:10]}, unexpected {unexpected[:10]}, "
-            f"shape mismatches (checkpoint vs model) {shapes[:10]} (was the policy config changed since this run started?)"
+            f"shape mismatches {shapes[:10]} (was the policy config changed since this run started?)"
         )
     set_state_dict(
         model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
