@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     args = ap.parse_args()
 
-    from openlbm.policies.config import preset
+    from openlbm.configs.presets import policy_preset as preset
 
     torch.manual_seed(0)
     policy = preset(args.preset).build([EMB], {EMB.name: made_up_stats(EMB)}).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def test_sigkill_mid_finalize_at_many_moments(tmp_path: Path) -> None:
     src = make_dataset(tmp_path / "src", (4, 5, 6, 3, 4, 5), finalize=False)
     for k, delay in enumerate([0.0, 0.01, 0.02, 0.04, 0.07, 0.1]):
         root = tmp_path / f"fin{k}"
-        os.system(f"cp -r {src} {root}")
+        shutil.copytree(src, root)  # not `os.system("cp ...")`: a failed copy must fail the test
         _run_and_kill(root, "finalize", "finalizing", delay)
         assert _check_episodes(root, 6) == 6
         assert validate_dataset(root) == []

@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 from policy_helpers import ARM, make_obs, make_stats
 
-from openlbm.policies.config import preset
+from openlbm.configs.presets import policy_preset as preset
 from openlbm.policies.execution import frame_key
 from openlbm.policies.lbm import LBMPolicy
 from openlbm.types import Observation

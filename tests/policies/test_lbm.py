@@ -11,7 +11,8 @@ import pytest
 import torch
 from policy_helpers import ARM, ROVER, make_batch, make_obs, make_stats, randomize_zero_init
 
-from openlbm.policies.config import PolicyConfig, preset
+from openlbm.configs.presets import policy_preset as preset
+from openlbm.policies.config import PolicyConfig
 from openlbm.policies.lbm import LBMPolicy
 from openlbm.policies.normalize import MissingStatsError
 

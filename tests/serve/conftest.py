@@ -54,7 +54,7 @@ def made_up_stats(emb: EmbodimentSpec) -> dict[str, dict[str, list]]:
 
 
 def build_policy(emb: EmbodimentSpec = EMB, seed: int = 0) -> torch.nn.Module:
-    from openlbm.policies.config import preset
+    from openlbm.configs.presets import policy_preset as preset
 
     torch.manual_seed(seed)
     policy = preset("debug").build([emb], {emb.name: made_up_stats(emb)}).eval()

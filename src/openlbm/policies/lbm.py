@@ -11,7 +11,6 @@ Policy dir (``save`` / ``load``; no training code needed to load)::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from openlbm.jsonio import read_json, to_jsonable, write_json
 from openlbm.models.lbm import LBMModel, ObsEncoding
 from openlbm.models.rng import SampleRNG
 from openlbm.policies.config import PolicyConfig
@@ -42,16 +42,6 @@ def chunk_noise_seed(noise_seed: int, episode_key: int, chunk_index: int) -> int
     """63-bit seed of one chunk's initial noise: a pure function of (noise seed, episode key, chunk index)."""
     key = hashlib.blake2b(f"openlbm-noise/{int(noise_seed)}/{int(episode_key)}/{int(chunk_index)}".encode(), digest_size=8)
     return int.from_bytes(key.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return x
 
 
 class LBMPolicy(nn.Module):
@@ -76,7 +66,7 @@ class LBMPolicy(nn.Module):
         self.embodiment = self.embodiments[0]
         self.specs = {e.name: e for e in self.embodiments}
         self.normalizer = Normalizer(self.embodiments, stats, config.normalization)
-        self.stats = {n: _jsonable(stats[n]) for n in names}
+        self.stats = {n: to_jsonable(stats[n]) for n in names}
         self.text_encoder = build_text_encoder(config.language)
         head = config.flow if config.head == "flow" else config.diffusion
         self.model = LBMModel(
@@ -271,8 +261,8 @@ class LBMPolicy(nn.Module):
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(d / "model.safetensors"), metadata={"format": FORMAT})
-        (d / "stats.json").write_text(json.dumps(self.stats) + "\n")
-        (d / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(d / "stats.json", self.stats, indent=None)
+        write_json(d / "config.json", meta)
         return d
 
     @staticmethod
@@ -281,14 +271,17 @@ class LBMPolicy(nn.Module):
         for name in ("config.json", "model.safetensors", "stats.json"):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d} is not a policy dir: {name} missing (expected LBMPolicy.save output)")
-        meta = json.loads((d / "config.json").read_text())
+        meta = read_json(d / "config.json")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{d / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
         if int(meta.get("version", 0)) > VERSION:
             raise ValueError(f"{d / 'config.json'}: version {meta['version']} is newer than this openlbm ({VERSION})")
-        cfg = PolicyConfig.from_dict(meta["policy"])
+        try:
+            cfg = PolicyConfig.from_dict(meta["policy"])
+        except ValueError as e:  # names the field; add the file
+            raise ValueError(f"{d / 'config.json'}: {e}") from None
         embodiments = [EmbodimentSpec.from_dict(e) for e in meta["embodiments"]]
-        return cfg, embodiments, json.loads((d / "stats.json").read_text())
+        return cfg, embodiments, read_json(d / "stats.json")
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> LBMPolicy:

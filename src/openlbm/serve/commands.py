@@ -10,17 +10,12 @@ from pathlib import Path
 def load_policy(path: Path, device: str):  # -> LBMPolicy (imported lazily: keeps `lbm --help` fast)
     """Load an ``LBMPolicy.save`` dir; run dirs and checkpoint dirs are resolved to their policy dir first."""
     from openlbm.policies.lbm import LBMPolicy
+    from openlbm.policies.policy_dir import resolve_policy_dir
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--policy {path}: no such directory")
-    try:
-        from openlbm.train.checkpoint import resolve_policy_dir
-    except ImportError:  # serving must not need the training package; a policy dir is then required
-        resolve_policy_dir = None
-    if resolve_policy_dir is not None and not (path / "model.safetensors").exists():
-        path = resolve_policy_dir(path)
-    return LBMPolicy.load(path, device=device)
+    return LBMPolicy.load(resolve_policy_dir(path), device=device)
 
 
 @dataclass(frozen=True)

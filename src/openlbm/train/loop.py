@@ -16,18 +16,18 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from openlbm.configs.train import EMAConfig
+from openlbm.configs.train import EMAConfig, TrainConfig
+from openlbm.policies.policy_dir import resolve_policy_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
-from openlbm.train.config import TrainConfig
 from openlbm.train.ema import EMA
 from openlbm.train.metrics import Meter, MetricsLogger, NullLogger
 from openlbm.train.optim import build_optimizer, set_lr
@@ -35,7 +35,15 @@ from openlbm.types import Batch
 
 log = logging.getLogger(__name__)
 
-EvalFn = Callable[[Any, int], dict[str, float]]
+
+class EvalFn(Protocol):
+    """In-training evaluation, called on rank 0 every ``cfg.eval_every`` steps with the exported (EMA) policy.
+
+    Returns metrics, logged under ``eval/<name>``. The loop only calls it: what it evaluates on (simulator suites
+    from ``openlbm.eval``) is composed by the ``lbm train`` command, so ``train/`` never imports eval or serving.
+    """
+
+    def __call__(self, policy: nn.Module, step: int) -> dict[str, float]: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -158,7 +166,7 @@ def build_policy(cfg: TrainConfig, data: Any, device: torch.device) -> nn.Module
     """``cfg.policy.build`` over the data's embodiments and stats, optionally initialised from a pretrained one."""
     policy = cfg.policy.build(data.embodiments, data.stats)
     if cfg.init_from is not None:
-        report = policy.init_from(ckpt.resolve_policy_dir(cfg.init_from))
+        report = policy.init_from(resolve_policy_dir(cfg.init_from))
         log.info("initialised from %s: %s", cfg.init_from, report)
     return policy.to(device).train()
 
@@ -330,4 +338,4 @@ def _run_eval(eval_fn: EvalFn, policy: nn.Module, step: int, logger: Any, info: 
     dist_utils.barrier()
 
 
-__all__ = ["LossModule", "NonFiniteLossError", "loss_weight", "train", "train_step"]
+__all__ = ["EvalFn", "LossModule", "NonFiniteLossError", "loss_weight", "train", "train_step"]
