@@ -1,6 +1,9 @@
 """Check a dataset end to end: every file, offset, frame count, timestamp, dtype, shape, value and stat.
 
 ``validate_dataset(root)`` never raises on bad data; it returns the list of :class:`Problem` found (empty = valid).
+``require_valid(roots)`` is what ``lbm train`` runs on every dataset of its mixture before the first step: the same
+checks except decoding (the reader checks every decoded frame where it reads it), raising one
+:class:`~openlbm.data.layout.DatasetError` that names the first problem's file, episode and field.
 """
 
 from __future__ import annotations
@@ -129,14 +132,22 @@ class _Checker:
                 except (ValueError, pa.ArrowException) as e:
                     self.add(path, f"shape does not match {spec.shape}: {e}", field=k)
                     continue
-                if np.issubdtype(cols[k].dtype, np.floating):
-                    bad = ~np.isfinite(cols[k].reshape(len(cols[k]), -1)).all(1)  # [N, D] -> [N]
-                    if bad.any():
-                        row = int(np.argmax(bad))
-                        ep = int(cols["episode_index"][row][0]) if "episode_index" in cols else None
-                        self.add(path, f"{int(bad.sum())} rows with NaN/inf (first at row {row})", ep, k)
+            self._non_finite(path, cols)
             if "index" in cols and "episode_index" in cols:
                 self._episode_rows(path, eps, episodes, cols, fps, n_tasks)
+
+    def _non_finite(self, path: Path, cols: dict[str, np.ndarray]) -> None:
+        """NaN/inf in a float column, located by episode and frame (read after all columns: the episode column
+        comes last in the file)."""
+        for k, col in cols.items():
+            if not np.issubdtype(col.dtype, np.floating):
+                continue
+            bad = ~np.isfinite(col.reshape(len(col), -1)).all(1)  # [N, D] -> [N]
+            if bad.any():
+                row = int(np.argmax(bad))
+                ep = int(cols["episode_index"].reshape(-1)[row]) if "episode_index" in cols else None
+                at = f"frame {int(cols['frame_index'].reshape(-1)[row])}, " if "frame_index" in cols else ""
+                self.add(path, f"{int(bad.sum())} rows with NaN/inf (first at {at}row {row})", ep, k)
 
     def _episode_rows(self, path: Path, eps: list[int], episodes: list[dict[str, Any]], cols: dict[str, np.ndarray],
                       fps: float, n_tasks: int) -> None:
@@ -245,8 +256,9 @@ class _Checker:
                     self.add(path, f"{name} contains NaN/inf", field=key)
 
 
-def validate_dataset(root: Path | str, decode: bool = True) -> list[Problem]:
-    """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges."""
+def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = False) -> list[Problem]:
+    """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges;
+    a dataset without episodes is a problem unless ``allow_empty``."""
     root = Path(root).resolve()
     c = _Checker(root, decode)
     if not root.is_dir():
@@ -258,7 +270,22 @@ def validate_dataset(root: Path | str, decode: bool = True) -> list[Problem]:
     if meta is None:
         return c.problems
     info, feats, episodes, n_tasks = meta
+    if not episodes and not allow_empty:
+        c.add(L.INFO_PATH, "dataset has 0 episodes", field="total_episodes")
     c.data(info, feats, episodes, n_tasks)
     c.videos(info, feats, episodes)
     c.stats(feats, episodes)
     return c.problems
+
+
+def require_valid(roots: list[Path] | tuple[Path, ...]) -> None:
+    """Raise :class:`~openlbm.data.layout.DatasetError` naming the first problem of the first invalid dataset.
+
+    Runs every check of :func:`validate_dataset` except decoding (metadata, every parquet column's dtype, shape,
+    NaN/inf, index and timestamps, each video's stream fps, size and frame count per episode, stats).
+    """
+    for root in roots:
+        problems = validate_dataset(root, decode=False)
+        if problems:
+            more = f" (and {len(problems) - 1} more; `lbm data validate {root}` lists them all)" if len(problems) > 1 else ""
+            raise L.DatasetError(f"dataset {root} is invalid: {problems[0]}{more}")

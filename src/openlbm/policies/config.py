@@ -94,8 +94,13 @@ class PolicyConfig:
         return _to_jsonable(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
-        return _from_dict(cls, d, "policy")
+    def from_dict(cls, d: dict[str, Any], source: Path | str | None = None) -> PolicyConfig:
+        """Rebuild from ``to_dict`` output; every field's type is checked (errors name ``source``, the file, and the
+        field, e.g. ``policy.horizon``)."""
+        try:
+            return _from_dict(cls, d, "policy")
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}" if source is not None else str(e)) from None
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -109,21 +114,43 @@ def _to_jsonable(obj: Any) -> Any:
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as type ``tp``, or a ValueError naming the field, the expected type and the value:
+    a hand-edited config.json must fail here, not later as a TypeError deep inside the model."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected an object, got {value!r}")
         return _from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
             return None
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(args[0], value, where)
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _convert(a, value, where)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    want = {Path: str, str: str, bool: bool, int: int, float: int | float}.get(tp)
+    if want is not None and (not isinstance(value, want) or (tp is not bool and isinstance(value, bool))):
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
     if tp is Path:
         return Path(value)
-    if origin is tuple:
-        return tuple(value)
-    return value
+    return float(value) if tp is float else value
 
 
 def _from_dict(cls: Any, d: dict[str, Any], where: str) -> Any:
@@ -132,7 +159,11 @@ def _from_dict(cls: Any, d: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"{where}: unknown config keys {unknown} (known: {sorted(names)})")
-    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in d.items()})
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in d.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a __post_init__ check across fields
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _debug() -> PolicyConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from openlbm.models.lbm import LBMModel, ObsEncoding
@@ -25,7 +25,7 @@ from openlbm.models.rng import SampleRNG
 from openlbm.policies.config import PolicyConfig
 from openlbm.policies.execution import ChunkExecutor
 from openlbm.policies.normalize import MissingStatsError, Normalizer
-from openlbm.policies.pretrained import load_vision_weights, state_dict_diff
+from openlbm.policies.pretrained import load_vision_weights, load_weights, state_dict_diff
 from openlbm.policies.text import build_text_encoder
 from openlbm.types import Batch, EmbodimentSpec, Observation
 
@@ -235,12 +235,15 @@ class LBMPolicy(nn.Module):
         for name in ("config.json", "model.safetensors", "stats.json"):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d} is not a policy dir: {name} missing (expected LBMPolicy.save output)")
-        meta = json.loads((d / "config.json").read_text())
+        try:
+            meta = json.loads((d / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{d / 'config.json'}: invalid JSON ({e})") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"{d / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
         if int(meta.get("version", 0)) > VERSION:
             raise ValueError(f"{d / 'config.json'}: version {meta['version']} is newer than this openlbm ({VERSION})")
-        cfg = PolicyConfig.from_dict(meta["policy"])
+        cfg = PolicyConfig.from_dict(meta["policy"], source=d / "config.json")
         embodiments = [EmbodimentSpec.from_dict(e) for e in meta["embodiments"]]
         return cfg, embodiments, json.loads((d / "stats.json").read_text())
 
@@ -250,7 +253,7 @@ class LBMPolicy(nn.Module):
         d = Path(directory)
         cfg, embodiments, stats = cls.read_dir(d)
         policy = cls(cfg, embodiments, stats, load_pretrained=False)
-        tensors = load_file(str(d / "model.safetensors"))
+        tensors = load_weights(d / "model.safetensors")
         missing, unexpected, shapes = state_dict_diff(policy.state_dict(), tensors, ours_label="config")
         if missing or unexpected or shapes:
             raise ValueError(
@@ -269,7 +272,7 @@ class LBMPolicy(nn.Module):
         src_cfg, src_embs, _ = self.read_dir(d)
         if src_cfg.language != self.config.language:
             log.warning("init_from %s: text encoder differs (%s vs %s)", d, src_cfg.language, self.config.language)
-        src = load_file(str(d / "model.safetensors"))
+        src = load_weights(d / "model.safetensors")
         src_names = {e.name for e in src_embs}
         own = self.state_dict()
         new_keys, missing, shapes = [], [], []

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from openlbm.errors import UserError
 from openlbm.train import distributed as dist_utils
 
 log = logging.getLogger(__name__)
@@ -264,6 +265,67 @@ def resolve_policy_dir(path: Path | str) -> Path:
         f"{p} is not a policy dir (config.json + model.safetensors), a checkpoint dir (policy/) or a run dir "
         "(checkpoints/latest)"
     )
+
+
+# -- resume: the config must be the one the run started with -------------------------------------------------------------
+CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+RESUME_FREE_FIELDS = frozenset({
+    "resume", "eval_every", "log", "checkpoint", "data.num_workers", "data.prefetch_factor",
+})
+"""Config fields (dotted paths, or a prefix of them) that may change on resume without changing what is trained:
+how often to evaluate, log and checkpoint, and how many loader workers feed the (exactly resumable) sampler."""
+
+
+class ConfigChangedError(UserError, ValueError):
+    """A run is being resumed with a config that differs from the one it was started with."""
+
+
+def config_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """``"dotted.path: old -> new"`` for every leaf where two ``config_to_dict`` trees differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{k}" if path else str(k)
+            if sub in RESUME_FREE_FIELDS:
+                continue
+            if k not in old or k not in new:
+                out.append(f"{sub}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}")
+            else:
+                out.extend(config_changes(old[k], new[k], sub))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (o, n) in enumerate(zip(old, new, strict=True)) for c in config_changes(o, n, f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+def check_resume_config(run_dir: Path, new: dict[str, Any], allow_change: bool) -> list[str]:
+    """Compare ``new`` with the ``config.json`` a resumed run was started with; returns the changes.
+
+    Raises :class:`ConfigChangedError` listing them unless ``allow_change``: the weights, optimizer state and data
+    order of the checkpoint belong to the old config, so a silent change would make the run mean something else.
+    """
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigChangedError(f"{path}: unreadable ({e}); cannot check the resumed config against it") from None
+    changes = config_changes(old, new)
+    if changes and not allow_change:
+        raise ConfigChangedError(
+            f"{path}: resuming with a config that differs from the run's: {'; '.join(changes)}. Resume with the "
+            "original settings, or pass --allow-config-change to continue anyway (recorded in "
+            f"{CONFIG_CHANGES_FILE})"
+        )
+    return changes
+
+
+def record_config_change(run_dir: Path, step: int, changes: list[str]) -> None:
+    """Append an allowed config change (at resume step ``step``) to ``run_dir/config_changes.jsonl``."""
+    with (run_dir / CONFIG_CHANGES_FILE).open("a") as f:
+        f.write(json.dumps({"step": step, "changes": changes}) + "\n")
 
 
 # -- small file helpers --------------------------------------------------------------------------------------------------

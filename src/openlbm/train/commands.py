@@ -48,18 +48,22 @@ class Train:
     """Meta-World tasks (set name or comma list) rolled out every ``--eval-every`` steps; logged as ``eval/*``."""
     eval_episodes: int = 5
     """Episodes per task at each in-training evaluation (fixed starts, the same at every call)."""
+    allow_config_change: bool = False
+    """With ``--resume``: continue even though the config differs from the run's ``config.json`` (the
+    differing fields are logged and appended to ``run_dir/config_changes.jsonl``)."""
     verbose: bool = False
     """Debug-level logging."""
 
     def run(self) -> int:
+        from openlbm.errors import UserError
         from openlbm.train.loop import train
 
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = with_datasets(self.config, self.dataset)
         if not cfg.data.sources:
-            raise SystemExit("lbm train: no dataset given; pass --dataset PATH (repeatable)")
+            raise UserError("no dataset given; pass --dataset PATH (repeatable)")
         if cfg.eval_every > 0 and self.eval_tasks is None:
-            raise SystemExit("lbm train: --eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
+            raise UserError("--eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
         eval_fn = None
         if cfg.eval_every > 0 and self.eval_tasks is not None:
             from openlbm.eval.train_eval import TrainEvalFn
@@ -67,7 +71,7 @@ class Train:
             eval_fn = TrainEvalFn(self.eval_tasks, self.eval_episodes, seed=cfg.seed + 1,
                                          out_dir=cfg.run_dir / "train_eval")
         try:
-            run_dir = train(cfg, eval_fn=eval_fn)
+            run_dir = train(cfg, eval_fn=eval_fn, allow_config_change=self.allow_config_change)
         finally:
             if eval_fn is not None:
                 eval_fn.close()
