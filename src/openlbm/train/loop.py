@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from openlbm.configs.train import EMAConfig
 from openlbm.data.validate import require_valid
+from openlbm.errors import UserError
 from openlbm.locking import lock_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 EvalFn = Callable[[Any, int], dict[str, float]]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss or gradient norm became NaN/inf; training stopped before the optimizer step."""
 
 
