@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,9 +45,22 @@ class Problem:
         return f"{loc}: {self.message}"
 
 
+def _header_facts(path: Path) -> dict[str, Any] | None:
+    """What :func:`probe_video` returns, from the container header alone (frame count and rate; no packet is read):
+    the frame times of a constant-rate stream. ``None`` when the header lacks the count or the rate."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        if not s.frames or not s.average_rate:
+            return None
+        rate = float(s.average_rate)
+        start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+        return {"codec": s.codec_context.name, "width": s.codec_context.width, "height": s.codec_context.height,
+                "fps": rate, "pix_fmt": s.codec_context.pix_fmt, "times": list(start + np.arange(s.frames) / rate)}
+
+
 class _Checker:
-    def __init__(self, root: Path, decode: bool) -> None:
-        self.root, self.decode = root, decode
+    def __init__(self, root: Path, decode: bool, scan_packets: bool = True) -> None:
+        self.root, self.decode, self.scan_packets = root, decode, scan_packets
         self.problems: list[Problem] = []
 
     def add(self, path: Path | str, message: str, episode: int | None = None, field: str | None = None) -> None:
@@ -214,7 +228,7 @@ class _Checker:
             self.add(path, "video file missing", ep, key)
             return "missing"
         try:
-            p = probe_video(path)
+            p = (None if self.scan_packets else _header_facts(path)) or probe_video(path)
         except Exception as err:  # noqa: BLE001 - any FFmpeg failure means an unreadable file
             self.add(path, f"unreadable video (truncated or corrupt): {err}", ep, key)
             return "bad"
@@ -256,11 +270,13 @@ class _Checker:
                     self.add(path, f"{name} contains NaN/inf", field=key)
 
 
-def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = False) -> list[Problem]:
+def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = False,
+                     scan_packets: bool = True) -> list[Problem]:
     """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges;
-    a dataset without episodes is a problem unless ``allow_empty``."""
+    a dataset without episodes is a problem unless ``allow_empty``. ``scan_packets=False`` counts each video's
+    frames from its container header (frame count and rate) instead of reading every packet's timestamp."""
     root = Path(root).resolve()
-    c = _Checker(root, decode)
+    c = _Checker(root, decode, scan_packets)
     if not root.is_dir():
         return [Problem(str(root), "dataset folder does not exist")]
     from openlbm.data.writer import recover
@@ -281,11 +297,13 @@ def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = 
 def require_valid(roots: list[Path] | tuple[Path, ...]) -> None:
     """Raise :class:`~openlbm.data.layout.DatasetError` naming the first problem of the first invalid dataset.
 
-    Runs every check of :func:`validate_dataset` except decoding (metadata, every parquet column's dtype, shape,
-    NaN/inf, index and timestamps, each video's stream fps, size and frame count per episode, stats).
+    Runs the checks of :func:`validate_dataset` that cost no video decoding or packet reading: metadata, every
+    parquet column's dtype, shape, NaN/inf, index and timestamps, stats, and each video's fps, size and frames per
+    episode from its container header. What needs the video's packets (a frame missing or undecodable mid-file) is
+    checked where the frames are read: the reader names file, episode and field.
     """
     for root in roots:
-        problems = validate_dataset(root, decode=False)
+        problems = validate_dataset(root, decode=False, scan_packets=False)
         if problems:
             more = f" (and {len(problems) - 1} more; `lbm data validate {root}` lists them all)" if len(problems) > 1 else ""
             raise L.DatasetError(f"dataset {root} is invalid: {problems[0]}{more}")
