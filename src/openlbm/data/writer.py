@@ -39,6 +39,7 @@ from openlbm.data.stats import (
     write_image_histograms,
 )
 from openlbm.data.video import VideoEncoder, check_codec
+from openlbm.locking import DirLock, lock_dir
 from openlbm.types import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class DatasetWriter:
             {k: ImageHistogram() for k in self.video_keys} if not self.episodes
             else read_image_histograms(self.root, len(self.episodes), IMAGE_FRAMES_PER_EPISODE)
         )
+        self._lock: DirLock | None = None
         self._reset_buffer()
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -127,8 +129,9 @@ class DatasetWriter:
         crf: int | None = None,
         chunk_size: int = L.DEFAULT_CHUNK_SIZE,
     ) -> DatasetWriter:
-        """Start a new dataset in ``root`` (must be absent or empty of a dataset)."""
+        """Start a new dataset in ``root`` (must be absent or empty of a dataset). Locks ``root`` (one writer)."""
         root = Path(root)
+        lock = lock_dir(root, "a dataset writer")
         if (root / L.INFO_PATH).exists():
             raise FileExistsError(f"{L.where(root / L.INFO_PATH)}: a dataset already exists here; use DatasetWriter.open")
         check_codec(video_codec)
@@ -148,15 +151,21 @@ class DatasetWriter:
         L.write_tasks(root, [])
         L.write_json_atomic(root / L.STATS_PATH, {})
         L.write_json_atomic(root / L.INFO_PATH, info)
-        return cls(root, info, gop, crf)
+        w = cls(root, info, gop, crf)
+        w._lock = lock
+        return w
 
     @classmethod
     def open(cls, root: Path | str, gop: int = 2, crf: int | None = None) -> DatasetWriter:
-        """Resume appending to ``root``: finishes/discards interrupted writes, drops uncommitted files."""
+        """Resume appending to ``root``: finishes/discards interrupted writes, drops uncommitted files. Locks ``root``."""
         root = Path(root)
+        if not (root / L.INFO_PATH).is_file():
+            raise FileNotFoundError(f"{L.where(root / L.INFO_PATH)}: no dataset to open here (use DatasetWriter.create)")
+        lock = lock_dir(root, "a dataset writer")
         recover(root)
         L.remove_temp_files(root)
         w = cls(root, L.read_info(root), gop, crf)
+        w._lock = lock
         w._remove_orphans()
         w._write_derived(exact=True)
         return w
@@ -165,10 +174,19 @@ class DatasetWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.finalize()
-        else:
-            self.clear_episode()
+        try:
+            if exc_type is None:
+                self.finalize()
+            else:
+                self.clear_episode()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the folder lock (also released when the writer is garbage collected or the process dies)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def num_episodes(self) -> int:
