@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -48,6 +49,29 @@ def _convert_cmd(src: Path, dst: Path) -> list[str]:
     return [sys.executable, "-m", "openlbm.cli", "data", "convert", str(src), str(dst), "--workers", "2"]
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_until_gone(pids: list[int]) -> None:
+    for _ in range(240):  # generous: only a hang (workers waiting forever) fails this
+        if not any(_alive(p) for p in pids):
+            return
+        time.sleep(0.5)
+    for p in pids:
+        if _alive(p):
+            os.kill(p, signal.SIGKILL)
+    raise AssertionError(f"worker processes {pids} outlived the killed conversion")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker pids from /proc (Linux)")
 def test_sigkill_mid_conversion_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     total = 40
     src = many_demos(tmp_path / "many.hdf5", total)
@@ -55,10 +79,13 @@ def test_sigkill_mid_conversion_then_resume_equals_uninterrupted(tmp_path: Path)
     proc = subprocess.Popen(_convert_cmd(src, dst), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:  # "episode k/N" after each commit
         if line.startswith("episode 3/"):
+            workers = _children(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             break
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    assert len(workers) == 2
+    _wait_until_gone(workers)  # the orphaned workers leave on their own
     committed = len(L.read_episodes(dst))
     assert 3 <= committed < total, committed  # really interrupted mid-way, after some commits
 

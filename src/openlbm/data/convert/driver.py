@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -127,9 +129,18 @@ class _Job:
 _WORKER_JOB: _Job | None = None
 
 
-def _init_worker(job: _Job) -> None:
+def _init_worker(job: _Job, parent: int) -> None:
     global _WORKER_JOB
     _WORKER_JOB = job
+
+    def exit_with_parent() -> None:
+        # A SIGKILLed main process cannot shut the pool down, and forked workers keep its queue pipes open, so they
+        # would wait forever: leave as soon as we are re-parented.
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 def _prepare(job: _Job, index: int) -> tuple[str, PreparedEpisode]:
@@ -159,7 +170,8 @@ class _Reader:
             return
         # fork: the source reaches the workers without pickling (sources reopen their files per process)
         ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(self.job,)) as pool:
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(self.job, os.getpid())) as pool:
             pending: deque[Future[tuple[str, PreparedEpisode]]] = deque()
             nxt = self.start
             try:
