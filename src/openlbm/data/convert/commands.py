@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
@@ -17,9 +18,9 @@ from openlbm.data.convert.formats import Format
 class Convert:
     """Convert a LeRobot v2.1, RLDS/TFDS or robomimic HDF5 dataset to LeRobot v3 (re-run to resume after a kill)."""
 
-    src: tyro.conf.Positional[Path]
+    src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
     """Source dataset: a folder (LeRobot v2.1, RLDS/TFDS) or a .hdf5 file (robomimic)."""
-    dst: tyro.conf.Positional[Path]
+    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
     """Output v3 dataset folder (created; an interrupted conversion into it is resumed)."""
     format: Format = "auto"
     """Source format; ``auto`` detects it from the files."""

@@ -106,10 +106,13 @@ class RobomimicSource:
 
         if self._h5 is None or self._pid != os.getpid():
             # HDF5 handles must not cross a fork: each worker process opens its own
+            if not self.root.is_file():
+                raise SourceError(f"{self.root}: not a file (a robomimic dataset is one .hdf5 file)")
             try:
                 self._h5 = h5py.File(self.root, "r")
             except (OSError, ValueError) as e:
-                raise SourceError(f"{self.root}: cannot open HDF5 file (truncated or not HDF5): {e}") from None
+                why = " ".join(str(e).split())  # h5py's messages span lines
+                raise SourceError(f"{self.root}: cannot open HDF5 file (truncated or not HDF5): {why}") from None
             self._pid = os.getpid()
         return self._h5
 
