@@ -108,3 +108,14 @@ def test_truncated_file_and_bad_options_are_named(tmp_path: Path) -> None:
         RobomimicSource(ROBOMIMIC, filter_key="test")
     with pytest.raises(SourceError, match=r"state keys \['joint_pos'\] not found"):
         RobomimicSource(ROBOMIMIC, state_keys=["joint_pos"])
+
+
+def test_low_dim_only_file_converts(tmp_path: Path) -> None:
+    def drop_images(f: h5py.File) -> None:
+        for d in f["data"]:
+            for k in CAMS:
+                del f[f"data/{d}/obs/{k}"]
+
+    report = convert(RobomimicSource(_planted(tmp_path, drop_images)), tmp_path / "out", "robomimic")
+    assert report.problems == [] and report.frames == 28
+    assert not any(k.startswith("observation.images.") for k in episodes(tmp_path / "out")[0])
