@@ -110,6 +110,14 @@ def test_truncated_file_and_bad_options_are_named(tmp_path: Path) -> None:
         RobomimicSource(ROBOMIMIC, state_keys=["joint_pos"])
 
 
+def test_odd_image_size_is_refused_before_writing(tmp_path: Path) -> None:
+    path = _planted(tmp_path, lambda f: [_replace(f, f"data/{d}/obs/agentview_image",
+                                                  np.zeros((len(f[f"data/{d}/actions"]), 33, 32, 3), np.uint8)) for d in f["data"]])
+    with pytest.raises(SourceError, match=r"bad.hdf5, key observation.images.agentview: images are 33x32; .* even height"):
+        convert(RobomimicSource(path), tmp_path / "out", "robomimic")
+    assert not (tmp_path / "out").exists()
+
+
 def test_low_dim_only_file_converts(tmp_path: Path) -> None:
     def drop_images(f: h5py.File) -> None:
         for d in f["data"]:

@@ -227,6 +227,10 @@ def convert(source: Source, dst: Path | str, fmt: str, opts: ConvertOptions = Co
     total = len(source) if opts.max_episodes is None else min(len(source), opts.max_episodes)
     if total < 1:
         raise SourceError(f"{source.root}: no episodes to convert")
+    for key, spec in source.features().items():
+        if spec.dtype == "video" and (spec.shape[0] % 2 or spec.shape[1] % 2):
+            raise SourceError(f"{source.root}, key {key}: images are {spec.shape[0]}x{spec.shape[1]}; the v3 videos "
+                              "(yuv420p) need even height and width")
     writer = _open_writer(source, dst, _conversion_record(source, fmt, opts), opts)
     start = writer.num_episodes
     if start > total:
