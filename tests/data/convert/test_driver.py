@@ -135,3 +135,21 @@ def test_validation_problems_are_reported_not_swallowed(tmp_path: Path) -> None:
     report = convert(RobomimicSource(ROBOMIMIC), dst, "robomimic")
     assert report.converted == 0
     assert any("timestamp" in str(p) for p in report.problems), report.problems
+
+
+def test_defect_in_a_worker_stops_after_the_good_episodes_and_a_fixed_source_resumes(tmp_path: Path) -> None:
+    src = many_demos(tmp_path / "many.hdf5", 8)
+    with h5py.File(src, "r+") as f:
+        good = f["data/demo_5/actions"][()]
+        f["data/demo_5/actions"][2, 1] = np.inf
+    dst = tmp_path / "out"
+    with pytest.raises(SourceError, match=r"many.hdf5, data/demo_5, key action: NaN/inf at frame 2"):
+        convert(RobomimicSource(src), dst, "robomimic", ConvertOptions(workers=2))
+    assert len(L.read_episodes(dst)) == 5  # demos 0..4 committed, in order
+    assert not list(dst.rglob("*.tmp"))  # episodes the workers encoded past the defect are not left behind
+    with h5py.File(src, "r+") as f:
+        f["data/demo_5/actions"][...] = good
+    resumed = convert(RobomimicSource(src), dst, "robomimic", ConvertOptions(workers=2))
+    assert (resumed.converted, resumed.episodes, resumed.problems) == (3, 8, [])
+    convert(RobomimicSource(src), tmp_path / "fresh", "robomimic")
+    assert_same_dataset(dst, tmp_path / "fresh")
