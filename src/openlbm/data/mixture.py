@@ -23,9 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from openlbm.data import layout as L
 from openlbm.data.collate import batch_from_dict, collate_dict
 from openlbm.data.dataset import DatasetMeta, RobotDataset
-from openlbm.data.stats import aggregate_stats
+from openlbm.data.stats import (
+    IMAGE_FRAMES_PER_EPISODE,
+    ImageHistogram,
+    dataset_image_histograms,
+    exact_stats,
+    parquet_column,
+)
 from openlbm.types import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, Batch, EmbodimentSpec, camera_key
 
 log = logging.getLogger(__name__)
@@ -187,19 +194,27 @@ class _SourceView:
 
 
 def merged_stats(parts: Sequence[_SourceView]) -> dict[str, dict[str, list]]:
-    """Stats of the embodiment keys, merged (count-weighted) over the sources mapped onto one embodiment."""
-    per_source = []
-    for p in parts:
-        keys = {**{dst: src for dst, src in p.cams.items()}, STATE_KEY: p.state_key, ACTION_KEY: p.action_key}
-        entry = {}
-        for dst, src in keys.items():
-            if src is None:
-                continue
-            if src not in p.meta.stats:
-                raise ValueError(f"{p.meta.root}/meta/stats.json has no stats for {src!r}; run `lbm data stats {p.meta.root}`")
-            entry[dst] = p.meta.stats[src]
-        per_source.append(entry)
-    return aggregate_stats(per_source)
+    """Exact stats of the embodiment keys over the union of the sources mapped onto one embodiment.
+
+    State/action: :func:`~openlbm.data.stats.exact_stats` over every source's column (streamed, bounded memory),
+    so quantiles equal ``np.quantile`` of the concatenated data. Cameras: the sources' pixel histograms added up
+    (stored beside each dataset's stats, decoded from its videos if absent)."""
+    out: dict[str, dict[str, list]] = {}
+    for dst in (STATE_KEY, ACTION_KEY):
+        cols = []
+        for p in parts:
+            src = p.state_key if dst == STATE_KEY else p.action_key
+            if src is not None:
+                cols.append(parquet_column(L.iter_data_files(p.meta.root, p.meta.episodes, p.meta.data_path), src, p.meta.features[src]))
+        if cols:
+            out[dst] = exact_stats(cols)
+    hists = [dataset_image_histograms(p.meta, IMAGE_FRAMES_PER_EPISODE) if p.cams else {} for p in parts]
+    for dst in parts[0].cams if parts else ():
+        total = ImageHistogram()
+        for p, h in zip(parts, hists, strict=True):
+            total = total.merge(h[p.cams[dst]])
+        out[dst] = total.stats()
+    return out
 
 
 class MixtureDataset(Dataset):

@@ -88,10 +88,12 @@ class EvalConfig:
     server: str | None = None
     """``ws://host:port`` of an ``lbm serve`` policy server to evaluate instead of loading ``policy``."""
     noise_seed: int | None = 0
-    """Sampling-noise seed set on a loaded ``LBMPolicy`` (``LBMPolicy.noise_seed``): each chunk then depends only
-    on its observation history, not on which episodes share a batch. ``0`` matches ``lbm serve``'s default, so
-    evaluating through ``server`` gives the same episodes. ``None`` = torch's global RNG. Not used with ``server``
-    (the server's ``--noise-seed`` applies) or the expert."""
+    """The sampler's noise seed, set on a loaded ``LBMPolicy`` (``LBMPolicy.noise_seed``): each chunk's initial
+    noise is a fresh draw keyed by (this seed, the chunk's observation window, its chunk index in the episode), so
+    an evaluation samples the stochastic policy yet is reproducible, and no episode depends on which others share a
+    batch. ``0`` is also the default of ``lbm serve`` and of in-training evaluation: the three score the same
+    sampler. ``None`` = torch's global RNG (not reproducible). Not used with ``server`` (the server's
+    ``--noise-seed`` applies) or the expert."""
     rank: int | None = None
     """This process's shard; ``None`` reads torchrun's ``RANK`` (0 without torchrun)."""
     world_size: int | None = None

@@ -44,9 +44,8 @@ class Serve:
     max_message_mb: float = 8.0
     """Largest accepted request in MiB; bigger messages close that connection (code 1009)."""
     noise_seed: int | None = 0
-    """Seed of the sampling noise, reused for every request: the served policy becomes a deterministic function of
-    each client's observation history (same answers batched or not, and as in-process evaluation with the same
-    ``EvalConfig.noise_seed``, default 0). ``None`` uses torch's global RNG."""
+    """The sampler's noise seed: fresh noise per chunk keyed by (seed, episode key, chunk index), the same sampler
+    as in-process evaluation with the same ``EvalConfig.noise_seed`` (default 0). ``None`` uses torch's global RNG."""
     log_level: str = "INFO"
     """Python logging level."""
 
