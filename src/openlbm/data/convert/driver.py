@@ -13,7 +13,7 @@
   re-run with a different source or options is refused instead of mixing two conversions.
 - **Where the encode happens**: in the workers (:func:`openlbm.data.writer.prepare_episode`), with the image
   stats. Profiling a 1-worker conversion of raw-image HDF5 showed reading at ~5500 frames/s but the writer's video
-  encode + image stats at >80% of the time, so reading in parallel alone gave 1.1x with 2 workers, this 1.6-2.0x
+  encode + image stats at >80% of the time, so reading in parallel alone gave 1.1x with 2 workers, this 1.55-2.0x
   (``bench/convert.py``, 2 cores); the main process only commits (moves files, writes parquet rows, fsyncs).
 - **Validation**: the finished dataset goes through :func:`openlbm.data.validate.validate_dataset`; its problems
   are returned in :class:`ConvertReport` (the CLI prints them and exits 1), never dropped.
