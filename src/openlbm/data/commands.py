@@ -1,4 +1,4 @@
-"""``lbm data info|validate|stats|view``: thin wrappers over the dataset library."""
+"""``lbm data info|validate|stats|view|convert``: thin wrappers over the dataset library."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
+
+from openlbm.data.convert.commands import Convert
 
 
 @dataclass(frozen=True)
@@ -139,4 +141,4 @@ class View:
         return 0
 
 
-COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View}
+COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View, "convert": Convert}
