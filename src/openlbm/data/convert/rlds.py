@@ -23,17 +23,8 @@ import numpy as np
 from openlbm.data.convert import tfrecord
 from openlbm.data.convert.rlds_map import Mapping, resolve, short_key
 from openlbm.data.convert.source import SourceEpisode, SourceError
-from openlbm.data.convert.tfds_meta import Leaf, find_version_dir, read_info
+from openlbm.data.convert.tfds_meta import Leaf, read_info
 from openlbm.types import FeatureSpec
-
-
-def looks_like_rlds(root: Path) -> bool:
-    """True if ``root`` (or the single version folder below it) is a prepared TFDS dataset (for ``--format auto``)."""
-    try:
-        vdir = find_version_dir(Path(root))
-    except SourceError:
-        return False
-    return (vdir / "features.json").is_file()
 
 
 class RLDSSource:
@@ -226,7 +217,7 @@ class RLDSSource:
             if len(shape) == 3 and None not in shape and shape[2] == 3:
                 self._image_shapes[key] = (int(shape[0]), int(shape[1]), 3)
             elif len(shape) == 3 and shape[2] in (3, None) and len(self):
-                _, path, _ = self._shards[0]
+                path = next(p for _, p, n in self._shards if n > 0)
                 self._check_shard(path)
                 _, data = next(tfrecord.iter_records(path))
                 blob = self._get(tfrecord.parse_example(data, f"{path.name} record 0"), key, f"{path.name} record 0")

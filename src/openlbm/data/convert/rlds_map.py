@@ -160,8 +160,10 @@ def resolve(info: TFDSInfo, keymap: Path | None = None) -> Mapping:
     task = entry.get("task") or next((k for k in TASK_CANDIDATES if k in leaves), None)
     if task is not None:
         leaf = _expand(info, task, f"{where}.task")[0]
-        if leaf.key != task or not (leaf.kind == "text" or (leaf.kind == "tensor" and leaf.dtype.startswith("int"))):
-            raise SourceError(f"{where}.task: key {task!r} is {leaf.kind} {leaf.dtype}: expected text")
+        codepoints = leaf.kind == "tensor" and leaf.dtype.startswith("int") and leaf.per_step and None not in leaf.shape
+        if leaf.key != task or not (leaf.kind == "text" or codepoints):
+            raise SourceError(f"{where}.task: key {task!r} is {leaf.kind} {leaf.dtype}: expected text "
+                              "(or per-step int code points)")
 
     if "extra" in entry:
         extra = [(_numeric(_expand(info, k, where)[0], f"{where}.extra").key, v) for k, v in entry["extra"].items()]
