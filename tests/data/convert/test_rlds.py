@@ -61,6 +61,8 @@ def test_reads_every_step_as_tensorflow_does() -> None:
         "observation.images.wrist_image": ("video", (32, 32, 3)),
         "observation.state": ("float32", (8,)),
         "action": ("float32", (7,)),
+        "observation.proprio.gripper_open": ("float32", (1,)),  # nested observation keys become features
+        "observation.proprio.joint_pos": ("float32", (6,)),
         "next.reward": ("float32", (1,)),
     }
     assert (src.fps, src.robot_type) == (10.0, "")
@@ -72,6 +74,8 @@ def test_reads_every_step_as_tensorflow_does() -> None:
         np.testing.assert_array_equal(ep.frames["action"], np.array(tf_ep["action"], np.float32))
         np.testing.assert_array_equal(ep.frames["observation.state"], np.array(tf_ep["state"], np.float32))
         np.testing.assert_array_equal(ep.frames["next.reward"][:, 0], np.array(tf_ep["reward"], np.float32))
+        np.testing.assert_array_equal(ep.frames["observation.proprio.joint_pos"], np.array(tf_ep["joint_pos"], np.float32))
+        assert ep.frames["observation.proprio.gripper_open"][:, 0].tolist() == [float(g) for g in tf_ep["gripper_open"]]
         # episode boundaries: one source episode = one TFDS episode, first/last steps where TF puts them
         n = len(tf_ep["is_first"])
         assert tf_ep["is_first"] == [t == 0 for t in range(n)] and tf_ep["is_last"] == [t == n - 1 for t in range(n)]
@@ -122,7 +126,7 @@ def test_user_keymap_overrides_the_default_rule(tmp_path: Path) -> None:
         "tiny_oxe_rlds/1.0.0": {
             "robot_type": "toy_arm",
             "cameras": {"steps/observation/wrist_image": "wrist"},
-            "state": ["steps/reward", "steps/observation/state"],  # concatenated in this order
+            "state": ["steps/reward", "steps/observation/proprio"],  # in this order; a dict: its leaves, sorted
             "task": "episode_metadata/file_path",  # an episode-level text
             "extra": {"steps/discount": "observation.discount"},
         },
@@ -132,15 +136,25 @@ def test_user_keymap_overrides_the_default_rule(tmp_path: Path) -> None:
     feats = src.features()
     assert list(feats) == ["observation.images.wrist", "observation.state", "action", "observation.discount",
                            "next.reward"]
-    assert feats["observation.state"].shape == (9,)
-    assert feats["observation.state"].names == ("reward", *(f"state_{i}" for i in range(8)))
+    assert feats["observation.state"].shape == (8,)
+    assert feats["observation.state"].names == ("reward", "proprio.gripper_open",
+                                                *(f"proprio.joint_pos_{i}" for i in range(6)))
     for ep, tf_ep in zip(src, tf_episodes(), strict=True):
         assert ep.task == tf_ep["file_path"] == f"raw/episode_{tf_ep['episode_id']}.npz"
         expected_state = np.concatenate([np.array(tf_ep["reward"], np.float32)[:, None],
-                                         np.array(tf_ep["state"], np.float32)], axis=1)
+                                         np.array(tf_ep["gripper_open"], np.float32)[:, None],
+                                         np.array(tf_ep["joint_pos"], np.float32)], axis=1)
         np.testing.assert_array_equal(ep.frames["observation.state"], expected_state)
         np.testing.assert_array_equal(ep.frames["observation.discount"], np.ones((len(expected_state), 1), np.float32))
         assert ep.frames["observation.images.wrist"].shape == (len(expected_state), 32, 32, 3)
+
+
+def test_default_extras_skip_a_name_the_state_uses(tmp_path: Path) -> None:
+    src = RLDSSource(VERSION_DIR, keymap=write_keymap(tmp_path, {"tiny_oxe_rlds": {"state": ["steps/reward"]}}))
+    assert {k: f.shape for k, f in src.features().items() if not k.startswith("observation.images")} == {
+        "observation.state": (1,), "action": (7,), "observation.proprio.gripper_open": (1,),
+        "observation.proprio.joint_pos": (6,), "next.reward": (1,),
+    }
 
 
 @pytest.mark.parametrize(

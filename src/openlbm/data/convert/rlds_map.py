@@ -11,7 +11,8 @@ over ``"<name>"`` (its fields win); any field neither has follows the default ru
 - task: the first of ``steps/language_instruction``, ``steps/observation/natural_language_instruction``,
   ``steps/observation/language_instruction``, ``episode_metadata/language_instruction`` that exists; an episode
   without one (or with only empty strings) gets ``default_task`` (default: the dataset name);
-- extra: every other numeric 0-/1-D tensor under ``steps/observation/`` -> ``observation.<path, / -> .>``;
+- extra: every other numeric 0-/1-D tensor under ``steps/observation/`` -> ``observation.<path, / -> .>`` (except
+  one that would be named ``observation.state`` while the state comes from other keys);
 - ``steps/reward`` (if a numeric scalar) -> ``next.reward``; fps 10 and robot_type "" unless given.
 State, action and extra values are cast to float32 (bools to 0/1) and flattened per step.
 """
@@ -169,8 +170,10 @@ def resolve(info: TFDSInfo, keymap: Path | None = None) -> Mapping:
         extra = [(_numeric(_expand(info, k, where)[0], f"{where}.extra").key, v) for k, v in entry["extra"].items()]
     else:
         used = {*state, task}
-        extra = [(k, "observation." + short_key(k).replace("/", ".")) for k, leaf in leaves.items()
-                 if k.startswith(_OBS) and k not in used and _is_small_numeric(leaf)]
+        taken = {"observation.state"} if state else set()  # e.g. observation/state when state is other keys
+        extra = [(k, name) for k, leaf in leaves.items()
+                 if k.startswith(_OBS) and k not in used and _is_small_numeric(leaf)
+                 and (name := "observation." + short_key(k).replace("/", ".")) not in taken]
 
     reward = leaves.get("steps/reward")
     mapping = Mapping(
