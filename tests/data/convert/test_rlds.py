@@ -61,6 +61,7 @@ def test_reads_every_step_as_tensorflow_does() -> None:
         "observation.images.wrist_image": ("video", (32, 32, 3)),
         "observation.state": ("float32", (8,)),
         "action": ("float32", (7,)),
+        "observation.ee_pose": ("float32", (3,)),  # a zlib-encoded tensor
         "observation.proprio.gripper_open": ("float32", (1,)),  # nested observation keys become features
         "observation.proprio.joint_pos": ("float32", (6,)),
         "next.reward": ("float32", (1,)),
@@ -75,6 +76,7 @@ def test_reads_every_step_as_tensorflow_does() -> None:
         np.testing.assert_array_equal(ep.frames["observation.state"], np.array(tf_ep["state"], np.float32))
         np.testing.assert_array_equal(ep.frames["next.reward"][:, 0], np.array(tf_ep["reward"], np.float32))
         np.testing.assert_array_equal(ep.frames["observation.proprio.joint_pos"], np.array(tf_ep["joint_pos"], np.float32))
+        np.testing.assert_array_equal(ep.frames["observation.ee_pose"], np.array(tf_ep["ee_pose"], np.float32))
         assert ep.frames["observation.proprio.gripper_open"][:, 0].tolist() == [float(g) for g in tf_ep["gripper_open"]]
         # episode boundaries: one source episode = one TFDS episode, first/last steps where TF puts them
         n = len(tf_ep["is_first"])
@@ -152,7 +154,7 @@ def test_user_keymap_overrides_the_default_rule(tmp_path: Path) -> None:
 def test_default_extras_skip_a_name_the_state_uses(tmp_path: Path) -> None:
     src = RLDSSource(VERSION_DIR, keymap=write_keymap(tmp_path, {"tiny_oxe_rlds": {"state": ["steps/reward"]}}))
     assert {k: f.shape for k, f in src.features().items() if not k.startswith("observation.images")} == {
-        "observation.state": (1,), "action": (7,), "observation.proprio.gripper_open": (1,),
+        "observation.state": (1,), "action": (7,), "observation.ee_pose": (3,), "observation.proprio.gripper_open": (1,),
         "observation.proprio.joint_pos": (6,), "next.reward": (1,),
     }
 
@@ -236,6 +238,10 @@ def bad_image(feature) -> None:
     feature["steps/observation/wrist_image"].bytes_list.value[2] = b"\xff\xd8\xff\xe0 not a jpeg at all"
 
 
+def bad_zlib(feature) -> None:
+    feature["steps/observation/ee_pose"].bytes_list.value[1] = b"not zlib"
+
+
 def drop_state(feature) -> None:
     del feature["steps/observation/state"]
 
@@ -256,8 +262,9 @@ def set_is_first(feature) -> None:
          rf"^{SHARD0} record 0: key 'steps/action' has 42 values, expected 7 steps x shape \(7,\)"),
         (edit_example(bad_image), rf"^{SHARD0} record 0: key 'steps/observation/wrist_image' step 2: undecodable image"),
         (edit_example(set_is_first), rf"^{SHARD0} record 0: key 'steps/is_first' is set at steps \[0, 3\]"),
+        (edit_example(bad_zlib), rf"^{SHARD0} record 0: key 'steps/observation/ee_pose': undecodable zlib tensor"),
     ],
-    ids=["data-crc", "length-crc", "truncated", "missing-key", "wrong-shape", "bad-image", "boundary"],
+    ids=["data-crc", "length-crc", "truncated", "missing-key", "wrong-shape", "bad-image", "boundary", "bad-zlib"],
 )
 def test_planted_defects_are_named(tmp_path: Path, edit: Callable, message: str) -> None:
     src = planted(tmp_path, edit)

@@ -118,7 +118,7 @@ def _numeric(leaf: Leaf, where: str) -> Leaf:
 
 def _is_small_numeric(leaf: Leaf) -> bool:
     return (leaf.kind == "tensor" and leaf.dtype in NUMERIC and leaf.per_step and len(leaf.shape) <= 1
-            and None not in leaf.shape and leaf.encoding == "none")
+            and None not in leaf.shape)
 
 
 def short_key(key: str) -> str:
