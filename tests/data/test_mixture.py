@@ -90,7 +90,8 @@ def test_mixture_file_and_image_size(two_robots: tuple[Path, Path], tmp_path: Pa
     with pytest.raises(ValueError, match="image_size \\(8, 12\\) differs from embodiment 'toy'"):
         DataConfig(sources=(SourceConfig(toy, image_size=(8, 12)),)).build(EMBS, 1, 1, 2, 0)
     for entry, msg in (({"root": "a", "weight": "x"}, "mix.json\\[0\\].weight: expected a number"),
-                       ({"root": "a", "image_size": [0, 4]}, "image_size must be"), ({"weight": 1}, "missing config keys")):
+                       ({"root": "a", "image_size": [0, 4]}, "image_size must be"), ({"weight": 1}, "missing config keys"),
+                       ({"root": "a", "rename": ["x"]}, "rename must map"), ({"root": "a", "rename": {"x": 1}}, "rename maps")):
         mix.write_text(json.dumps([entry]))
         with pytest.raises(ValueError, match=msg):
             read_sources(mix)

@@ -59,6 +59,8 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if not (self.weight >= 0 and np.isfinite(self.weight)):
             raise ValueError(f"{self.root}: weight must be a finite number >= 0, got {self.weight}")
+        if not isinstance(self.rename, dict):
+            raise ValueError(f"{self.root}: rename must map source keys to embodiment keys, got {self.rename!r}")
         bad = {k: v for k, v in self.rename.items() if not (isinstance(k, str) and isinstance(v, str) and k and v)}
         if bad:
             raise ValueError(f"{self.root}: rename maps source keys to embodiment keys (non-empty strings), got {bad}")
