@@ -2,6 +2,7 @@
 
     lbm train debug --dataset data/pick --steps 20
     lbm train small --dataset data/a --dataset data/b --optim.lr 3e-4 --run-dir runs/ab
+    lbm train small --dataset data/metaworld --mixture oxe.json   # sources with embodiment / rename / image_size
     torchrun --nproc_per_node 2 -m openlbm.cli train small --dataset data/a
 
 The command composes two packages: the trainer (``openlbm.train``) and, with ``--eval-every``, in-training
@@ -21,7 +22,7 @@ import tyro
 
 from openlbm.configs.presets import PRESETS
 from openlbm.configs.train import TrainConfig
-from openlbm.data.mixture import SourceConfig
+from openlbm.data.mixture import SourceConfig, read_sources
 
 _PresetChoice = Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated subcommands
     tuple(
@@ -31,11 +32,12 @@ _PresetChoice = Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated
 ]
 
 
-def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...]) -> TrainConfig:
-    """Append one equally-weighted source per ``--dataset`` path to ``cfg.data.sources``."""
-    if not datasets:
+def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...], mixture: Path | None = None) -> TrainConfig:
+    """Append the sources of the ``--mixture`` file (:func:`~openlbm.data.mixture.read_sources`), then one
+    equally-weighted source per ``--dataset`` path, to ``cfg.data.sources``."""
+    extra = (*(read_sources(mixture) if mixture is not None else ()), *(SourceConfig(root=Path(p)) for p in datasets))
+    if not extra:
         return cfg
-    extra = tuple(SourceConfig(root=Path(p)) for p in datasets)
     return replace(cfg, data=replace(cfg.data, sources=(*cfg.data.sources, *extra)))
 
 
@@ -67,6 +69,11 @@ class Train:
     """The training config, starting from the chosen preset."""
     dataset: tyro.conf.UseAppendAction[tuple[Path, ...]] = ()
     """A dataset root to train on (repeat the flag for a mixture); added to ``data.sources`` with weight 1."""
+    mixture: Path | None = None
+    """A JSON file listing mixture sources, each ``{"root", "weight", "embodiment", "rename", "image_size"}`` (the
+    fields of ``SourceConfig``; the shape of ``data.sources`` in a run's config.json; relative roots are relative to
+    the file): to name a dataset's embodiment, map its cameras and keys, resize its images. Combines with
+    ``--dataset``."""
     eval_tasks: str | None = None
     """Meta-World tasks (set name or comma list) rolled out every ``--eval-every`` steps; logged as ``eval/*``."""
     eval_episodes: int = 5
@@ -81,9 +88,9 @@ class Train:
         from openlbm.errors import UserError
 
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        cfg = with_datasets(self.config, self.dataset)
+        cfg = with_datasets(self.config, self.dataset, self.mixture)
         if not cfg.data.sources:
-            raise UserError("no dataset given; pass --dataset PATH (repeatable)")
+            raise UserError("no dataset given; pass --dataset PATH (repeatable) or --mixture FILE")
         if cfg.eval_every > 0 and self.eval_tasks is None:
             raise UserError("--eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
         run_dir = train_with_eval(cfg, self.eval_tasks, self.eval_episodes, eval_seed=cfg.seed + 1,
