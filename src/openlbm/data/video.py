@@ -19,6 +19,7 @@ import numpy as np
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per encoder otherwise
 
 import av  # noqa: E402
+from av.video.reformatter import VideoReformatter  # noqa: E402
 
 from openlbm.data.layout import DatasetError, where  # noqa: E402
 
@@ -108,6 +109,21 @@ def probe_video(path: Path) -> dict[str, object]:
         }
 
 
+class RGBConverter:
+    """Decoded frame -> uint8 ``[H, W, 3]`` RGB through one reused, single-threaded swscale context.
+
+    ``frame.to_ndarray(format="rgb24")`` builds a new swscale context per frame and, with PyAV's default
+    ``threads=None``, a thread pool for it: 0.45 ms per 128x128 frame here against 0.015 ms for this (measured
+    interleaved, PyAV 18). At training resolutions that conversion, not decoding, was the loader's largest cost.
+    """
+
+    def __init__(self) -> None:
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
 class VideoReader:
     """Keeps one container open and returns frames by timestamp, decoding as little as possible."""
 
@@ -127,6 +143,7 @@ class VideoReader:
         self._gen = None
         self._last_time = -1e9
         self._cache: OrderedDict[int, av.VideoFrame | np.ndarray] = OrderedDict()
+        self._rgb = RGBConverter()
 
     def close(self) -> None:
         self._container.close()
@@ -145,7 +162,7 @@ class VideoReader:
             return None
         item = self._cache[best]
         if isinstance(item, av.VideoFrame):
-            item = item.to_ndarray(format="rgb24")
+            item = self._rgb(item)
             self._cache[best] = item
         return item
 
