@@ -136,8 +136,8 @@ def load_physics(task: str, end_effector: bool = False) -> tuple[Any, Any]:
     if end_effector:
         # The arms of the mocap scene have no actuators: only the welds hold them against gravity and the joints'
         # friction. With the XML's soft welds (solimp 0.25) MuJoCo 3.3 leaves the grippers several cm above their
-        # targets and no grasp closes (measured: 0 of 4 transfers); stiff welds track to ~mm and every scripted
-        # episode succeeds. Only the planning scene changes; the joint-position task stays gym-aloha's.
+        # targets and no grasp closes (measured: 0 of 4 transfers); with stiff welds the plans succeed (rates in
+        # docs/simulation.md). Only the planning scene changes; the joint-position task stays gym-aloha's.
         physics.model.eq_solimp[:2, :3] = WELD_SOLIMP
         kind = {"transfer-cube": sim_end_effector.TransferCubeEndEffectorTask,
                 "insertion": sim_end_effector.InsertionEndEffectorTask}[task]
