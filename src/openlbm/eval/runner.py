@@ -247,6 +247,9 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
 
     policy_dir = resolve_policy_dir(Path(cfg.policy))
     policy = LBMPolicy.load(policy_dir, device=_pick_device(cfg.device))
+    suite_robot = env_config(cfg, None).embodiment().name
+    if suite_robot in policy.specs:  # a multi-embodiment policy acts as this suite's robot
+        policy.embodiment = policy.specs[suite_robot]
     policy.eval()
     policy.noise_seed = cfg.noise_seed
     yield policy  # type: ignore[misc]
