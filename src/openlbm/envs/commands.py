@@ -16,18 +16,20 @@ class Generate:
 
     out: Path
     """Output dataset directory."""
-    suite: Literal["metaworld"] = "metaworld"
-    """Simulator suite."""
-    tasks: str = "quickstart"
-    """Task set (mt10, mt50, ml45_train, ml45_test, quickstart) or comma-separated task names."""
+    suite: Literal["metaworld", "aloha"] = "metaworld"
+    """Simulator suite: metaworld (Sawyer arm) or aloha (bimanual ALOHA)."""
+    tasks: str | None = None
+    """Task set (mt10, mt50, ml45_train, ml45_test, quickstart, aloha) or comma-separated task names of the suite
+    (default: quickstart for metaworld, aloha for aloha)."""
     episodes_per_task: int = 50
     """Successful episodes to keep per task."""
-    cameras: str = "corner2,gripperPOV"
-    """Comma-separated cameras to record."""
+    cameras: str | None = None
+    """Comma-separated cameras to record (default: corner2,gripperPOV for metaworld; top,left_wrist,right_wrist for
+    aloha)."""
     size: int = 128
     """Square image size in pixels."""
-    max_steps: int = 200
-    """Time limit per attempt."""
+    max_steps: int | None = None
+    """Time limit per attempt (default: 200 for metaworld, 400 for aloha)."""
     workers: int = max(1, os.cpu_count() or 1)
     """Env worker processes (default: one per core)."""
     seed: int = 0
@@ -45,7 +47,8 @@ class Generate:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = GenerateConfig(
             out=self.out, tasks=self.tasks, episodes_per_task=self.episodes_per_task,
-            cameras=tuple(c.strip() for c in self.cameras.split(",") if c.strip()), size=self.size,
+            cameras=None if self.cameras is None else tuple(c.strip() for c in self.cameras.split(",") if c.strip()),
+            size=self.size,
             max_steps=self.max_steps, workers=self.workers, seed=self.seed, action_noise=self.action_noise,
             video_codec=self.video_codec, suite=self.suite, progress=self.progress,
         )

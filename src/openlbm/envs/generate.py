@@ -1,4 +1,4 @@
-"""Scripted demonstrations: run Meta-World's experts in parallel workers and write the successful episodes.
+"""Scripted demonstrations: run a suite's experts (Meta-World, ALOHA) in parallel workers and write the successes.
 
 Determinism and resumption rest on three rules:
 
@@ -26,10 +26,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from openlbm.envs.expert import ScriptedExpert
-from openlbm.envs.metaworld import MetaWorldConfig, embodiment
+from openlbm.envs import suites
 from openlbm.envs.rollout import EpisodeResult, EpisodeSpec, RolloutRunner
-from openlbm.envs.tasks import instruction_for, resolve_tasks
+from openlbm.envs.tasks import DEFAULT_TASKS, instruction_for, resolve_tasks
 from openlbm.jsonio import changed_fields, read_json, to_jsonable, write_json
 from openlbm.types import ACTION_KEY, STATE_KEY, FeatureSpec, camera_key
 
@@ -45,16 +44,18 @@ class GenerateConfig:
 
     out: Path
     """Output dataset directory (created; an existing one made by the same config is resumed)."""
-    tasks: str = "quickstart"
-    """Task set (mt10, mt50, ml45_train, ml45_test, quickstart) or comma-separated task names."""
+    tasks: str | None = None
+    """Task set (mt10, mt50, ml45_train, ml45_test, quickstart, aloha) or comma-separated task names of the suite;
+    ``None`` = the suite's default set (``quickstart`` / ``aloha``)."""
     episodes_per_task: int = 50
     """Successful episodes to keep per task."""
-    cameras: tuple[str, ...] = ("corner2", "gripperPOV")
-    """Cameras to record (stored as ``observation.images.<camera>`` videos)."""
+    cameras: tuple[str, ...] | None = None
+    """Cameras to record (stored as ``observation.images.<camera>`` videos); ``None`` = the suite's defaults."""
     size: int = 128
     """Square image size in pixels."""
-    max_steps: int = 200
-    """Time limit per attempt; attempts that do not succeed by then are dropped (and counted)."""
+    max_steps: int | None = None
+    """Time limit per attempt (``None`` = the suite's default: 200 Meta-World, 400 ALOHA); attempts that do not
+    succeed by then are dropped (and counted)."""
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     """Env worker processes (one per core is best)."""
     seed: int = 0
@@ -65,20 +66,27 @@ class GenerateConfig:
     """Give up on a task after ``ceil(factor * episodes_per_task) + 5`` attempts (an expert that rarely succeeds)."""
     video_codec: str = "h264"
     """Codec for the camera videos (passed to the dataset writer)."""
-    suite: Literal["metaworld"] = "metaworld"
-    """Simulator suite (only Meta-World for now)."""
+    suite: Literal["metaworld", "aloha"] = "metaworld"
+    """Simulator suite: ``metaworld`` (Sawyer, 4-d actions) or ``aloha`` (bimanual, 14-d joint actions)."""
     progress: bool = True
     """Show a progress bar."""
 
-    def env_config(self) -> MetaWorldConfig:
-        return MetaWorldConfig(cameras=tuple(self.cameras), image_size=(self.size, self.size), max_steps=self.max_steps)
+    def env_config(self) -> Any:
+        """The suite's env config (``MetaWorldConfig`` / ``AlohaConfig``) for these settings."""
+        return suites.env_config(self.suite, self.cameras, (self.size, self.size), self.max_steps)
+
+    def task_list(self) -> list[str]:
+        return resolve_tasks(self.tasks if self.tasks is not None else DEFAULT_TASKS[self.suite], suite=self.suite)
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the dataset's content (a resumed run must agree on all of them)."""
         d = to_jsonable(self)
         for k in ("out", "workers", "progress"):
             d.pop(k)
-        d["tasks"] = resolve_tasks(self.tasks)
+        env_cfg = self.env_config()
+        d["cameras"] = list(env_cfg.cameras)
+        d["max_steps"] = env_cfg.max_steps
+        d["tasks"] = self.task_list()
         return d
 
 
@@ -89,12 +97,14 @@ def episode_seed(base_seed: int, task: str, k: int) -> int:
 
 
 def features(cfg: GenerateConfig) -> dict[str, FeatureSpec]:
+    env_cfg = cfg.env_config()
     feats = {
         camera_key(cam): FeatureSpec("video", (cfg.size, cfg.size, 3), ("height", "width", "channels"))
-        for cam in cfg.cameras
+        for cam in env_cfg.cameras
     }
-    feats[STATE_KEY] = FeatureSpec("float32", (4,), ("x", "y", "z", "gripper"))
-    feats[ACTION_KEY] = FeatureSpec("float32", (4,), ("dx", "dy", "dz", "gripper"))
+    state_names, action_names = suites.feature_names(cfg.suite)
+    feats[STATE_KEY] = FeatureSpec("float32", (len(state_names),), state_names)
+    feats[ACTION_KEY] = FeatureSpec("float32", (len(action_names),), action_names)
     feats["next.success"] = FeatureSpec("bool", (1,))
     feats["next.reward"] = FeatureSpec("float32", (1,))
     return feats
@@ -129,7 +139,8 @@ class _Generation:
 
     def __init__(self, cfg: GenerateConfig, writer: Any, attempts: list[dict[str, Any]]) -> None:
         self.cfg, self.writer = cfg, writer
-        self.tasks = resolve_tasks(cfg.tasks)
+        self.tasks = cfg.task_list()
+        self.cameras = cfg.env_config().cameras
         self.max_attempts = math.ceil(cfg.max_attempts_factor * cfg.episodes_per_task) + 5
         self.next_k = dict.fromkeys(self.tasks, 0)
         self.kept = dict.fromkeys(self.tasks, 0)
@@ -195,7 +206,7 @@ class _Generation:
         traj = res.trajectory
         assert traj is not None
         for t in range(res.steps):
-            frame: dict[str, Any] = {camera_key(cam): traj[f"images.{cam}"][t] for cam in self.cfg.cameras}
+            frame: dict[str, Any] = {camera_key(cam): traj[f"images.{cam}"][t] for cam in self.cameras}
             frame[STATE_KEY] = traj["state"][t].astype(np.float32)
             frame[ACTION_KEY] = traj["action"][t].astype(np.float32)
             frame["next.success"] = np.array([bool(traj["success"][t])])
@@ -237,7 +248,7 @@ def _open_writer(cfg: GenerateConfig) -> tuple[Any, list[dict[str, Any]]]:
         return writer, attempts
     if any(p.name != LOCK_FILE for p in cfg.out.iterdir()):
         raise ValueError(f"{cfg.out} exists and is not an openlbm dataset; choose an empty or new --out")
-    emb = embodiment(cfg.env_config())
+    emb = cfg.env_config().embodiment()
     writer = DatasetWriter.create(cfg.out, features(cfg), fps=emb.fps, robot_type=emb.name, video_codec=cfg.video_codec)
     (cfg.out / "meta").mkdir(parents=True, exist_ok=True)
     _write_summary(cfg.out, {"config": cfg.identity(), "expert_success_rate": None, "episodes": 0, "tasks": {}})
@@ -250,12 +261,12 @@ def generate_demos(cfg: GenerateConfig) -> Path:
         raise ValueError(f"episodes_per_task must be >= 1, got {cfg.episodes_per_task}")
     if cfg.action_noise < 0:
         raise ValueError(f"action_noise must be >= 0, got {cfg.action_noise}")
-    resolve_tasks(cfg.tasks)  # fail on a typo before touching the output directory
+    cfg.task_list()  # fail on a typo or a task of another suite before touching the output directory
     env_cfg = cfg.env_config()
     writer, attempts = _open_writer(cfg)
     gen = _Generation(cfg, writer, attempts)
     bar = _GenProgress(cfg, gen)
-    expert = ScriptedExpert(env_cfg, action_noise=cfg.action_noise, seed=cfg.seed)
+    expert = suites.scripted_expert(cfg.suite, env_cfg, action_noise=cfg.action_noise, seed=cfg.seed)
     try:
         with RolloutRunner(env_cfg, num_workers=cfg.workers) as runner:
             while specs := gen.plan_round():

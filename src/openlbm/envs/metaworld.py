@@ -77,6 +77,9 @@ class MetaWorldConfig:
         """An environment for ``task`` whose first ``reset()`` (without a seed) uses ``seed``."""
         return MetaWorldEnv(self, task, seed)
 
+    def embodiment(self) -> EmbodimentSpec:
+        return embodiment(self)
+
 
 def embodiment(cfg: MetaWorldConfig | None = None) -> EmbodimentSpec:
     """The Sawyer arm as seen by a policy: the config's cameras, 4-d state (hand xyz + gripper), 4-d action."""

@@ -29,17 +29,27 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from openlbm.envs.metaworld import MetaWorldConfig
-from openlbm.types import EnvFrame, PolicyLike, observation_from_frames
+from openlbm.types import EmbodimentSpec, EnvFrame, PolicyLike, observation_from_frames
 
 log = logging.getLogger(__name__)
 
 _ENV_LOCK = threading.Lock()
 _WORKER_ENV = {"LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class EnvConfig(Protocol):
+    """What the runner needs of a suite's env config (a frozen dataclass: ``MetaWorldConfig``, ``AlohaConfig``)."""
+
+    cameras: tuple[str, ...]
+    max_steps: int
+
+    def build(self, task: str, seed: int = 0) -> Any: ...
+
+    def embodiment(self) -> EmbodimentSpec: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ class EpisodeResult:
     """uint8 ``[T, Hi, Wi, 3]`` of the first camera (initial frame included) when ``record_video`` is on."""
     trajectory: dict[str, np.ndarray] | None = None
     """With ``record_trajectory``: per-step arrays of length ``steps`` (``images.<cam>`` uint8 [T, H, W, 3],
-    ``state`` float32 [T, 4], ``action`` float32 [T, 4], ``reward`` float32 [T], ``success`` bool [T]); entry t
+    ``state`` float32 [T, S], ``action`` float32 [T, A], ``reward`` float32 [T], ``success`` bool [T]); entry t
     holds the observation before action t and the reward/success after it (LeRobot's ``next.*``)."""
 
 
@@ -134,11 +144,13 @@ class RolloutRunner:
 
     ``step_timeout_s`` bounds every env reply; ``start_timeout_s`` bounds a reset (which may spawn the worker,
     import MuJoCo and create the GL context). ``stop_on_success=False`` runs every episode to the time limit.
+    The env config's embodiment fixes the action dim sent to the envs (a policy may return more, padded, dims)
+    and the state dim the envs must report.
     """
 
     def __init__(
         self,
-        env_cfg: MetaWorldConfig,
+        env_cfg: EnvConfig,
         num_workers: int,
         max_steps: int | None = None,
         *,
@@ -149,8 +161,9 @@ class RolloutRunner:
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        self.env_cfg = replace(env_cfg, max_steps=max_steps) if max_steps is not None else env_cfg
+        self.env_cfg = replace(env_cfg, max_steps=max_steps) if max_steps is not None else env_cfg  # type: ignore[type-var]
         self.max_steps = self.env_cfg.max_steps
+        self.embodiment = self.env_cfg.embodiment()
         self.num_workers = num_workers
         self.step_timeout_s = step_timeout_s
         self.start_timeout_s = start_timeout_s
@@ -339,6 +352,10 @@ class RolloutRunner:
                         continue
                     self._startup_failures = 0
                     _, frame, reward, terminated, truncated, info = reply
+                    if np.shape(frame.state) != (self.embodiment.state_dim,):
+                        done(k, False, f"env state has shape {np.shape(frame.state)}, but embodiment "
+                                       f"{self.embodiment.name} has state_dim {self.embodiment.state_dim}")
+                        continue
                     success = bool(info.get("success", False))
                     if slot.steps > 0 and record_trajectory:
                         slot.traj.setdefault("reward", []).append(np.float32(reward))
@@ -370,11 +387,15 @@ class RolloutRunner:
         frames = [s.frame if (s.spec is not None and s.frame is not None) else filler for s in self._slots]
         actions = policy.select_action(observation_from_frames(frames, policy.embodiment.name))
         actions = np.asarray(actions.detach().cpu().numpy() if hasattr(actions, "detach") else actions)
-        if actions.ndim != 2 or actions.shape[0] != len(frames) or actions.shape[1] < 4:
-            raise ValueError(f"policy.select_action must return [B={len(frames)}, >=4], got {actions.shape}")
+        dim = self.embodiment.action_dim
+        if actions.ndim != 2 or actions.shape[0] != len(frames) or actions.shape[1] < dim:
+            raise ValueError(
+                f"policy.select_action must return [B={len(frames)}, >={dim}] for {self.embodiment.name}, "
+                f"got {actions.shape}"
+            )
         for k in live:
             slot = self._slots[k]
-            a = actions[k, :4].astype(np.float32)  # [A_padded] -> the Sawyer's 4 native dims
+            a = actions[k, :dim].astype(np.float32)  # [A_padded] -> the embodiment's native action dims
             if record_trajectory:
                 slot.traj.setdefault("action", []).append(a)
             slot.frame = None

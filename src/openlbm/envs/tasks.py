@@ -1,11 +1,12 @@
-"""Meta-World v3 task names, named task sets and human-written instructions.
+"""Task names of every simulation suite (Meta-World v3, bimanual ALOHA), named task sets and instructions.
 
 Policies are conditioned on language, never on task ids, so every task has several paraphrases. The first
 ``len - 2`` phrases of each task are the *train* split (used to label demonstrations); the last two are *heldout*
 (used only at evaluation, to test that a policy follows language it never saw verbatim).
 
 The task-set splits (MT10, ML45 train/test) are read from the installed ``metaworld`` package at import time, so
-they always match Meta-World's own benchmark definitions.
+they always match Meta-World's own benchmark definitions. Task names are unique across suites (Meta-World's end in
+``-v3``), so a task name alone says which suite runs it (:func:`suite_of`).
 """
 
 from __future__ import annotations
@@ -234,6 +235,29 @@ _INSTRUCTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+_ALOHA_INSTRUCTIONS: dict[str, tuple[str, ...]] = {
+    "transfer-cube": (
+        "pick up the red cube with the right arm and hand it to the left arm",
+        "transfer the cube from the right gripper to the left gripper",
+        "lift the red block and pass it over to the other arm",
+        "grab the cube with the right hand and give it to the left hand",
+        "hand the red cube over from the right arm to the left one",
+        "pass the block between the two grippers, right to left",
+    ),
+    "insertion": (
+        "pick up the peg and the socket and insert the peg into the socket",
+        "grab the socket with the left arm and the peg with the right arm, then put the peg in",
+        "lift both parts and slide the red peg into the blue socket",
+        "insert the peg into the socket in mid-air using both arms",
+        "hold the socket in one gripper and push the peg into it with the other",
+        "pick up the red peg and the blue socket and fit them together",
+    ),
+}
+
+ALOHA_TASKS: tuple[str, ...] = tuple(_ALOHA_INSTRUCTIONS)
+"""The bimanual ALOHA tasks (gym-aloha's ``AlohaTransferCube-v0`` and ``AlohaInsertion-v0`` scenes)."""
+
+
 def _metaworld_splits() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
     from metaworld import env_dict
 
@@ -261,17 +285,35 @@ TASK_SETS: dict[str, tuple[str, ...]] = {
         "plate-slide-v3",
         "handle-press-v3",
     ),
+    "aloha": ALOHA_TASKS,
 }
-"""Named task sets: Meta-World's ``mt10``, ``mt50``, ``ml45_train``, ``ml45_test``, plus openlbm's ``quickstart``."""
+"""Named task sets: Meta-World's ``mt10``, ``mt50``, ``ml45_train``, ``ml45_test``, openlbm's ``quickstart``, and
+``aloha`` (both ALOHA tasks)."""
 
 if set(_INSTRUCTIONS) != set(ALL_TASKS):  # pragma: no cover - guards a metaworld upgrade
     raise RuntimeError(f"instruction table out of sync with metaworld: {sorted(set(ALL_TASKS) ^ set(_INSTRUCTIONS))}")
+_INSTRUCTIONS.update(_ALOHA_INSTRUCTIONS)
+
+SUITE_TASKS: dict[str, tuple[str, ...]] = {"metaworld": ALL_TASKS, "aloha": ALOHA_TASKS}
+"""Every task of each simulation suite."""
+
+DEFAULT_TASKS: dict[str, str] = {"metaworld": "quickstart", "aloha": "aloha"}
+"""The task set a command uses for a suite when no tasks are given."""
 
 
-def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
+def suite_of(task: str) -> str:
+    """The suite (``metaworld`` or ``aloha``) that runs ``task``."""
+    for suite, tasks in SUITE_TASKS.items():
+        if task in tasks:
+            return suite
+    raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(_INSTRUCTIONS)}")
+
+
+def resolve_tasks(spec: str | Sequence[str], suite: str | None = None) -> list[str]:
     """Turn a set name (``"mt10"``), a comma list (``"reach-v3,push-v3"``) or a sequence into task names.
 
-    Set names and task names may be mixed; duplicates are dropped keeping first-seen order.
+    Set names and task names may be mixed; duplicates are dropped keeping first-seen order. With ``suite``, every
+    task must belong to that suite (one env type per run).
     """
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     out: list[str] = []
@@ -284,18 +326,27 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
             names = [item]
         else:
             raise ValueError(
-                f"unknown task or task set {item!r}; task sets: {', '.join(TASK_SETS)}; tasks: {', '.join(ALL_TASKS)}"
+                f"unknown task or task set {item!r}; task sets: {', '.join(TASK_SETS)}; tasks: {', '.join(_INSTRUCTIONS)}"
             )
         out.extend(n for n in names if n not in out)
     if not out:
         raise ValueError(f"no tasks given; use a task set ({', '.join(TASK_SETS)}) or task names")
+    if suite is not None:
+        if suite not in SUITE_TASKS:
+            raise ValueError(f"unknown suite {suite!r}; available: {', '.join(SUITE_TASKS)}")
+        foreign = [t for t in out if t not in SUITE_TASKS[suite]]
+        if foreign:
+            raise ValueError(
+                f"task(s) {', '.join(foreign)} are not in the {suite} suite (they belong to {suite_of(foreign[0])}); "
+                f"use --suite {suite_of(foreign[0])}, or tasks of {suite} such as --tasks {DEFAULT_TASKS[suite]}"
+            )
     return out
 
 
 def instructions(task: str, split: Literal["train", "heldout", "all"] = "train") -> list[str]:
     """Paraphrases of ``task``'s instruction. ``train[0]`` is the canonical one."""
     if task not in _INSTRUCTIONS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(ALL_TASKS)}")
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(_INSTRUCTIONS)}")
     phrases = list(_INSTRUCTIONS[task])
     if split == "train":
         return phrases[:-_HELDOUT]

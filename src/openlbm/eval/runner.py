@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from openlbm.types import EmbodimentSpec, PolicyLike
 log = logging.getLogger(__name__)
 
 EXPERT = "expert"
-"""``EvalConfig.policy`` value that selects Meta-World's scripted expert."""
+"""``EvalConfig.policy`` value that selects the suite's scripted expert."""
 
 _IDENTITY = ("policy", "suite", "seed", "instructions", "max_steps", "cameras", "image_size", "server")
 """Config fields that must not change when an evaluation is resumed in the same dir."""
@@ -59,14 +59,15 @@ class EvalConfig:
 
     policy: str = EXPERT
     """A training run dir, a checkpoint dir or a policy dir (resolved by ``openlbm.policies.policy_dir.
-    resolve_policy_dir``), or ``"expert"`` for Meta-World's scripted expert. Ignored when ``server`` is set."""
+    resolve_policy_dir``), or ``"expert"`` for the suite's scripted expert. Ignored when ``server`` is set."""
     out: Path | None = None
     """Eval dir: records, summary, videos and report go here; re-running with the same dir resumes. Default:
     ``<policy>/eval/<tasks>-<instructions>-s<seed>`` (``evals/expert-...`` for the expert or a server)."""
-    suite: Literal["metaworld"] = "metaworld"
-    """Simulation suite."""
-    tasks: str | tuple[str, ...] = "quickstart"
-    """A task set name (``mt10``, ``mt50``, ``quickstart``...), a comma list of tasks, or a tuple of names."""
+    suite: Literal["metaworld", "aloha"] = "metaworld"
+    """Simulation suite: ``metaworld`` (Sawyer arm) or ``aloha`` (bimanual ALOHA)."""
+    tasks: str | tuple[str, ...] | None = None
+    """A task set name (``mt10``, ``mt50``, ``quickstart``, ``aloha``...), a comma list of tasks, or a tuple of
+    names, all of the suite; ``None`` = the suite's default set (``quickstart`` / ``aloha``)."""
     episodes_per_task: int = 50
     """Episodes per task (each from its own fixed initial state)."""
     instructions: Literal["train", "heldout"] = "train"
@@ -76,7 +77,7 @@ class EvalConfig:
     num_workers: int = 2
     """Env processes per rank (about one per CPU core)."""
     max_steps: int | None = None
-    """Time limit per episode; ``None`` uses ``MetaWorldConfig``'s default."""
+    """Time limit per episode; ``None`` uses the suite's default (``MetaWorldConfig`` 200, ``AlohaConfig`` 400)."""
     record_video: bool = True
     """Save a success and a failure clip per task (first camera) under ``videos/`` for the report."""
     cameras: tuple[str, ...] | None = None
@@ -116,7 +117,10 @@ class EvalConfig:
         """``out``, or the default eval dir derived from the policy, tasks, instructions and seed."""
         if self.out is not None:
             return Path(self.out)
-        tasks = self.tasks if isinstance(self.tasks, str) else ",".join(self.tasks)
+        from openlbm.envs.tasks import DEFAULT_TASKS
+
+        tasks = self.tasks if self.tasks is not None else DEFAULT_TASKS[self.suite]
+        tasks = tasks if isinstance(tasks, str) else ",".join(tasks)
         name = f"{tasks.replace(',', '+')}-{self.instructions}-s{self.seed}"
         if self.policy == EXPERT or self.server:
             return Path("evals") / f"expert-{name}"
@@ -174,17 +178,17 @@ def check_spec(policy_emb: EmbodimentSpec, env_emb: EmbodimentSpec) -> None:
 
 
 def _validate(cfg: EvalConfig) -> list[str]:
-    from openlbm.envs.tasks import resolve_tasks
+    from openlbm.envs.tasks import DEFAULT_TASKS, resolve_tasks
 
-    if cfg.suite != "metaworld":
-        raise ValueError(f"unknown suite {cfg.suite!r}; available: metaworld")
+    if cfg.suite not in DEFAULT_TASKS:
+        raise ValueError(f"unknown suite {cfg.suite!r}; available: {', '.join(DEFAULT_TASKS)}")
     if cfg.episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {cfg.episodes_per_task}")
     if cfg.num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {cfg.num_workers}")
     if cfg.instructions not in ("train", "heldout"):
         raise ValueError(f"instructions must be 'train' or 'heldout', got {cfg.instructions!r}")
-    tasks = resolve_tasks(cfg.tasks)
+    tasks = resolve_tasks(cfg.tasks if cfg.tasks is not None else DEFAULT_TASKS[cfg.suite], suite=cfg.suite)
     out = cfg.out_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -213,13 +217,12 @@ def _pick_device(device: str) -> str:
 
 
 def env_config(cfg: EvalConfig, policy_emb: EmbodimentSpec | None) -> Any:
-    """The Meta-World config: explicit ``cameras``/``image_size`` win, else the policy's, else the defaults."""
-    from openlbm.envs.metaworld import MetaWorldConfig
+    """The suite's env config: explicit ``cameras``/``image_size`` win, else the policy's, else the defaults."""
+    from openlbm.envs.suites import env_config as suite_env_config
 
-    base = MetaWorldConfig()
-    cams = cfg.cameras if cfg.cameras is not None else (policy_emb.cameras if policy_emb else base.cameras)
-    size = cfg.image_size if cfg.image_size is not None else (policy_emb.image_size if policy_emb else base.image_size)
-    return replace(base, cameras=tuple(cams), image_size=tuple(size), max_steps=cfg.max_steps or base.max_steps)
+    cams = cfg.cameras if cfg.cameras is not None else (policy_emb.cameras if policy_emb else None)
+    size = cfg.image_size if cfg.image_size is not None else (policy_emb.image_size if policy_emb else None)
+    return suite_env_config(cfg.suite, cams, size, cfg.max_steps)
 
 
 @contextlib.contextmanager
@@ -237,15 +240,18 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
             remote.close()
         return
     if cfg.policy == EXPERT:
-        from openlbm.envs.expert import ScriptedExpert
+        from openlbm.envs.suites import scripted_expert
 
-        yield ScriptedExpert(env_config(cfg, None))
+        yield scripted_expert(cfg.suite, env_config(cfg, None))
         return
     from openlbm.policies.lbm import LBMPolicy
     from openlbm.policies.policy_dir import resolve_policy_dir
 
     policy_dir = resolve_policy_dir(Path(cfg.policy))
     policy = LBMPolicy.load(policy_dir, device=_pick_device(cfg.device))
+    suite_robot = env_config(cfg, None).embodiment().name
+    if suite_robot in policy.specs:  # a multi-embodiment policy acts as this suite's robot
+        policy.embodiment = policy.specs[suite_robot]
     policy.eval()
     policy.noise_seed = cfg.noise_seed
     yield policy  # type: ignore[misc]
@@ -305,9 +311,7 @@ def evaluate(cfg: EvalConfig, policy: PolicyLike | None = None) -> EvalSummary:
         if not isinstance(policy, PolicyLike):
             raise TypeError(f"policy must implement PolicyLike (embodiment, select_action, reset), got {type(policy)}")
         env_cfg = env_config(cfg, policy.embodiment)
-        from openlbm.envs.metaworld import embodiment
-
-        check_spec(policy.embodiment, embodiment(env_cfg))  # before any worker starts
+        check_spec(policy.embodiment, env_cfg.embodiment())  # before any worker starts
         plan = plan_episodes(tasks, cfg.episodes_per_task, cfg.seed, cfg.instructions)
         out = cfg.out_dir()
         meta = {
