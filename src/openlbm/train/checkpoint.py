@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from openlbm.errors import UserError
-from openlbm.jsonio import changed_fields
+from openlbm.jsonio import changed_fields, read_json, write_json
 from openlbm.policies.policy_dir import CKPT_PREFIX, LATEST, POLICY_DIR, list_checkpoints, read_latest
 from openlbm.policies.pretrained import state_dict_diff
 from openlbm.train import distributed as dist_utils
@@ -141,18 +141,18 @@ def save_checkpoint(
     dist_utils.barrier()
     rng_tensors, rng_values = rng_state()
     save_file(rng_tensors, str(tmp / f"rng_rank{rank}.safetensors"))
-    _write_json(tmp / f"rank{rank}.json", {"rng": rng_values, "sampler": state.sampler})
+    write_json(tmp / f"rank{rank}.json", {"rng": rng_values, "sampler": state.sampler})
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optim_sd)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        _write_json(tmp / "optimizer.json", opt_meta)
+        write_json(tmp / "optimizer.json", opt_meta)
         if ema_state is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
         export_policy.save(tmp / POLICY_DIR)
     dist_utils.barrier()
     if rank == 0:
-        _write_json(tmp / "trainer.json", {"step": state.step, "samples_seen": state.samples_seen, "world_size": world})
+        write_json(tmp / "trainer.json", {"step": state.step, "samples_seen": state.samples_seen, "world_size": world})
         if final.exists():  # re-saving the same step after a resume: swap out the old copy
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -179,7 +179,7 @@ def prune_checkpoints(ckpt_root: Path, keep_last_k: int) -> list[Path]:
 
 def read_step(ckpt_dir: Path) -> int:
     """The optimizer step a checkpoint dir was written at."""
-    return int(_read_json(ckpt_dir / "trainer.json")["step"])
+    return int(read_json(ckpt_dir / "trainer.json")["step"])
 
 
 # -- load ----------------------------------------------------------------------------------------------------------------
@@ -191,14 +191,14 @@ def load_checkpoint(
     RNG states are *not* applied here: call :func:`restore_rng` once the data iterator exists, because creating a
     DataLoader iterator draws from the torch generator.
     """
-    trainer = _read_json(ckpt_dir / "trainer.json")
+    trainer = read_json(ckpt_dir / "trainer.json")
     if trainer["world_size"] != dist_utils.world_size():
         raise ValueError(
             f"checkpoint {ckpt_dir} was written with world_size={trainer['world_size']}, this run has "
             f"{dist_utils.world_size()}: exact resume needs the same number of processes"
         )
     model_sd = load_file(str(ckpt_dir / "model.safetensors"))
-    optim_sd = _unflatten_optimizer(load_file(str(ckpt_dir / "optimizer.safetensors")), _read_json(ckpt_dir / "optimizer.json"))
+    optim_sd = _unflatten_optimizer(load_file(str(ckpt_dir / "optimizer.safetensors")), read_json(ckpt_dir / "optimizer.json"))
     missing, unexpected, shapes = state_dict_diff(model.state_dict(), model_sd, ours_label="model")
     if missing or unexpected or shapes:
         raise ValueError(
@@ -215,13 +215,13 @@ def load_checkpoint(
             raise FileNotFoundError(f"{ema_file} missing: the checkpoint was written with EMA disabled")
         ema.load_state_dict(load_file(str(ema_file)))
         ema.updates = trainer["step"]
-    rank_state = _read_json(ckpt_dir / f"rank{dist_utils.rank()}.json")
+    rank_state = read_json(ckpt_dir / f"rank{dist_utils.rank()}.json")
     return TrainState(step=trainer["step"], samples_seen=trainer["samples_seen"], sampler=rank_state["sampler"])
 
 
 def restore_rng(ckpt_dir: Path) -> None:
     r = dist_utils.rank()
-    set_rng_state(load_file(str(ckpt_dir / f"rng_rank{r}.safetensors")), _read_json(ckpt_dir / f"rank{r}.json")["rng"])
+    set_rng_state(load_file(str(ckpt_dir / f"rng_rank{r}.safetensors")), read_json(ckpt_dir / f"rank{r}.json")["rng"])
 
 
 # -- resume: the config must be the one the run started with -------------------------------------------------------------
@@ -257,9 +257,9 @@ def check_resume_config(run_dir: Path, new: dict[str, Any], allow_change: bool) 
     if not path.is_file():
         return []
     try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigChangedError(f"{path}: unreadable ({e}); cannot check the resumed config against it") from None
+        old = read_json(path)
+    except ValueError as e:
+        raise ConfigChangedError(f"{e}; cannot check the resumed config against it") from None
     changes = config_changes(old, new)
     if changes and not allow_change:
         raise ConfigChangedError(
@@ -277,14 +277,6 @@ def record_config_change(run_dir: Path, step: int, changes: list[str]) -> None:
 
 
 # -- small file helpers --------------------------------------------------------------------------------------------------
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1))
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} is missing (incomplete or foreign checkpoint dir)")
-    return json.loads(path.read_text())
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
