@@ -44,6 +44,13 @@ class SourceConfig:
     rename: dict[str, str] = field(default_factory=dict)
     """Source key -> embodiment key, e.g. ``{"top": "corner2"}`` (cameras by short or full name) or
     ``{"observation.joints": "observation.state"}``."""
+    episodes: tuple[int, ...] | None = None
+    """Use only these episode indices of the dataset (``None`` = all). Its normalization stats are then merged
+    from those episodes' own stats (the ``stats/...`` columns of ``meta/episodes``), not the whole dataset's."""
+    in_stats: bool = True
+    """Whether this source contributes to its embodiment's normalization stats. Fine-tuning adds its replay
+    (pretraining) sources with ``False``, so the stats come from the fine-tuning data only; an embodiment whose
+    every source is ``False`` takes their stats anyway, with a warning."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class DataConfig:
         sizes = [len(p.ds) for p in parts]
         weights = [s.weight * (n if self.scale_weights_by_size else 1) for s, n in zip(self.sources, sizes, strict=True)]
         sampler = MixtureSampler(sizes, weights, seed, rank, world_size, self.epoch_size)
-        stats = {e.name: merged_stats([p for p in parts if p.emb.name == e.name]) for e in specs if any(p.emb.name == e.name for p in parts)}
+        stats = {e.name: merged_stats(stats_sources(e.name, parts)) for e in specs if any(p.emb.name == e.name for p in parts)}
         return MixtureData(dataset, sampler, stats, specs, self, batch_size, max_s, max_a)
 
 
@@ -110,6 +117,17 @@ def infer_embodiments(sources: Sequence[SourceConfig], metas: Sequence[DatasetMe
                              "set SourceConfig.embodiment to tell them apart")
         out[name] = spec
     return list(out.values())
+
+
+def stats_sources(name: str, parts: Sequence[_SourceView]) -> list[_SourceView]:
+    """The sources whose stats normalize embodiment ``name``: those with ``in_stats``, else (warned) all of them."""
+    mine = [p for p in parts if p.emb.name == name]
+    chosen = [p for p in mine if p.source.in_stats]
+    if not chosen:
+        log.warning("embodiment %r: every source has in_stats=False; normalizing with their stats (%s)", name,
+                    ", ".join(str(p.meta.root) for p in mine))
+        return mine
+    return chosen
 
 
 def _short(key: str) -> str:
@@ -142,7 +160,7 @@ class _SourceView:
 
     def __init__(self, i: int, s: SourceConfig, m: DatasetMeta, emb: EmbodimentSpec, n_obs: int, horizon: int,
                  max_s: int, max_a: int) -> None:
-        self.index, self.emb, self.max_s, self.max_a = i, emb, max_s, max_a
+        self.index, self.emb, self.max_s, self.max_a, self.source = i, emb, max_s, max_a, s
         inverse = {_rename(s, k): k for k in m.features}
         self.cams: dict[str, str] = {}  # embodiment camera key -> source key
         for cam in emb.cameras:
@@ -161,8 +179,15 @@ class _SourceView:
             delta[self.state_key] = [i / m.fps for i in range(-(n_obs - 1), 1)]
         if self.action_key and self.action_key != ACTION_KEY:
             delta[self.action_key] = [i / m.fps for i in range(horizon)]
-        self.ds = RobotDataset(m.root, n_obs, horizon, delta or None, tolerance_s=m.tolerance_s, camera_keys=list(self.cams.values()))
+        if s.episodes is not None:
+            bad = [e for e in s.episodes if not 0 <= e < m.num_episodes]
+            if bad or not s.episodes:
+                raise ValueError(f"{m.root}: SourceConfig.episodes must be a non-empty list of episode indices in "
+                                 f"0..{m.num_episodes - 1}, got {list(s.episodes)[:12]}")
+        self.ds = RobotDataset(m.root, n_obs, horizon, delta or None, s.episodes, tolerance_s=m.tolerance_s,
+                               camera_keys=list(self.cams.values()))
         self.meta, self.n_obs, self.horizon = m, n_obs, horizon
+        self.stats = m.stats if s.episodes is None else _episode_subset_stats(m, s.episodes)
 
     def sample(self, i: int) -> dict[str, Any]:
         raw = self.ds[i]
@@ -195,11 +220,25 @@ def merged_stats(parts: Sequence[_SourceView]) -> dict[str, dict[str, list]]:
         for dst, src in keys.items():
             if src is None:
                 continue
-            if src not in p.meta.stats:
+            if src not in p.stats:
                 raise ValueError(f"{p.meta.root}/meta/stats.json has no stats for {src!r}; run `lbm data stats {p.meta.root}`")
-            entry[dst] = p.meta.stats[src]
+            entry[dst] = p.stats[src]
         per_source.append(entry)
     return aggregate_stats(per_source)
+
+
+def _episode_subset_stats(m: DatasetMeta, episodes: Sequence[int]) -> dict[str, dict[str, list]]:
+    """Stats of a subset of episodes, merged from the per-episode ``stats/...`` columns the writer records."""
+    from openlbm.data.writer import stats_from_row
+
+    per_episode = []
+    for e in episodes:
+        st = stats_from_row(m.episodes[e])
+        if not st:
+            raise ValueError(f"{m.root}: episode {e} has no per-episode stats in meta/episodes (needed to select "
+                             "episodes with SourceConfig.episodes; datasets written by openlbm or LeRobot have them)")
+        per_episode.append(st)
+    return aggregate_stats(per_episode)
 
 
 class MixtureDataset(Dataset):

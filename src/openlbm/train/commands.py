@@ -3,6 +3,9 @@
     lbm train debug --dataset data/pick --steps 20
     lbm train small --dataset data/a --dataset data/b --optim.lr 3e-4 --run-dir runs/ab
     torchrun --nproc_per_node 2 -m openlbm.cli train small --dataset data/a
+    lbm finetune small --init-from runs/pre --dataset data/new --finetune.freeze vision
+
+``lbm finetune`` is ``lbm train`` with the fine-tuning presets and a required ``--init-from``: one loop.
 """
 
 from __future__ import annotations
@@ -15,16 +18,22 @@ from typing import Annotated, Union
 
 import tyro
 
-from openlbm.configs.presets import PRESETS
+from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS
 from openlbm.data.mixture import SourceConfig
 from openlbm.train.config import TrainConfig
 
-_PresetChoice = Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated subcommands
-    tuple(
-        Annotated[TrainConfig, tyro.conf.subcommand(name, default=make(), description=(make.__doc__ or "").strip())]
-        for name, make in PRESETS.items()
-    )
-]
+
+def _choices(presets: dict) -> object:
+    return Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated subcommands
+        tuple(
+            Annotated[TrainConfig, tyro.conf.subcommand(name, default=make(), description=(make.__doc__ or "").strip())]
+            for name, make in presets.items()
+        )
+    ]
+
+
+_PresetChoice = _choices(PRESETS)
+_FinetuneChoice = _choices(FINETUNE_PRESETS)
 
 
 def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...]) -> TrainConfig:
@@ -54,8 +63,10 @@ class Train:
     def run(self) -> int:
         from openlbm.train.loop import train
 
+        if self.finetune_only and self.config.init_from is None:
+            raise SystemExit("lbm finetune: --init-from PATH is required (a pretrained run dir, checkpoint or policy dir)")
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        cfg = with_datasets(self.config, self.dataset)
+        cfg = self.resolved()
         if not cfg.data.sources:
             raise SystemExit("lbm train: no dataset given; pass --dataset PATH (repeatable)")
         if cfg.eval_every > 0 and self.eval_tasks is None:
@@ -76,4 +87,38 @@ class Train:
         return 0
 
 
-COMMANDS: dict[str, type] = {"train": Train}
+    @property
+    def finetune_only(self) -> bool:
+        return False
+
+    def resolved(self) -> TrainConfig:
+        """The preset with the command's ``--dataset`` flags applied."""
+        return with_datasets(self.config, self.dataset)
+
+
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)
+@dataclass(frozen=True)
+class Finetune(Train):
+    """Fine-tune a pretrained policy on new data (same loop as ``lbm train``). Pick a preset (debug, small,
+    quickstart, base), give ``--init-from`` and ``--dataset``, override any field (``--finetune.freeze vision``,
+    ``--finetune.trunk-lr-mult 0.5``, ``--finetune.replay ...``). Writes ``init_report.json`` to the run dir."""
+
+    config: tyro.conf.OmitSubcommandPrefixes[Annotated[_FinetuneChoice, tyro.conf.arg(name="")]]  # type: ignore[assignment]
+    """The fine-tuning config, starting from the chosen preset."""
+    replay: tyro.conf.UseAppendAction[tuple[Path, ...]] = ()
+    """A pretraining dataset to mix back in (repeatable); together they make up ``--finetune.replay-fraction``
+    of the samples and never enter the normalization stats."""
+
+    @property
+    def finetune_only(self) -> bool:
+        return True
+
+    def resolved(self) -> TrainConfig:
+        cfg = with_datasets(self.config, self.dataset)
+        if not self.replay:
+            return cfg
+        extra = tuple(SourceConfig(root=Path(p), in_stats=False) for p in self.replay)
+        return replace(cfg, finetune=replace(cfg.finetune, replay=(*cfg.finetune.replay, *extra)))
+
+
+COMMANDS: dict[str, type] = {"train": Train, "finetune": Finetune}
