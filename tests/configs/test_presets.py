@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from openlbm.configs.presets import PRESETS, preset
+from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS, preset
 from openlbm.train.commands import with_datasets
 
 
@@ -39,3 +39,13 @@ def test_validation_and_micro_batch() -> None:
 def test_dataset_flag_appends_sources() -> None:
     cfg = with_datasets(preset("debug"), (Path("a"), Path("b")))
     assert [s.root for s in cfg.data.sources] == [Path("a"), Path("b")]
+
+
+@pytest.mark.parametrize("name", list(FINETUNE_PRESETS))
+def test_finetune_presets_lower_the_learning_rate(name: str) -> None:
+    ft, scratch = preset(name, finetune=True), preset(name)
+    assert ft.optim.lr < scratch.optim.lr and ft.optim.warmup_steps <= scratch.optim.warmup_steps
+    assert ft.policy == scratch.policy and ft.init_from is None  # the command requires --init-from
+    json.dumps(ft.to_dict())
+    with pytest.raises(ValueError, match="fine-tuning preset"):
+        preset("huge", finetune=True)

@@ -57,3 +57,7 @@ def test_data_multiplier_rule() -> None:
     # worse everywhere: no multiplier
     m3 = data_multiplier(scratch, {30: outcomes({"a": [False] * n})}, alpha=0.05)
     assert m3 is not None and m3.smallest_count is None and m3.multiplier is None
+    # a reference that never succeeds cannot be matched: "not worse than 0%" is no multiplier
+    zero = outcomes({"a": [False] * n})
+    m4 = data_multiplier({30: zero}, {3: zero, 30: zero}, alpha=0.05)
+    assert m4 is not None and m4.multiplier is None and "no episode" in m4.note

@@ -105,7 +105,9 @@ def check_finished_study(out: Path, tmp_path: Path) -> None:
         assert (out / "runs" / r["run"] / "train" / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     # The report's statistics: one paired test per count, the multiplier with its rule, the scale curve.
     assert [t["count"] for t in res["tests"]] == [1, 2] and all(t["pairs"] == 4 for t in res["tests"])
-    assert res["multiplier"]["reference_count"] == 2 and "McNemar" in res["multiplier_rule"]
+    m = res["multiplier"]
+    assert m["reference_count"] == 2 and "McNemar" in res["multiplier_rule"] and len(m["rows"]) == 2
+    assert (m["multiplier"] is None) == (m["reference"]["successes"] == 0 or m["smallest_count"] is None)
     assert [p["label"] for p in res["scale"]["points"]] == ["scratch (no pretraining)", "4 steps", "2 steps"]
     assert all(p["rate"]["n"] == 4 for p in res["scale"]["points"])
     page = (out / "report.html").read_text()

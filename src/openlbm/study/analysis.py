@@ -11,7 +11,8 @@ with Holm correction across tasks (within a count), via :func:`openlbm.eval.stat
 Data multiplier (the rule, stated once). Reference: scratch at the largest count ``N``. Fine-tuned at count ``n`` is
 *not worse* when the one-sided exact McNemar test of "fine-tuned@n succeeds less often than scratch@N" (paired by
 ``(seed, task, initial state)``) does not reject at ``alpha``. ``n*`` is the smallest count such that fine-tuned is
-not worse at ``n*`` and at every larger count; the multiplier is ``N / n*`` (``None`` when even ``N`` fails). A test
+not worse at ``n*`` and at every larger count; the multiplier is ``N / n*`` (``None`` when even ``N`` fails, or when
+scratch@N succeeds on no episode: "not worse than 0%" says nothing). A test
 that does not reject is weak evidence when episodes are few: the report shows the discordant-pair counts and the
 rates with their intervals beside it, so a multiplier from too few episodes is visible as such.
 """
@@ -115,10 +116,13 @@ class Multiplier:
     smallest_count: int | None
     multiplier: float | None
     rule: str
+    note: str = ""
+    """Why there is no multiplier, when there is none."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference_count": self.reference_count, "reference": self.reference.to_dict(), "rows": self.rows,
-                "smallest_count": self.smallest_count, "multiplier": self.multiplier, "rule": self.rule}
+                "smallest_count": self.smallest_count, "multiplier": self.multiplier, "rule": self.rule,
+                "note": self.note}
 
 
 RULE = ("smallest demo count n such that, at n and every larger count, the one-sided exact McNemar test of "
@@ -138,13 +142,19 @@ def data_multiplier(scratch: Mapping[int, Pooled], finetuned: Mapping[int, Poole
         p = one_sided_mcnemar(s_only, f_only)
         rows.append({"count": n, "finetuned": rate(finetuned[n]).to_dict(), "pairs": pairs, "scratch_only": s_only,
                      "finetuned_only": f_only, "p_one_sided": p, "not_worse": bool(pairs > 0 and p >= alpha)})
+    rule = RULE.format(alpha=alpha)
+    if not any(ref.values()):
+        # "not worse than 0%" holds for anything: no multiplier can be read off a reference that never succeeds
+        note = f"scratch with {top} demos/task succeeded on no episode: there is nothing to match"
+        return Multiplier(top, rate(ref), rows, None, None, rule, note)
     smallest = None
     for row in reversed(rows):  # walk down from the largest count while "not worse" holds
         if not row["not_worse"]:
             break
         smallest = row["count"]
     mult = top / smallest if smallest is not None else None
-    return Multiplier(top, rate(ref), rows, smallest, mult, RULE.format(alpha=alpha))
+    note = "" if smallest is not None else f"fine-tuned is worse than scratch with {top} demos/task at every count"
+    return Multiplier(top, rate(ref), rows, smallest, mult, rule, note)
 
 
 def curve(runs: Mapping[int, Pooled], tasks: Sequence[str]) -> dict[int, dict[str, Any]]:

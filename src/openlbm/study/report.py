@@ -98,6 +98,9 @@ def _curve_plot(curves: dict[str, dict[int, dict[str, Any]]], names: list[str]) 
                    [e.wilson[1] - y for y, (_, e) in zip(ys, pts, strict=True)]]
             ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, ms=4, lw=1.2, label=arm)
         ax.set_xscale("log")
+        counts = sorted({n for arm in curves.values() for n in arm})
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.minorticks_off()
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(name.removesuffix("-v3"), fontsize=9)
         ax.set_xlabel("demos per task", fontsize=8)
@@ -167,10 +170,10 @@ def _multiplier_section(res: dict[str, Any]) -> str:
     if m is None:
         return "<p>Not available yet: scratch at the largest count has not finished.</p>" + rule
     value = f"{m['multiplier']:.3g}×" if m["multiplier"] else "none"
-    head = (f"<p><b>Data multiplier: {value}</b> — fine-tuned "
-            + (f"with {m['smallest_count']} demos/task is not worse than scratch with {m['reference_count']}"
-               if m["smallest_count"] else f"is worse than scratch with {m['reference_count']} demos/task at every count")
-            + f" (scratch@{m['reference_count']}: {_pct(m['reference']['rate'])} {_ci(m['reference']['wilson'])}).</p>")
+    why = (f"fine-tuned with {m['smallest_count']} demos/task is not worse than scratch with {m['reference_count']}"
+           if m["smallest_count"] else m["note"])
+    head = (f"<p><b>Data multiplier: {value}</b> — {html.escape(why)} (scratch@{m['reference_count']}: "
+            f"{_pct(m['reference']['rate'])} {_ci(m['reference']['wilson'])}).</p>")
     rows = "".join(
         f"<tr><td>{r['count']}</td>{_rate_cell(r['finetuned'])}<td>{r['scratch_only']}/{r['finetuned_only']} of "
         f"{r['pairs']}</td><td>{r['p_one_sided']:.3g}</td><td>{'yes' if r['not_worse'] else 'no'}</td></tr>"
