@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from openlbm.policies.config import preset
+from openlbm.configs.presets import policy_preset as preset
 from openlbm.types import EmbodimentSpec, Observation
 
 STEPS = (1, 5, 10)

@@ -23,7 +23,7 @@ import torch
 from openlbm.serve import protocol
 from openlbm.serve.client import PolicyClient
 from openlbm.serve.launch import spawn_server
-from openlbm.serve.server import PolicyRunner, _History
+from openlbm.serve.server import PolicyRunner
 from openlbm.types import EmbodimentSpec
 
 EMB = EmbodimentSpec("bench_arm", ("front", "wrist"), (224, 224), state_dim=8, action_dim=7)
@@ -65,9 +65,7 @@ def pct(xs: list[float]) -> tuple[float, float]:
 def in_process_ms(policy: torch.nn.Module, n: int) -> list[float]:
     runner = PolicyRunner(policy)
     spec = protocol.WireSpec.from_dict(EMB.to_dict())
-    window = _History(int(policy.config.n_obs_steps)).window(
-        protocol.parse_observation(request(0), {EMB.name: spec}, EMB.name)
-    )
+    window = protocol.parse_observation(request(0), {EMB.name: spec}, EMB.name, int(policy.config.n_obs_steps))
     for _ in range(5):
         runner([window])
     out = []
@@ -127,7 +125,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     args = ap.parse_args()
 
-    from openlbm.policies.config import preset
+    from openlbm.configs.presets import policy_preset as preset
 
     torch.manual_seed(0)
     policy = preset(args.preset).build([EMB], {EMB.name: made_up_stats(EMB)}).eval()

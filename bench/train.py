@@ -23,8 +23,8 @@ import numpy as np
 from openlbm.configs.presets import preset
 from openlbm.configs.train import CheckpointConfig, LogConfig
 from openlbm.data.writer import DatasetWriter
-from openlbm.train.commands import with_datasets
 from openlbm.train.loop import train
+from openlbm.train_command import with_datasets
 from openlbm.types import FeatureSpec
 
 

@@ -1,4 +1,5 @@
-"""The ``lbm`` command. Thin: each package owns its subcommands in ``<package>/commands.py``.
+"""The ``lbm`` command. Thin: each package owns its subcommands in ``<package>/commands.py``; commands that compose
+packages (``quickstart``, ``train`` with in-training evaluation) are top-level modules.
 
 Every command is a frozen dataclass whose fields are the flags (documented by their docstrings) and whose
 ``run()`` returns the process exit code. ``lbm data <cmd>`` is a nested group.
@@ -27,7 +28,7 @@ def _top_commands() -> dict[str, type]:
     from openlbm.eval.commands import COMMANDS as evaluation
     from openlbm.quickstart import COMMANDS as quickstart
     from openlbm.serve.commands import COMMANDS as serve
-    from openlbm.train.commands import COMMANDS as train
+    from openlbm.train_command import COMMANDS as train
 
     return {**quickstart, **train, **evaluation, **serve}
 

@@ -134,8 +134,9 @@ def train_config(cfg: Quickstart, dataset: Path):  # noqa: ANN201 - TrainConfig 
 
 
 def train_stage(cfg: Quickstart, dataset: Path) -> Path:
-    from openlbm.train.checkpoint import read_latest, step_dir_name
-    from openlbm.train.loop import train
+    from openlbm.policies.policy_dir import read_latest
+    from openlbm.train.checkpoint import step_dir_name
+    from openlbm.train_command import train_with_eval
 
     t0 = _stage(2, f"training ({cfg.preset} preset)")
     tc = train_config(cfg, dataset)
@@ -143,17 +144,8 @@ def train_stage(cfg: Quickstart, dataset: Path) -> Path:
     if latest is not None and latest.name == step_dir_name(tc.steps):
         console.print(f"already trained: {latest}")
         return tc.run_dir
-    eval_fn = None
-    if cfg.eval_every > 0:
-        from openlbm.eval.train_eval import TrainEvalFn
-
-        eval_fn = TrainEvalFn(cfg.tasks, cfg.eval_episodes_in_training, seed=cfg.seed + 2,
-                                     num_workers=cfg.workers, max_steps=cfg.max_steps, out_dir=tc.run_dir / "train_eval")
-    try:
-        run_dir = train(tc, eval_fn=eval_fn)
-    finally:
-        if eval_fn is not None:
-            eval_fn.close()
+    run_dir = train_with_eval(tc, cfg.tasks, cfg.eval_episodes_in_training, eval_seed=cfg.seed + 2,
+                              num_workers=cfg.workers, max_steps=cfg.max_steps)
     _done(t0, f"trained {tc.steps} steps, run dir {run_dir}")
     return run_dir
 

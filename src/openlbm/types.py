@@ -9,8 +9,9 @@ below. Shapes use these letters:
 
 Conventions (kept everywhere, so no module ever guesses):
 - Images are ``uint8`` channel-first ``[..., 3, Hi, Wi]`` in batches and observations; they are only turned into
-  floats inside the model. Simulators and video decoders produce channel-last ``[Hi, Wi, 3]`` numpy frames; the
-  one conversion point is :func:`observation_from_frames` (live) and the dataset reader (training).
+  floats inside the model. Simulators, video decoders and the wire produce channel-last ``[Hi, Wi, 3]`` numpy
+  frames; the one conversion point is :func:`chw_from_hwc` (used by :func:`observation_from_frames`, the dataset
+  reader and the policy server), and :func:`hwc_from_chw` is its inverse (a client putting images on the wire).
 - State and actions are float32 in *physical* units. Normalization belongs to the policy (it owns its stats) and is
   never applied by the data layer.
 - Feature keys follow the LeRobot v3 names: ``observation.images.<camera>``, ``observation.state``, ``action``.
@@ -201,6 +202,20 @@ class EnvFrame:
     """Full simulator observation, for scripted experts only."""
 
 
+def chw_from_hwc(images: np.ndarray) -> Tensor:
+    """Channel-last uint8 numpy ``[..., Hi, Wi, 3]`` -> contiguous channel-first tensor ``[..., 3, Hi, Wi]``."""
+    if images.ndim < 3 or images.shape[-1] != 3:
+        raise ValueError(f"expected channel-last images [..., Hi, Wi, 3], got shape {list(images.shape)}")
+    # [..., Hi, Wi, 3] -> [..., 3, Hi, Wi]
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, -3)))
+
+
+def hwc_from_chw(images: Tensor) -> np.ndarray:
+    """Inverse of :func:`chw_from_hwc`: tensor ``[..., 3, Hi, Wi]`` -> contiguous numpy ``[..., Hi, Wi, 3]``."""
+    # [..., 3, Hi, Wi] -> [..., Hi, Wi, 3]
+    return np.ascontiguousarray(images.detach().cpu().movedim(-3, -1).numpy())
+
+
 def observation_from_frames(frames: Sequence[EnvFrame], embodiment: str) -> Observation:
     """Stack live frames into a ``T = 1`` :class:`Observation` (HWC numpy -> CHW uint8 tensors)."""
     if not frames:
@@ -209,8 +224,7 @@ def observation_from_frames(frames: Sequence[EnvFrame], embodiment: str) -> Obse
     images = {}
     for cam in cams:
         stacked = np.stack([f.images[cam] for f in frames])  # [B, Hi, Wi, 3]
-        # [B, Hi, Wi, 3] -> [B, 1, 3, Hi, Wi]
-        images[cam] = torch.from_numpy(np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)))[:, None]
+        images[cam] = chw_from_hwc(stacked)[:, None]  # [B, 3, Hi, Wi] -> [B, 1, 3, Hi, Wi]
     state = torch.from_numpy(np.stack([np.asarray(f.state, dtype=np.float32) for f in frames]))[:, None]  # [B, 1, S]
     priv = None
     if frames[0].privileged is not None:

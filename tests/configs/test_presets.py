@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS, preset
-from openlbm.train.commands import with_datasets
+from openlbm.configs.presets import FINETUNE_PRESETS, POLICY_PRESETS, PRESETS, policy_preset, preset
+from openlbm.policies.config import PolicyConfig
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -36,9 +35,17 @@ def test_validation_and_micro_batch() -> None:
         replace(cfg, precision="fp16")
 
 
-def test_dataset_flag_appends_sources() -> None:
-    cfg = with_datasets(preset("debug"), (Path("a"), Path("b")))
-    assert [s.root for s in cfg.data.sources] == [Path("a"), Path("b")]
+@pytest.mark.parametrize("name", list(POLICY_PRESETS))
+def test_policy_presets_round_trip_through_json(name: str) -> None:
+    cfg = policy_preset(name)
+    assert PolicyConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_training_presets_use_the_policy_size_of_their_name() -> None:
+    for name in set(PRESETS) & set(POLICY_PRESETS):
+        assert preset(name).policy == policy_preset(name)
+    with pytest.raises(ValueError, match="unknown policy preset 'huge'; valid: debug, small, base, large"):
+        policy_preset("huge")
 
 
 @pytest.mark.parametrize("name", list(FINETUNE_PRESETS))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,12 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from data_helpers import FEATURES, action_of, make_dataset, write_episodes
 
 from openlbm.data.dataset import RobotDataset
 from openlbm.data.finalize import consolidate
 from openlbm.data.validate import validate_dataset
-from openlbm.data.writer import JOURNAL, DatasetWriter
+from openlbm.data.writer import JOURNAL, STAGING, DatasetWriter
 
 HELPERS = str(Path(__file__).resolve().parent)
 
@@ -97,7 +101,7 @@ def test_sigkill_mid_finalize_at_many_moments(tmp_path: Path) -> None:
     src = make_dataset(tmp_path / "src", (4, 5, 6, 3, 4, 5), finalize=False)
     for k, delay in enumerate([0.0, 0.01, 0.02, 0.04, 0.07, 0.1]):
         root = tmp_path / f"fin{k}"
-        os.system(f"cp -r {src} {root}")
+        shutil.copytree(src, root)  # not `os.system("cp ...")`: a failed copy must fail the test
         _run_and_kill(root, "finalize", "finalizing", delay)
         assert _check_episodes(root, 6) == 6
         assert validate_dataset(root) == []
@@ -124,3 +128,21 @@ def test_unused_feature_set_survives_reopen(tmp_path: Path) -> None:
     w = DatasetWriter.create(root, FEATURES, fps=10)
     assert DatasetWriter.open(root).num_episodes == 0 == w.num_episodes
     assert RobotDataset(root).meta.num_frames == 0
+
+
+def test_interrupted_finalize_is_logged_only_when_there_was_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="openlbm.data.writer")
+    fresh = make_dataset(tmp_path / "fresh", (3, 4))  # create, save, finalize, reopen, read: nothing was interrupted
+    DatasetWriter.open(fresh).finalize()
+    RobotDataset(fresh)
+    assert "interrupted finalize" not in caplog.text
+    root = make_dataset(tmp_path / "j", (4, 5), finalize=False)
+    w = DatasetWriter.open(root)
+    moves, _ = consolidate(w)
+    (root / JOURNAL).write_text(json.dumps({"moves": moves, "delete": [str(p.relative_to(root)) for p in w._referenced()]}))
+    RobotDataset(root)  # the reader completes the journal a dead finalize left
+    assert caplog.text.count("completed an interrupted finalize") == 1
+    stage = make_dataset(tmp_path / "s", (3,), finalize=False)
+    (stage / STAGING / "data").mkdir(parents=True)  # staging of a finalize killed before its journal
+    DatasetWriter.open(stage)
+    assert "discarded the staging folder of an interrupted finalize" in caplog.text and not (stage / STAGING).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from itertools import islice
 from pathlib import Path
 
@@ -126,3 +127,52 @@ def test_resume_mid_epoch_through_worker_loader(two_robots: tuple[Path, Path]) -
     assert got == uninterrupted
     with pytest.raises(ValueError, match="seed"):
         cfg.build(EMBS, 2, 3, batch_size=4, seed=12).sampler.load_state_dict(state)
+
+
+def _joint_dataset(root: Path, robot: str, lengths: tuple[int, ...], state: np.ndarray, shade: int) -> Path:
+    feats = {"observation.images.cam": FeatureSpec("video", (16, 16, 3)), "observation.state": FeatureSpec("float32", (2,)),
+             "action": FeatureSpec("float32", (2,))}
+    w = DatasetWriter.create(root, feats, fps=10, robot_type=robot)
+    t0 = 0
+    for n in lengths:
+        for t in range(n):
+            s = state[t0 + t]
+            img = np.clip(shade + 3 * np.arange(16)[:, None, None] + t + np.zeros((16, 16, 3)), 0, 255).astype(np.uint8)
+            w.add_frame({"observation.images.cam": img, "observation.state": s, "action": -2 * s}, task="reach")
+        w.save_episode()
+        t0 += n
+    w.finalize()
+    return root
+
+
+def test_merged_stats_are_exact_where_averaging_is_badly_wrong(tmp_path: Path) -> None:
+    """300 frames in [0, 1] and 30 frames near 40: the union's q99 lies in the small dataset (~40); the old
+    count-weighted mean of the datasets' q99 gives ~4.6 (the bug users of other tools hit: 13.6 vs 39.3)."""
+    from openlbm.data.dataset import RobotDataset
+    from openlbm.data.stats import IMAGE_FRAMES_PER_EPISODE, QUANTILES, image_frame_indices
+
+    rng = np.random.default_rng(0)
+    big = _joint_dataset(tmp_path / "big", "a", (100, 120, 80), rng.random((300, 2)).astype(np.float32), shade=10)
+    small = _joint_dataset(tmp_path / "small", "b", (30,), (40 + rng.normal(0, 0.5, (30, 2))).astype(np.float32), shade=200)
+    emb = EmbodimentSpec("joint", ("cam",), (16, 16), 2, 2)
+    data = DataConfig(sources=(SourceConfig(big, embodiment="joint"), SourceConfig(small, embodiment="joint")),
+                      num_workers=0).build([emb], 1, 1, batch_size=2, seed=0)
+    merged = data.stats["joint"]
+    eps = [RobotDataset(r).get_episode(e) for r, n in ((big, 3), (small, 1)) for e in range(n)]
+    for key in ("observation.state", "action"):
+        x = np.concatenate([e[key] for e in eps]).astype(np.float64)  # [330, 2]
+        for name, q in QUANTILES.items():
+            np.testing.assert_array_equal(merged[key][name], np.quantile(x, q, axis=0), err_msg=f"{key} {name}")
+        np.testing.assert_allclose(merged[key]["mean"], x.mean(0), rtol=1e-10)
+        np.testing.assert_allclose(merged[key]["std"], x.std(0), rtol=1e-10)
+        assert merged[key]["count"] == [330]
+    true_q99 = np.quantile(np.concatenate([e["observation.state"] for e in eps]).astype(np.float64), 0.99, axis=0)
+    own = [json.loads((r / "meta/stats.json").read_text())["observation.state"] for r in (big, small)]
+    averaged = (300 * np.asarray(own[0]["q99"]) + 30 * np.asarray(own[1]["q99"])) / 330
+    assert np.all(true_q99 > 39) and np.all(np.abs(averaged - true_q99) > 30)  # what averaging would have given
+    # camera: every pixel of the stated frame sample of every episode of both datasets
+    pixels = np.concatenate([e[CAM][image_frame_indices(len(e[CAM]), IMAGE_FRAMES_PER_EPISODE)] for e in eps])
+    px = pixels.reshape(-1, 3) / 255.0  # [M, 3]
+    for name, q in QUANTILES.items():
+        np.testing.assert_array_equal(np.asarray(merged[CAM][name]).reshape(3), np.quantile(px, q, axis=0), err_msg=name)
+    assert merged[CAM]["count"] == [330]

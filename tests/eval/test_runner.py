@@ -129,3 +129,43 @@ def test_live_sequential_eval_stops_once_decided(tmp_path: Path) -> None:
     assert state["decided"] and state["verdict"] == "better"
     assert [lk["pairs"] for lk in state["looks"]] == [4, 8]
     assert cand.num_episodes == 8 and not cand.complete
+
+
+def test_in_training_eval_uses_the_lbm_eval_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TrainEvalFn`` and ``lbm eval`` score the same stochastic policy: same noise per chunk, same chunks, same
+    episodes, whatever noise seed the policy object carried (it is restored afterwards)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
+    from policy_helpers import make_stats, randomize_zero_init
+
+    from openlbm.envs.metaworld import embodiment
+    from openlbm.policies.config import preset
+    from openlbm.policies.lbm import LBMPolicy
+
+    emb = embodiment(MetaWorldConfig(cameras=("corner2",), image_size=(32, 32)))
+    torch.manual_seed(0)
+    policy = randomize_zero_init(preset("debug").build([emb], {emb.name: make_stats(emb)})).eval()
+    policy.save(tmp_path / "policy")
+    chunks: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
+    predict, into = LBMPolicy.predict_chunk, ["train"]
+
+    def recording(self, obs, *args, **kwargs):
+        out = predict(self, obs, *args, **kwargs)
+        chunks[into[0]].append(out.detach().cpu())
+        return out
+
+    monkeypatch.setattr(LBMPolicy, "predict_chunk", recording)
+    policy.noise_seed = None  # e.g. a training-time object: in-training eval must still use the eval sampler
+    with TrainEvalFn("reach-v3", 2, num_workers=2, max_steps=12, out_dir=tmp_path / "ev") as fn:
+        fn(policy, 1)
+    assert policy.noise_seed is None  # evaluation never mutates a policy
+    into[0] = "eval"
+    evaluate(_cfg(tmp_path / "lbm", policy=str(tmp_path / "policy"), tasks="reach-v3", cameras=None, max_steps=12))
+    train_rows = [json.loads(x) for x in (tmp_path / "ev" / "step_00000001.jsonl").read_text().splitlines()]
+    assert _key(train_rows) == _key(load_records(tmp_path / "lbm"))
+    assert len(chunks["train"]) == len(chunks["eval"]) >= 2
+    for a, b in zip(chunks["train"], chunks["eval"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

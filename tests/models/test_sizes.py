@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from openlbm.configs.presets import policy_preset as preset
 from openlbm.models.lbm import LBMModel
-from openlbm.policies.config import preset
 from openlbm.types import EmbodimentSpec
 
 EMB = EmbodimentSpec("metaworld_sawyer", ("corner2", "gripperPOV"), (128, 128), state_dim=4, action_dim=4)

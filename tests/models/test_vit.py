@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from openlbm.configs.presets import policy_preset as preset
 from openlbm.models.vision import VisionConfig
 from openlbm.models.vit import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, ViTConfig
-from openlbm.policies.config import preset
 from openlbm.policies.pretrained import load_vision_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))

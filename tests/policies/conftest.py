@@ -11,15 +11,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy_helpers import ARM, make_stats  # noqa: E402
+from policy_helpers import ARM, make_stats, randomize_zero_init  # noqa: E402
 
 
 @pytest.fixture
 def debug_policy():
-    from openlbm.policies.config import preset
+    from openlbm.configs.presets import policy_preset as preset
 
     torch.manual_seed(0)
-    return preset("debug").build([ARM], {"arm": make_stats(ARM)})
+    return randomize_zero_init(preset("debug").build([ARM], {"arm": make_stats(ARM)}))
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from openlbm.types import Batch, EmbodimentSpec, Observation
 
@@ -53,3 +54,17 @@ def make_batch(embs: list[EmbodimentSpec], horizon: int, t: int = 2, seed: int =
         action[i, :, : e.action_dim] = torch.rand(horizon, e.action_dim, generator=g) * 2 - 1
         mask[i, : e.action_dim] = True
     return Batch(obs, action, torch.zeros(b, horizon, dtype=torch.bool), mask)
+
+
+def randomize_zero_init(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights for every zero-initialised ``nn.Linear`` (the action output projection, the adaLN-zero
+    modulation), so an untrained policy's chunk depends on its observation: with them at zero every chunk is
+    ``unnormalize(noise)`` whatever the input, and tests of routing, batching or weight loading could not fail."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear) and not m.weight.any():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
+                if m.bias is not None and not m.bias.any():
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+    return module

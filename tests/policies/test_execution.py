@@ -8,7 +8,8 @@ from dataclasses import replace
 import torch
 from policy_helpers import ARM, make_obs, make_stats
 
-from openlbm.policies.config import preset
+from openlbm.configs.presets import policy_preset as preset
+from openlbm.policies.execution import frame_key
 from openlbm.policies.lbm import LBMPolicy
 from openlbm.types import Observation
 
@@ -29,11 +30,13 @@ class Spy:
     def __init__(self, policy: LBMPolicy) -> None:
         self.inner = policy.predict_chunk
         self.calls: list[tuple[int, torch.Tensor]] = []
+        self.windows: list[tuple[Observation, object, object]] = []
         policy.predict_chunk = self  # type: ignore[method-assign]
 
-    def __call__(self, obs: Observation) -> torch.Tensor:
-        out = self.inner(obs)
+    def __call__(self, obs: Observation, *args: object, **kwargs: object) -> torch.Tensor:
+        out = self.inner(obs, *args, **kwargs)
         self.calls.append((obs.batch_size, out))
+        self.windows.append((obs, kwargs.get("chunk_index"), kwargs.get("episode_key")))
         return out
 
 
@@ -46,7 +49,8 @@ def test_queue_executes_n_action_steps_per_chunk(debug_policy: LBMPolicy) -> Non
     first = make_obs([ARM] * 2, t=2 * n_act)
     first.images = {k: v[:, :1].expand(-1, 2, -1, -1, -1) for k, v in first.images.items()}
     first.state = first.state[:, :1].expand(-1, 2, -1)
-    expected = policy.predict_chunk(first)
+    first.obs_is_pad = torch.tensor([[True, False]] * 2)  # the copy is padding
+    expected = policy.predict_chunk(first)  # no keys: the first chunk of an episode starting at the last frame
     spy = Spy(policy)
     torch.manual_seed(0)
     actions = torch.stack([policy.select_action(step_obs(frames, t)) for t in range(2 * n_act)], dim=1)
@@ -99,3 +103,30 @@ def test_encoding_runs_once_per_chunk(debug_policy: LBMPolicy) -> None:
     policy.model.trunk.prepare = counted  # type: ignore[method-assign]
     policy.predict_chunk(make_obs([ARM] * 2), num_steps=7)
     assert counts == {"vision": 1, "prepare": 1, "trunk": 7}
+
+
+def test_windows_are_consecutive_frames_and_chunk_index_counts_per_slot(debug_policy: LBMPolicy) -> None:
+    """The model sees the last ``n_obs_steps`` *env steps* (not the last requests), padded at the episode start;
+    each slot's chunk index counts its chunks since its reset (it keys the sampling noise)."""
+    policy = debug_policy.eval()
+    n_act, n_obs = policy.config.n_action_steps, policy.config.n_obs_steps
+    steps = 2 * n_act + 1
+    obs = make_obs([ARM] * 2, t=steps, seed=4)
+    spy = Spy(policy)
+    policy.reset()
+    for t in range(steps):
+        if t == n_act:
+            policy.reset([1])  # slot 1 starts a new episode at step n_act
+        policy.select_action(step_obs(obs, t))
+    (first, idx1, key1), (second, idx2, key2), (third, idx3, key3) = spy.windows
+    assert idx1 == [0, 0] and first.obs_is_pad.tolist() == [[True] * (n_obs - 1) + [False]] * 2
+    assert idx2 == [1, 0]  # slot 0: its 2nd chunk; slot 1: the first of its new episode
+    # The episode key is the first frame's: kept by slot 0, new for slot 1's new episode.
+    assert key2[0] == key3[0] == key1[0] and key2[1] == key3[1] != key1[1]
+    assert key2[1] == frame_key({c: v[1, n_act] for c, v in obs.images.items()}, obs.state[1, n_act], obs.instruction[1], ARM)
+    # Slot 0's window at step n_act holds steps n_act - n_obs + 1 .. n_act, consecutive.
+    torch.testing.assert_close(second.state[0], obs.state[0, n_act - n_obs + 1 : n_act + 1])
+    assert second.obs_is_pad[1].tolist() == [True] * (n_obs - 1) + [False]
+    torch.testing.assert_close(second.state[1, -1], obs.state[1, n_act])
+    assert idx3 == [2, 1]
+    torch.testing.assert_close(third.state[0], obs.state[0, 2 * n_act - n_obs + 1 : 2 * n_act + 1])

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real debug-preset LBMPolicy with made-up stats, saved to disk, and servers around it."""
+"""Shared fixtures: a real debug-preset LBMPolicy with made-up stats and randomised zero-init layers (its chunks
+depend on the observation), saved to disk, and servers around it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import torch
 from openlbm.serve import protocol
 from openlbm.serve.server import ServerConfig
 from openlbm.types import EmbodimentSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
+from policy_helpers import randomize_zero_init  # noqa: E402
 
 NOISE_SEED = ServerConfig().noise_seed
 """The server's default sampling seed (see ``ServerConfig.noise_seed``)."""
@@ -50,10 +54,11 @@ def made_up_stats(emb: EmbodimentSpec) -> dict[str, dict[str, list]]:
 
 
 def build_policy(emb: EmbodimentSpec = EMB, seed: int = 0) -> torch.nn.Module:
-    from openlbm.policies.config import preset
+    from openlbm.configs.presets import policy_preset as preset
 
     torch.manual_seed(seed)
-    return preset("debug").build([emb], {emb.name: made_up_stats(emb)}).eval()
+    policy = preset("debug").build([emb], {emb.name: made_up_stats(emb)}).eval()
+    return randomize_zero_init(policy, seed)
 
 
 @pytest.fixture(scope="session")
@@ -129,14 +134,14 @@ def random_request():
 
 @pytest.fixture(scope="session")
 def expected_chunk(policy: torch.nn.Module):
-    """``expected_chunk(request) -> [H, A]``: the in-process ``predict_chunk`` answer for a first request."""
-    from openlbm.serve.server import PolicyRunner, _History, policy_facts
+    """``expected_chunk(request) -> [H, A]``: the in-process ``predict_chunk`` answer for a request, alone."""
+    from openlbm.serve.server import PolicyRunner, policy_facts
 
     specs, _, _, n_obs = policy_facts(policy)
     runner = PolicyRunner(policy, noise_seed=NOISE_SEED)
 
     def expected(req: dict) -> np.ndarray:
-        parsed = protocol.parse_observation(req, {s.name: s for s in specs}, specs[0].name)
-        return runner([_History(n_obs).window(parsed)])[0]
+        parsed = protocol.parse_observation(req, {s.name: s for s in specs}, specs[0].name, n_obs)
+        return runner([parsed])[0]
 
     return expected

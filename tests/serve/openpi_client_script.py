@@ -22,7 +22,6 @@ def main() -> None:
     }
     obs["observation/state"] = rng.normal(size=emb["state_dim"]).astype(np.float32)
     obs["prompt"] = "open the drawer"
-    obs["reset"] = True  # openlbm's optional episode-start flag: every request sees a fresh observation window
     outs = []
     for _ in range(n):
         out = client.infer(obs)

@@ -27,12 +27,62 @@ def _obs(**override: object) -> dict:
 
 def test_parse_accepts_slash_and_dot_keys_and_float64_state() -> None:
     parsed = protocol.parse_observation(_obs(), SPECS, "arm")
-    assert parsed.embodiment == "arm" and parsed.prompt == "stack the cups" and not parsed.reset
+    assert parsed.embodiment == "arm" and parsed.prompt == "stack the cups" and parsed.chunk_index == 0
     dotted = {k.replace("/", "."): v for k, v in _obs().items()}
     dotted["observation.state"] = np.arange(4, dtype=np.float64)
-    parsed2 = protocol.parse_observation({**dotted, "reset": True}, SPECS, "arm")
-    assert parsed2.state.dtype == np.float32 and parsed2.reset
+    parsed2 = protocol.parse_observation({**dotted, "reset": True}, SPECS, "arm")  # reset: accepted, no effect
+    assert parsed2.state.dtype == np.float32 and parsed2.state.shape == (1, 4)
     np.testing.assert_array_equal(parsed2.images["wrist"], parsed.images["wrist"])
+
+
+def test_a_single_frame_is_an_episode_start_window() -> None:
+    w = protocol.parse_observation(_obs(), SPECS, "arm", n_obs_steps=3)
+    assert w.is_pad.tolist() == [True, True, False] and w.state.shape == (3, 4)
+    assert w.images["front"].shape == (3, 8, 6, 3)
+    np.testing.assert_array_equal(w.state[0], w.state[2])  # padding repeats the frame (the dataset's convention)
+
+
+def test_a_window_passes_through_with_its_padding_and_chunk_index() -> None:
+    rng = np.random.default_rng(0)
+    images = {c: rng.integers(0, 256, (3, 8, 6, 3), dtype=np.uint8) for c in ("front", "wrist")}
+    state = rng.normal(size=(3, 4)).astype(np.float32)
+    pad = np.array([True, False, False])
+    req = protocol.make_observation(images, state, "p", is_pad=pad, chunk_index=7)
+    w = protocol.parse_observation(req, SPECS, "arm", n_obs_steps=3)
+    assert w.is_pad.tolist() == pad.tolist() and w.chunk_index == 7
+    np.testing.assert_array_equal(w.state, state)
+    np.testing.assert_array_equal(w.images["wrist"], images["wrist"])
+    del req["observation/is_pad"]
+    assert not protocol.parse_observation(req, SPECS, "arm", n_obs_steps=3).is_pad.any()
+
+
+def _window(t: int, **override: object) -> dict:
+    obs = protocol.make_observation(
+        {"front": np.zeros((t, 8, 6, 3), np.uint8), "wrist": np.zeros((t, 8, 6, 3), np.uint8)},
+        np.zeros((t, 4), np.float32),
+        "p",
+    )
+    obs.update(override)
+    return obs
+
+
+@pytest.mark.parametrize(
+    ("obs", "match"),
+    [
+        (_window(2), "a window of 2 frames; this policy takes one frame or n_obs_steps=3"),
+        (_window(3, **{"observation/state": np.zeros((2, 4), np.float32)}), "window lengths differ"),
+        (_window(3, **{"observation/is_pad": np.array([False, True, False])}), "padding must be a prefix"),
+        (_window(3, **{"observation/is_pad": np.array([True, True, True])}), "last frame real"),
+        (_window(3, **{"observation/is_pad": np.array([0, 0, 0])}), "bool numpy array"),
+        (_window(3, chunk_index=-1), "chunk_index: expected an int with 0 <= value"),
+        (_window(3, chunk_index="0"), "chunk_index: expected an int with 0 <= value"),
+        (_window(3, episode_key=2**63), "episode_key: expected an int with 0 <= value"),
+        (_window(1, **{"observation/is_pad": np.array([True])}), "single frame it can only be"),
+    ],
+)
+def test_bad_windows_are_rejected_with_named_field(obs: dict, match: str) -> None:
+    with pytest.raises(protocol.ProtocolError, match=match):
+        protocol.parse_observation(obs, SPECS, "arm", n_obs_steps=3)
 
 
 @pytest.mark.parametrize(
@@ -52,6 +102,8 @@ def test_parse_accepts_slash_and_dot_keys_and_float64_state() -> None:
         (_obs(**{"observation/state": np.zeros(5, np.float32)}), r"expected shape \[4\]"),
         (_obs(**{"observation/state": np.array([0, np.nan, 0, 0], np.float32)}), "NaN"),
         (_obs(**{"observation/state": np.array([0, 1e300, 0, 0])}), "NaN or inf"),
+        (_obs(**{"observation/state": np.full(4, 1e30, np.float32)}), r"observation/state: \|value\| 1e\+30 exceeds"),
+        (_obs(**{"observation/state": np.array([0, -2e6, 0, 0], np.float32)}), "exceeds the accepted bound"),
         (_obs(prompt=5), "instruction as a string"),
         (_obs(prompt="x" * 5000), "at most"),
         (_obs(embodiment="nope"), "unknown embodiment"),

@@ -1,4 +1,5 @@
-"""``LBMPolicy.noise_seed``: what the server relies on to give every client the answer it would get alone."""
+"""``LBMPolicy.noise_seed``: fresh noise per chunk keyed by (seed, window, chunk index), so every client (and every
+env of a batch) gets the answer it would get alone, and evaluation is reproducible."""
 
 from __future__ import annotations
 
@@ -53,6 +54,20 @@ def test_a_chunk_does_not_depend_on_batch_size_position_or_global_rng(seeded) ->
     torch.testing.assert_close(batched, swapped, rtol=1e-5, atol=1e-6)
     seeded.noise_seed = 8  # a different seed is a different (but again fixed) sample
     assert not torch.allclose(seeded.predict_chunk(_window(seeded, [3])), alone[:1], atol=1e-3)
+
+
+def test_each_chunk_gets_fresh_noise(seeded) -> None:
+    """Not one fixed noise tensor: another episode or another chunk of the same episode draws new noise; the same
+    (episode key, chunk index) draws the same noise whatever the window holds now."""
+    obs = _window(seeded, [3, 4])
+    first = seeded.initial_noise(obs)  # no keys: two episode starts, keyed by their frames
+    assert not torch.allclose(first[0], first[1])
+    torch.testing.assert_close(first, seeded.initial_noise(obs), rtol=0, atol=0)  # reproducible
+    later = seeded.initial_noise(obs, [1, 5], episode_key=[11, 12])
+    again = seeded.initial_noise(_window(seeded, [6, 7]), [1, 5], episode_key=[11, 12])
+    torch.testing.assert_close(later, again, rtol=0, atol=0)
+    assert not torch.allclose(later[0], seeded.initial_noise(obs, [2, 5], episode_key=[11, 12])[0])
+    assert abs(float(first.std()) - 1.0) < 0.3  # a standard normal draw
 
 
 def test_select_action_of_a_batch_equals_each_env_run_alone(seeded) -> None:

@@ -1,4 +1,5 @@
-"""The server with our client: answers, validation, auth/health, batching, shutdown, history, RemotePolicy."""
+"""The server with our client: answers, validation, auth/health, batching and routing, shutdown, error hygiene,
+non-finite guards, RemotePolicy == in-process execution."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import websockets.sync.client as wsc
 
 from openlbm.serve import codec, protocol
 from openlbm.serve.client import PolicyClient, RemotePolicy, ServerError
-from openlbm.serve.server import ServerConfig, _History, serve_in_thread
+from openlbm.serve.server import ServerConfig, serve_in_thread
 from openlbm.types import EnvFrame, observation_from_frames
 
 Request = Callable[[int], dict]
@@ -46,10 +47,18 @@ def test_client_gets_metadata_and_the_policys_chunk(
             "dtype": "float32",
         }
         req = random_request(0)
-        client.reset()  # a fresh episode: the window is padded exactly like expected_chunk's
         out = client.infer(req)
     assert out["actions"].dtype == np.float32
     np.testing.assert_allclose(out["actions"], expected_chunk(req), rtol=1e-4, atol=1e-5)
+    # A lone frame is an episode start: the answer is what in-process execution does at an episode's first step.
+    frame = EnvFrame(
+        {c: req[f"observation/images/{c}"] for c in emb.cameras}, req["observation/state"], req["prompt"]
+    )
+    policy.reset()
+    with torch.inference_mode():
+        first = policy.select_action(observation_from_frames([frame], emb.name))
+    policy.reset()
+    np.testing.assert_allclose(out["actions"][0], first[0].numpy(), rtol=1e-4, atol=1e-5)
     assert out["server_timing"]["infer_ms"] > 0 and out["server_timing"]["batch_size"] == 1
 
 
@@ -123,17 +132,65 @@ def test_dynamic_batching_gives_the_unbatched_answers(
 ) -> None:
     n = 6
     reqs = [random_request(10 + i) for i in range(n)]
+    want = [expected_chunk(r) for r in reqs]
+    # The policy's answer depends on the observation, so a swapped reply or a misrouted observation cannot pass.
+    assert min(np.abs(want[i] - want[j]).max() for i in range(n) for j in range(i)) > 1e-2
     with serve_in_thread(policy, ServerConfig(port=0, max_batch=n, max_wait_ms=200)) as srv:
         clients = [PolicyClient(f"127.0.0.1:{srv.port}") for _ in range(n)]
-        for c, r in zip(clients, reqs, strict=True):  # all in flight before any reply is read
-            c.send(r)
-        outs = [c.recv() for c in clients]
+        for rnd in range(3):  # each round a different client goes first, so batch positions change
+            order = [(i + rnd * 2) % n for i in range(n)]
+            for i in order:  # all in flight before any reply is read
+                clients[i].send(reqs[(i + rnd) % n])
+            outs = {i: clients[i].recv() for i in order}
+            for i, o in outs.items():
+                np.testing.assert_allclose(o["actions"], want[(i + rnd) % n], rtol=1e-4, atol=1e-5)
+            assert max(o["server_timing"]["batch_size"] for o in outs.values()) > 1
         for c in clients:
             c.close()
-        assert srv.worker.batches < n, "concurrent requests were never batched"
-    assert max(o["server_timing"]["batch_size"] for o in outs) > 1
-    for o, r in zip(outs, reqs, strict=True):
-        np.testing.assert_allclose(o["actions"], expected_chunk(r), rtol=1e-4, atol=1e-5)
+        assert srv.worker.batches < 3 * n, "concurrent requests were never batched"
+
+
+def test_huge_state_is_refused_and_non_finite_actions_are_never_sent(policy, policy_builder, random_request) -> None:
+    req = random_request(3)
+    with serve_in_thread(policy, ServerConfig(port=0)) as srv, PolicyClient(f"127.0.0.1:{srv.port}") as client:
+        for value in (1e30, -3e6):  # finite but absurd: 1e30 used to come back as NaN actions
+            with pytest.raises(ServerError, match=r"observation/state: \|value\| .* exceeds the accepted bound"):
+                client.infer({**req, "observation/state": np.full_like(req["observation/state"], value)})
+        assert np.isfinite(client.infer(req)["actions"]).all()  # the connection is still usable
+    broken = policy_builder()  # a corrupt checkpoint: NaN in the action output layer
+    with torch.no_grad():
+        broken.model.action_out[broken.embodiments[0].name].bias[0] = float("nan")
+    with (
+        serve_in_thread(broken, ServerConfig(port=0)) as srv,
+        PolicyClient(f"127.0.0.1:{srv.port}") as client,
+        pytest.raises(ServerError, match="non-finite actions for this observation; none were sent"),
+    ):
+        client.infer(req)
+
+
+def test_errors_reach_the_client_as_one_line_and_the_traceback_stays_in_the_log(
+    policy_builder, random_request, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = policy_builder()
+    broken.model.action_out = torch.nn.ModuleDict()  # the model itself raises (KeyError) inside predict_chunk
+    req = random_request(4)
+    with serve_in_thread(broken, ServerConfig(port=0)) as srv, PolicyClient(f"127.0.0.1:{srv.port}") as client:
+        with pytest.raises(ServerError) as info:
+            client.infer(req)
+        # A bug of the server itself (here: the request parser raising something unexpected).
+        monkeypatch.setattr(protocol, "parse_observation", _raise_internal)
+        with pytest.raises(ServerError) as internal:
+            client.infer(req)
+    for msg in (str(info.value), str(internal.value)):
+        assert "\n" not in msg and "Traceback" not in msg and "File " not in msg and "/secret" not in msg, msg
+        assert "details are in the server log" in msg
+    assert "KeyError" in str(info.value) and "RuntimeError" in str(internal.value)
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert any(r.exc_info for r in caplog.records), logged  # the tracebacks were logged server-side
+
+
+def _raise_internal(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("boom in /secret/server/path.py")
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(policy, random_request: Request) -> None:
@@ -156,34 +213,6 @@ def test_graceful_shutdown_finishes_in_flight_requests(policy, random_request: R
             c._ws.recv(timeout=5)
     with pytest.raises(ConnectionError):
         PolicyClient(f"127.0.0.1:{srv.port}", connect_timeout_s=1)
-
-
-def _parsed(seed: int, reset: bool = False) -> protocol.ParsedObservation:
-    rng = np.random.default_rng(seed)
-    return protocol.ParsedObservation(
-        "e",
-        {"c": rng.integers(0, 255, (2, 2, 3), dtype=np.uint8)},
-        rng.normal(size=3).astype(np.float32),
-        "p",
-        reset,
-    )
-
-
-def test_history_pads_before_the_episode_start_and_resets() -> None:
-    hist = _History(3)
-    w = hist.window(_parsed(0))
-    assert (
-        w.is_pad.tolist() == [True, True, False]
-        and w.state.shape == (3, 3)
-        and w.images["c"].shape == (3, 2, 2, 3)
-    )
-    np.testing.assert_array_equal(w.state[0], w.state[2])  # padding repeats the first frame
-    hist.window(_parsed(1))
-    w = hist.window(_parsed(2))
-    assert w.is_pad.tolist() == [False, False, False]
-    np.testing.assert_array_equal(w.state, np.stack([_parsed(i).state for i in range(3)]))
-    w = hist.window(_parsed(3, reset=True))
-    assert w.is_pad.tolist() == [True, True, False]
 
 
 def _frames(step: int, b: int, policy) -> list[EnvFrame]:

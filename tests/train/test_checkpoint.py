@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from openlbm.configs.train import OptimConfig
+from openlbm.policies.policy_dir import list_checkpoints, read_latest, resolve_policy_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train.optim import build_optimizer
 
@@ -54,29 +55,10 @@ def test_prune_keeps_last_k_and_removes_stale_temp_dirs(tmp_path: Path) -> None:
     (tmp_path / "latest").write_text("step_00000010\n")
     removed = ckpt.prune_checkpoints(tmp_path, keep_last_k=2)
     assert [d.name for d in removed] == ["step_00000001", "step_00000002"]
-    assert [d.name for d in ckpt.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000010"]
+    assert [d.name for d in list_checkpoints(tmp_path)] == ["step_00000003", "step_00000010"]
     assert not (tmp_path / ".tmp_step_00000011").exists()
-    assert ckpt.read_latest(tmp_path).name == "step_00000010"
-    assert ckpt.read_step(ckpt.read_latest(tmp_path)) == 10
-
-
-def test_resolve_policy_dir_from_run_checkpoint_or_policy(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    (run / "config.json").parent.mkdir()
-    (run / "config.json").write_text("{}")  # a run dir's config.json is not a policy's
-    _fake_step_dirs(run / "checkpoints", [5, 7])
-    (run / "checkpoints" / "latest").write_text("step_00000005\n")
-    want = run / "checkpoints" / "step_00000005" / "policy"
-    assert ckpt.resolve_policy_dir(run) == want
-    assert ckpt.resolve_policy_dir(want.parent) == want
-    assert ckpt.resolve_policy_dir(want) == want
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        ckpt.resolve_policy_dir(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="not a policy dir"):
-        ckpt.resolve_policy_dir(tmp_path)
-    (run / "checkpoints" / "latest").write_text("step_00000099\n")
-    with pytest.raises(FileNotFoundError, match="step_00000099"):
-        ckpt.resolve_policy_dir(run)
+    assert read_latest(tmp_path).name == "step_00000010"
+    assert ckpt.read_step(read_latest(tmp_path)) == 10
 
 
 class _DiskFullOnSave:
@@ -114,16 +96,16 @@ def test_save_is_atomic_and_load_restores(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space"):
         ckpt.save_checkpoint(root, ckpt.TrainState(step=2), model, opt, None, _DiskFullOnSave(), keep_last_k=2)
     # the failed write left no step dir and did not move `latest`
-    assert [d.name for d in ckpt.list_checkpoints(root)] == ["step_00000001"]
-    assert ckpt.read_latest(root).name == "step_00000001"
-    assert ckpt.resolve_policy_dir(root.parent / "checkpoints" / "step_00000001").name == "policy"
+    assert [d.name for d in list_checkpoints(root)] == ["step_00000001"]
+    assert read_latest(root).name == "step_00000001"
+    assert resolve_policy_dir(root.parent / "checkpoints" / "step_00000001").name == "policy"
 
     fresh = torch.nn.Linear(3, 2)
     fresh_opt = build_optimizer([{"params": list(fresh.parameters())}], OptimConfig(), fresh)
-    state = ckpt.load_checkpoint(ckpt.read_latest(root), fresh, fresh_opt, None)
+    state = ckpt.load_checkpoint(read_latest(root), fresh, fresh_opt, None)
     assert (state.step, state.samples_seen, state.sampler) == (1, 4, {"consumed": 4})
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, saved[k])
     with pytest.raises(ValueError, match="does not match this model"):
         bigger = torch.nn.Linear(3, 5)
-        ckpt.load_checkpoint(ckpt.read_latest(root), bigger, torch.optim.AdamW(bigger.parameters()), None)
+        ckpt.load_checkpoint(read_latest(root), bigger, torch.optim.AdamW(bigger.parameters()), None)

@@ -11,9 +11,9 @@ import torch
 
 from openlbm.cli import main
 from openlbm.configs.presets import debug
-from openlbm.train import checkpoint as ckpt
-from openlbm.train.commands import with_datasets
+from openlbm.policies.policy_dir import resolve_policy_dir
 from openlbm.train.loop import NonFiniteLossError, _validate_first, build_policy, train, train_step
+from openlbm.train_command import with_datasets
 
 
 def test_lbm_train_debug_smoke(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_lbm_train_debug_smoke(tiny_dataset: Path, tmp_path: Path) -> None:
         assert all(isinstance(r[key], float) for r in rows), key
     assert list((run / "tb").iterdir()), "TensorBoard events missing"
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
-    policy_dir = ckpt.resolve_policy_dir(run)
+    policy_dir = resolve_policy_dir(run)
     from openlbm.policies.lbm import LBMPolicy
 
     policy = LBMPolicy.load(policy_dir)

@@ -15,10 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from openlbm.configs.presets import debug
-from openlbm.configs.train import CheckpointConfig
-from openlbm.train.commands import with_datasets
-from openlbm.train.config import TrainConfig
+from openlbm.configs.train import CheckpointConfig, TrainConfig
 from openlbm.train.loop import train
+from openlbm.train_command import with_datasets
 
 # Runs 20 steps with checkpoints every 10; the eval hook at step 11 signals the parent and blocks, so the parent
 # kills the process at a known point (after checkpoint 10 is complete, mid-way through step 11's bookkeeping).

@@ -1,5 +1,15 @@
-"""Named training presets: plain functions returning a :class:`~openlbm.train.config.TrainConfig`.
+"""Named presets: plain functions returning a frozen config, in two tables looked up the same way.
 
+Policy sizes (:data:`POLICY_PRESETS`, :func:`policy_preset`), a :class:`~openlbm.policies.config.PolicyConfig`:
+
+| policy  | params  | vision                            | trunk (dim x depth) | text encoder     | for                |
+|---------|---------|-----------------------------------|---------------------|------------------|--------------------|
+| debug   | 0.07 M  | ResNet (8,16) x (1,1)             | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
+| small   | 5.7 M   | ResNet (32,64,128,256) x (1,1,1,1)| 192 x 4 (+2 obs)    | all-MiniLM-L6-v2 | CPU training       |
+| base    | 96 M    | ResNet-18 (64..512) x (2,2,2,2)   | 640 x 8 (+2 obs)    | all-MiniLM-L6-v2 | GPU pretraining    |
+| large   | 346 M   | ResNet-18                         | 1024 x 12 (+4 obs)  | all-MiniLM-L6-v2 | multi-GPU (FSDP2)  |
+
+Training presets (:data:`PRESETS`, :func:`preset`), a :class:`~openlbm.configs.train.TrainConfig`.
 ``lbm train <preset> --dataset PATH ...`` starts from one of these; every field can be overridden on the command
 line. Datasets are never part of a preset (pass ``--dataset`` or ``--data.sources``).
 
@@ -11,9 +21,10 @@ line. Datasets are never part of a preset (pass ``--dataset`` or ``--data.source
 | ``base``     | base    | 200 000 | 256   | ~100M-parameter multitask pretraining on GPU (bf16)         |
 | ``large``    | large   | 400 000 | 1024  | ~300M+ parameters, FSDP2 over many GPUs                     |
 
-Fine-tuning presets (``lbm finetune <preset> --init-from PRETRAINED --dataset NEW``, :data:`FINETUNE_PRESETS`) start
-from the training preset of the same name with a lower peak learning rate and a short warmup, since the weights are
-already trained; the other fine-tuning knobs (freezing, per-part multipliers, replay) are ``--finetune.*`` flags.
+Fine-tuning presets (:data:`FINETUNE_PRESETS`, ``preset(name, finetune=True)``; ``lbm finetune <preset>
+--init-from PRETRAINED --dataset NEW``) start from the training preset of the same name with a lower peak learning
+rate and a short warmup, since the weights are already trained; the other fine-tuning knobs (freezing, per-part
+multipliers, replay) are ``--finetune.*`` flags.
 """
 
 from __future__ import annotations
@@ -21,17 +32,80 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
-from openlbm.configs.train import CheckpointConfig, EMAConfig, LogConfig, OptimConfig
+from openlbm.configs.train import CheckpointConfig, EMAConfig, LogConfig, OptimConfig, TrainConfig
 from openlbm.data.mixture import DataConfig
-from openlbm.policies.config import preset as policy_preset
-from openlbm.train.config import TrainConfig
+from openlbm.models.heads import DiffusionConfig, FlowConfig
+from openlbm.models.trunk import TrunkConfig
+from openlbm.models.vision import VisionConfig
+from openlbm.policies.config import LanguageConfig, PolicyConfig
+
+T = TypeVar("T")
 
 
+# -- policy sizes ------------------------------------------------------------------------------------------------------
+def debug_policy() -> PolicyConfig:
+    """0.07 M parameters, hash text encoder: tests and smoke runs."""
+    return PolicyConfig(
+        n_obs_steps=2,
+        horizon=8,
+        n_action_steps=4,
+        flow=FlowConfig(num_steps=4),
+        diffusion=DiffusionConfig(train_steps=50, sample_steps=4),
+        vision=VisionConfig(widths=(8, 16), depths=(1, 1), stem_width=8, num_keypoints=8, group_size=4),
+        language=LanguageConfig(encoder="hash", hash_dim=32),
+        trunk=TrunkConfig(dim=32, depth=2, heads=4, obs_depth=1, mlp_ratio=2.0),
+    )
+
+
+def small_policy() -> PolicyConfig:
+    """5.7 M parameters: CPU training."""
+    return PolicyConfig(
+        n_obs_steps=2,
+        horizon=16,
+        n_action_steps=8,
+        flow=FlowConfig(num_steps=10),
+        vision=VisionConfig(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), stem_width=32, num_keypoints=32, group_size=16),
+        trunk=TrunkConfig(dim=192, depth=4, heads=6, obs_depth=2, mlp_ratio=4.0),
+    )
+
+
+def base_policy() -> PolicyConfig:
+    """~96 M parameters: GPU pretraining."""
+    return PolicyConfig(
+        n_obs_steps=2,
+        horizon=16,
+        n_action_steps=8,
+        vision=VisionConfig(num_keypoints=64),
+        trunk=TrunkConfig(dim=640, depth=8, heads=10, obs_depth=2),
+    )
+
+
+def large_policy() -> PolicyConfig:
+    """~346 M parameters: multi-GPU (FSDP2) pretraining."""
+    return replace(
+        base_policy(),
+        horizon=32,
+        n_action_steps=16,
+        trunk=TrunkConfig(dim=1024, depth=12, heads=16, obs_depth=4),
+    )
+
+
+POLICY_PRESETS: dict[str, Callable[[], PolicyConfig]] = {
+    "debug": debug_policy,
+    "small": small_policy,
+    "base": base_policy,
+    "large": large_policy,
+}
+"""Policy size name -> function building it."""
+
+
+# -- training runs -----------------------------------------------------------------------------------------------------
 def debug() -> TrainConfig:
     """Tiny everything: a few steps of the debug policy, no workers, no TensorBoard. Runs in seconds."""
     return TrainConfig(
-        policy=policy_preset("debug"),
+        policy=debug_policy(),
         data=replace(DataConfig(), num_workers=0),
         run_dir=Path("runs/debug"),
         steps=4,
@@ -47,7 +121,7 @@ def debug() -> TrainConfig:
 def small() -> TrainConfig:
     """The CPU-trainable policy: a few tasks overnight on a laptop, minutes on a GPU."""
     return TrainConfig(
-        policy=policy_preset("small"),
+        policy=small_policy(),
         data=replace(DataConfig(), num_workers=2),
         run_dir=Path("runs/small"),
         steps=20_000,
@@ -76,7 +150,7 @@ def quickstart() -> TrainConfig:
 def base() -> TrainConfig:
     """~100M parameters: multitask pretraining on one or more GPUs with bf16 autocast and torch.compile."""
     return TrainConfig(
-        policy=policy_preset("base"),
+        policy=base_policy(),
         data=replace(DataConfig(), num_workers=8),
         run_dir=Path("runs/base"),
         steps=200_000,
@@ -95,7 +169,7 @@ def large() -> TrainConfig:
     """~300M+ parameters: FSDP2-sharded pretraining over many GPUs."""
     return replace(
         base(),
-        policy=policy_preset("large"),
+        policy=large_policy(),
         run_dir=Path("runs/large"),
         steps=400_000,
         batch_size=1024,
@@ -146,10 +220,17 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
 """Preset name -> function building it."""
 
 
+def policy_preset(name: str) -> PolicyConfig:
+    """The named policy size; a clear error lists the valid names."""
+    return _pick(POLICY_PRESETS, name, "policy")
+
+
 def preset(name: str, finetune: bool = False) -> TrainConfig:
     """The named training (or, with ``finetune``, fine-tuning) preset; a clear error lists the valid names."""
-    table = FINETUNE_PRESETS if finetune else PRESETS
+    return _pick(FINETUNE_PRESETS, name, "fine-tuning") if finetune else _pick(PRESETS, name, "training")
+
+
+def _pick(table: dict[str, Callable[[], T]], name: str, kind: str) -> T:
     if name not in table:
-        kind = "fine-tuning" if finetune else "training"
         raise ValueError(f"unknown {kind} preset {name!r}; valid: {', '.join(table)}")
     return table[name]()

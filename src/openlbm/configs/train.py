@@ -1,10 +1,19 @@
-"""The trainer's sub-configs (optimizer, EMA, checkpoints, logging). ``TrainConfig`` composes them with the policy
-and data configs in :mod:`openlbm.train.config`; they live here so they import nothing heavy."""
+"""``TrainConfig``: everything one training run needs, as one frozen dataclass (saved to ``run_dir/config.json``),
+and its sub-configs (optimizer, EMA, checkpoints, logging).
+
+Named presets live in :mod:`openlbm.configs.presets`; the ``lbm train`` command overrides any field from the
+command line (``--optim.lr 3e-4``, ``--data.sources ...``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from openlbm.data.mixture import DataConfig, SourceConfig
+from openlbm.jsonio import to_jsonable, write_json
+from openlbm.policies.config import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -85,3 +94,126 @@ class LogConfig:
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"log every must be >= 1, got {self.every}")
+
+
+Part = Literal["vision", "language", "trunk", "embodiment"]
+"""Policy parts for freezing and learning-rate multipliers (``openlbm.train.finetune.param_part`` maps names):
+``vision`` the image encoder, ``language`` the instruction projection, ``trunk`` the transformer and the observation
+step embedding, ``embodiment`` the per-embodiment projections, camera embeddings and embodiment tokens."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning knobs (used with ``TrainConfig.init_from``); the defaults change nothing, so ``lbm train`` from
+    scratch and ``lbm finetune`` run the same loop. The fine-tuning LR and warmup are ``optim.lr`` and
+    ``optim.warmup_steps`` (the ``finetune-*`` presets lower them)."""
+
+    freeze: tuple[Part, ...] = ()
+    """Parts whose weights stay exactly as loaded (``requires_grad=False``, left out of the optimizer)."""
+    vision_lr_mult: float = 1.0
+    """Learning-rate multiplier of the vision encoder (on top of ``optim.encoder_lr_mult`` for pretrained backbones)."""
+    language_lr_mult: float = 1.0
+    """Learning-rate multiplier of the language projection."""
+    trunk_lr_mult: float = 1.0
+    """Learning-rate multiplier of the transformer trunk."""
+    embodiment_lr_mult: float = 1.0
+    """Learning-rate multiplier of the per-embodiment projections (new embodiments' parts start from scratch here)."""
+    replay: tuple[SourceConfig, ...] = ()
+    """Pretraining datasets mixed back in (replay); their stats never enter normalization (``in_stats=False``)."""
+    replay_fraction: float = 0.0
+    """Share of every batch (in expectation) drawn from ``replay``, split over them by their ``weight``."""
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.freeze if p not in ("vision", "language", "trunk", "embodiment")]
+        if bad:
+            raise ValueError(f"finetune.freeze: unknown part(s) {bad}; parts are vision, language, trunk, embodiment")
+        if min(self.lr_mults().values()) < 0:
+            raise ValueError(f"finetune learning-rate multipliers must be >= 0, got {self.lr_mults()}")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ValueError(f"finetune.replay_fraction must be in [0, 1), got {self.replay_fraction}")
+
+    def lr_mults(self) -> dict[str, float]:
+        """Part -> learning-rate multiplier."""
+        return {"vision": self.vision_lr_mult, "language": self.language_lr_mult, "trunk": self.trunk_lr_mult,
+                "embodiment": self.embodiment_lr_mult}
+
+    @property
+    def active(self) -> bool:
+        """Whether any knob differs from plain training."""
+        return bool(self.freeze or self.replay or any(m != 1.0 for m in self.lr_mults().values()))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: policy, data, optimisation, checkpointing, logging and hardware settings."""
+
+    policy: PolicyConfig
+    """The policy architecture (``openlbm.configs.presets.policy_preset(name)`` gives the sizes)."""
+    data: DataConfig
+    """Datasets and their mixture weights, loader workers."""
+    run_dir: Path = Path("runs/debug")
+    """Output dir: config.json, metrics.jsonl, tb/, checkpoints/. Must be empty or a previous run with --resume."""
+    steps: int = 1000
+    """Number of optimizer steps."""
+    batch_size: int = 32
+    """Global batch size per optimizer step (summed over ranks and gradient-accumulation micro-batches)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; each rank's micro-batch is ``batch_size / (world_size * grad_accum)``."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW, learning-rate schedule and gradient clipping."""
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    """Exponential moving average of the weights (what gets saved and evaluated)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint frequency and retention."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Metrics sinks and frequency."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16`` runs forward/backward under bfloat16 autocast on CUDA (weights and optimizer stay fp32)."""
+    compile: bool = False
+    """``torch.compile`` the policy's ``compute_loss`` (worth it on GPU for long runs)."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Data-parallel strategy under torchrun: DDP (replicated) or FSDP2 (sharded, for large presets)."""
+    seed: int = 0
+    """Seeds model init, sampling order and all random generators."""
+    deterministic: bool = True
+    """Use deterministic algorithms (bitwise-reproducible on CPU; slower on GPU)."""
+    resume: bool = False
+    """Continue from ``run_dir/checkpoints/latest`` (exact: weights, optimizer, EMA, RNG, data order)."""
+    init_from: Path | None = None
+    """Initialise weights from a pretrained policy (run dir, checkpoint dir or policy dir) to fine-tune.
+    Embodiments that the pretrained policy lacks get freshly initialised heads."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Fine-tuning knobs: frozen parts, per-part learning-rate multipliers, replay of pretraining data."""
+    eval_every: int = 0
+    """Call the evaluation hook every this many steps (0 = never); its metrics are logged as ``eval/<name>``."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"steps, batch_size and grad_accum must be >= 1, got {self.steps}, "
+                             f"{self.batch_size}, {self.grad_accum}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Samples per rank per forward pass; errors when the global batch does not split evenly."""
+        per_step = world_size * self.grad_accum
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by world_size*grad_accum = {world_size}*"
+                f"{self.grad_accum}"
+            )
+        return self.batch_size // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    def save(self, path: Path) -> None:
+        write_json(path, self)

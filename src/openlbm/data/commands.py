@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,19 +75,25 @@ class Validate:
 
 @dataclass(frozen=True)
 class Stats:
-    """Recompute meta/stats.json in one streaming pass (bounded memory)."""
+    """Recompute meta/stats.json exactly (quantiles = numpy.quantile of all data) with bounded memory."""
 
     path: tyro.conf.Positional[Path]
     """Dataset root."""
     image_frames_per_episode: int = 20
-    """Video frames decoded per episode per camera for image stats."""
+    """Video frames decoded per episode per camera for image stats (20 = what the writer uses)."""
 
     def run(self) -> int:
-        from openlbm.data.layout import STATS_PATH, write_json_atomic
+        from openlbm.data.layout import STATS_PATH
         from openlbm.data.stats import compute_stats
 
-        stats = compute_stats(self.path, max_image_frames_per_episode=self.image_frames_per_episode)
-        write_json_atomic(self.path / STATS_PATH, stats)
+        if self.image_frames_per_episode < 1:
+            print(f"error: --image-frames-per-episode must be >= 1, got {self.image_frames_per_episode}", file=sys.stderr)
+            return 2
+        try:
+            stats = compute_stats(self.path, image_frames_per_episode=self.image_frames_per_episode, write=True)
+        except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError and names file/episode/field
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         for key, st in stats.items():
             print(f"{key}: mean {_fmt(st['mean'])} std {_fmt(st['std'])} q01 {_fmt(st['q01'])} q99 {_fmt(st['q99'])}")
         print(f"wrote {self.path / STATS_PATH}")

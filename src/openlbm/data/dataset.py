@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from openlbm.data import layout as L
 from openlbm.data.video import ReaderPool
-from openlbm.types import ACTION_KEY, STATE_KEY, FeatureSpec
+from openlbm.types import ACTION_KEY, STATE_KEY, FeatureSpec, chw_from_hwc
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +267,7 @@ class RobotDataset(Dataset):
             pads[key] = pad
             if key in self.camera_keys:
                 imgs = self._frames(ep, key, idx)
-                # [T, H, W, 3] -> [T, 3, H, W]
-                out[key] = torch.from_numpy(np.ascontiguousarray(imgs.transpose(0, 3, 1, 2)))
+                out[key] = chw_from_hwc(imgs)  # [T, H, W, 3] -> [T, 3, H, W]
             else:
                 out[key] = torch.from_numpy(np.ascontiguousarray(self.store.get(key, start + idx)))
         obs_key = STATE_KEY if STATE_KEY in pads else next((k for k in self.camera_keys), None)
@@ -287,7 +286,7 @@ class RobotDataset(Dataset):
         out: dict[str, Any] = {}
         for key in self.camera_keys:
             img = self._frames(ep, key, np.array([frame]))[0]
-            out[key] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # [H, W, 3] -> [3, H, W]
+            out[key] = chw_from_hwc(img)  # [H, W, 3] -> [3, H, W]
         for key in self.store.keys:
             out[key] = torch.from_numpy(np.ascontiguousarray(self.store.get(key, np.array([index]))[0]))
         out["task"] = self.meta.tasks[int(out["task_index"].reshape(-1)[0])]

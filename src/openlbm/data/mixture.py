@@ -23,9 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from openlbm.data import layout as L
 from openlbm.data.collate import batch_from_dict, collate_dict
 from openlbm.data.dataset import DatasetMeta, RobotDataset
-from openlbm.data.stats import aggregate_stats
+from openlbm.data.stats import (
+    IMAGE_FRAMES_PER_EPISODE,
+    ChunkSource,
+    ImageHistogram,
+    array_source,
+    dataset_image_histograms,
+    episode_image_histogram,
+    exact_stats,
+    parquet_column,
+)
 from openlbm.types import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, Batch, EmbodimentSpec, camera_key
 
 log = logging.getLogger(__name__)
@@ -45,8 +55,8 @@ class SourceConfig:
     """Source key -> embodiment key, e.g. ``{"top": "corner2"}`` (cameras by short or full name) or
     ``{"observation.joints": "observation.state"}``."""
     episodes: tuple[int, ...] | None = None
-    """Use only these episode indices of the dataset (``None`` = all). Its normalization stats are then merged
-    from those episodes' own stats (the ``stats/...`` columns of ``meta/episodes``), not the whole dataset's."""
+    """Use only these episode indices of the dataset (``None`` = all). Its normalization stats are then computed
+    over those episodes only, not the whole dataset."""
     in_stats: bool = True
     """Whether this source contributes to its embodiment's normalization stats. Fine-tuning adds its replay
     (pretraining) sources with ``False``, so the stats come from the fine-tuning data only; an embodiment whose
@@ -187,7 +197,6 @@ class _SourceView:
         self.ds = RobotDataset(m.root, n_obs, horizon, delta or None, s.episodes, tolerance_s=m.tolerance_s,
                                camera_keys=list(self.cams.values()))
         self.meta, self.n_obs, self.horizon = m, n_obs, horizon
-        self.stats = m.stats if s.episodes is None else _episode_subset_stats(m, s.episodes)
 
     def sample(self, i: int) -> dict[str, Any]:
         raw = self.ds[i]
@@ -212,33 +221,54 @@ class _SourceView:
 
 
 def merged_stats(parts: Sequence[_SourceView]) -> dict[str, dict[str, list]]:
-    """Stats of the embodiment keys, merged (count-weighted) over the sources mapped onto one embodiment."""
-    per_source = []
-    for p in parts:
-        keys = {**{dst: src for dst, src in p.cams.items()}, STATE_KEY: p.state_key, ACTION_KEY: p.action_key}
-        entry = {}
-        for dst, src in keys.items():
-            if src is None:
-                continue
-            if src not in p.stats:
-                raise ValueError(f"{p.meta.root}/meta/stats.json has no stats for {src!r}; run `lbm data stats {p.meta.root}`")
-            entry[dst] = p.stats[src]
-        per_source.append(entry)
-    return aggregate_stats(per_source)
+    """Exact stats of the embodiment keys over the union of the sources mapped onto one embodiment.
+
+    State/action: :func:`~openlbm.data.stats.exact_stats` over every source's column (streamed, bounded memory),
+    so quantiles equal ``np.quantile`` of the concatenated data. Cameras: the sources' pixel histograms added up
+    (stored beside each dataset's stats, decoded from its videos if absent)."""
+    out: dict[str, dict[str, list]] = {}
+    for dst in (STATE_KEY, ACTION_KEY):
+        cols = []
+        for p in parts:
+            src = p.state_key if dst == STATE_KEY else p.action_key
+            if src is not None:
+                cols.append(_column(p, src))
+        if cols:
+            out[dst] = exact_stats(cols)
+    hists = [_image_histograms(p) if p.cams else {} for p in parts]
+    for dst in parts[0].cams if parts else ():
+        total = ImageHistogram()
+        for p, h in zip(parts, hists, strict=True):
+            total = total.merge(h[p.cams[dst]])
+        out[dst] = total.stats()
+    return out
 
 
-def _episode_subset_stats(m: DatasetMeta, episodes: Sequence[int]) -> dict[str, dict[str, list]]:
-    """Stats of a subset of episodes, merged from the per-episode ``stats/...`` columns the writer records."""
-    from openlbm.data.writer import stats_from_row
+def _column(p: _SourceView, src: str) -> ChunkSource:
+    """Column ``src`` of a source: streamed from its parquet files, or only its selected episodes' rows."""
+    if p.source.episodes is None:
+        return parquet_column(L.iter_data_files(p.meta.root, p.meta.episodes, p.meta.data_path), src, p.meta.features[src])
+    return array_source(p.ds.store.get(src, p.ds._indices))  # the selected episodes' frames, in memory
 
-    per_episode = []
-    for e in episodes:
-        st = stats_from_row(m.episodes[e])
-        if not st:
-            raise ValueError(f"{m.root}: episode {e} has no per-episode stats in meta/episodes (needed to select "
-                             "episodes with SourceConfig.episodes; datasets written by openlbm or LeRobot have them)")
-        per_episode.append(st)
-    return aggregate_stats(per_episode)
+
+def _image_histograms(p: _SourceView) -> dict[str, ImageHistogram]:
+    """Per-camera pixel histograms of a source: the dataset's, or decoded from its selected episodes only."""
+    if p.source.episodes is None:
+        return dataset_image_histograms(p.meta, IMAGE_FRAMES_PER_EPISODE)
+    from openlbm.data.video import ReaderPool
+
+    m, pool = p.meta, ReaderPool(tolerance_s=p.meta.tolerance_s)
+    try:
+        out = {}
+        for cam in p.cams.values():
+            hist = ImageHistogram()
+            for ep in p.source.episodes:
+                hist = hist.merge(episode_image_histogram(m.video_file(ep, cam), m.video_time(ep, cam, 0), int(m.ep_len[ep]),
+                                                          m.fps, m.tolerance_s, IMAGE_FRAMES_PER_EPISODE, pool))
+            out[cam] = hist
+        return out
+    finally:
+        pool.close()
 
 
 class MixtureDataset(Dataset):

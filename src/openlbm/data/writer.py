@@ -27,7 +27,17 @@ import numpy as np
 import pyarrow as pa
 
 from openlbm.data import layout as L
-from openlbm.data.stats import aggregate_stats, episode_stats
+from openlbm.data.stats import (
+    IMAGE_FRAMES_PER_EPISODE,
+    ImageHistogram,
+    dataset_image_histograms,
+    episode_image_histogram,
+    episode_stats,
+    lowdim_stats,
+    merge_moments,
+    read_image_histograms,
+    write_image_histograms,
+)
 from openlbm.data.video import VideoEncoder, check_codec
 from openlbm.types import FeatureSpec
 
@@ -36,27 +46,33 @@ JOURNAL = ".openlbm_finalize.json"
 STAGING = ".openlbm_finalize"
 
 
+def _apply_journal(root: Path) -> None:
+    """Carry out the finalize journal in ``root`` (idempotent: a half-applied journal is simply finished)."""
+    journal = root / JOURNAL
+    plan = json.loads(journal.read_text())
+    targets = {dst for _, dst in plan["moves"]}
+    for rel in plan["delete"]:
+        if rel not in targets:
+            (root / rel).unlink(missing_ok=True)
+    for src, dst in plan["moves"]:
+        if (root / src).exists():
+            (root / dst).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(root / src, root / dst)
+    L.fsync_dir(root)
+    shutil.rmtree(root / STAGING, ignore_errors=True)
+    journal.unlink()
+
+
 def recover(root: Path) -> bool:
-    """Finish (or discard) an interrupted ``finalize``. Returns True if anything was done."""
+    """Finish (or discard) an interrupted ``finalize`` left by a dead process. Returns True if anything was done."""
     root = Path(root)
-    journal, staging = root / JOURNAL, root / STAGING
-    if journal.exists():
-        plan = json.loads(journal.read_text())
-        targets = {dst for _, dst in plan["moves"]}
-        for rel in plan["delete"]:
-            if rel not in targets:
-                (root / rel).unlink(missing_ok=True)
-        for src, dst in plan["moves"]:
-            if (root / src).exists():
-                (root / dst).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(root / src, root / dst)
-        L.fsync_dir(root)
-        shutil.rmtree(staging, ignore_errors=True)
-        journal.unlink()
+    if (root / JOURNAL).exists():
+        _apply_journal(root)
         log.info("%s: completed an interrupted finalize", root)
         return True
-    if staging.exists():
-        shutil.rmtree(staging)
+    if (root / STAGING).exists():
+        shutil.rmtree(root / STAGING)
+        log.info("%s: discarded the staging folder of an interrupted finalize", root)
         return True
     return False
 
@@ -91,6 +107,11 @@ class DatasetWriter:
         self.tasks = L.read_tasks(self.root) if (self.root / L.TASKS_PATH).exists() else []
         self.episodes = L.read_episodes(self.root)
         self._ep_stats = [stats_from_row(r) for r in self.episodes]
+        # dataset-level image histograms (see openlbm.data.stats); None = not current, recomputed by _write_derived
+        self._hists: dict[str, ImageHistogram] | None = (
+            {k: ImageHistogram() for k in self.video_keys} if not self.episodes
+            else read_image_histograms(self.root, len(self.episodes), IMAGE_FRAMES_PER_EPISODE)
+        )
         self._reset_buffer()
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -137,7 +158,7 @@ class DatasetWriter:
         L.remove_temp_files(root)
         w = cls(root, L.read_info(root), gop, crf)
         w._remove_orphans()
-        w._write_derived()
+        w._write_derived(exact=True)
         return w
 
     def __enter__(self) -> DatasetWriter:
@@ -174,7 +195,6 @@ class DatasetWriter:
         self._slot = self._next_slot()
         self._frames: dict[str, list[np.ndarray]] = {k: [] for k in self.user_keys if k not in self.video_keys}
         self._frame_tasks: list[str] = []
-        self._image_samples: dict[str, list[np.ndarray]] = {k: [] for k in self.video_keys}
         self._encoders: dict[str, VideoEncoder] = {}
 
     def _encoder(self, key: str) -> VideoEncoder:
@@ -218,8 +238,6 @@ class DatasetWriter:
         for k, arr in checked.items():
             if k in self.video_keys:
                 self._encoder(k).add(arr)
-                stride = max(1, arr.shape[0] // 32)
-                self._image_samples[k].append(arr[::stride, ::stride])
             else:
                 self._frames[k].append(arr)
         self._frame_tasks.append(task)
@@ -244,10 +262,13 @@ class DatasetWriter:
         row: dict[str, Any] = {"episode_index": ep, "tasks": list(dict.fromkeys(self._frame_tasks)), "length": n,
                                "data/chunk_index": c, "data/file_index": f,
                                "dataset_from_index": start, "dataset_to_index": start + n}
+        hists: dict[str, ImageHistogram] = {}
         for k in self.video_keys:
             enc = self._encoders.pop(k)
             enc.close()
             L.commit_file(enc.path, self._path(L.VIDEO_PATH, slot, k))
+            # image stats from the frames as stored (decoded), exactly what `lbm data stats` will see
+            hists[k] = episode_image_histogram(self._path(L.VIDEO_PATH, slot, k), 0.0, n, self.fps, 0.25 / self.fps)
             row.update({f"videos/{k}/chunk_index": c, f"videos/{k}/file_index": f,
                         f"videos/{k}/from_timestamp": 0.0, f"videos/{k}/to_timestamp": n / self.fps})
         new_tasks = [t for t in row["tasks"] if t not in self.tasks]
@@ -262,17 +283,17 @@ class DatasetWriter:
         if new_tasks:
             L.write_tasks(self.root, self.tasks + new_tasks)
             self.tasks += new_tasks
-        stats = episode_stats(columns, ())
-        for k in self.video_keys:
-            stats[k] = episode_stats({k: np.stack(self._image_samples[k])}, [k])[k]
-            stats[k]["count"] = [n]
+        stats = episode_stats(columns)
+        stats.update({k: h.stats() for k, h in hists.items()})
         for key, st in stats.items():
             row.update({f"stats/{key}/{name}": v for name, v in st.items()})
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = c, f
         L.write_parquet_atomic(self._path(L.EPISODES_PATH, slot), pa.Table.from_pylist([row]))  # commit point
         self.episodes.append(row)
         self._ep_stats.append(stats)
-        self._write_derived()
+        if self._hists is not None:
+            self._hists = {k: self._hists[k].merge(h) for k, h in hists.items()}
+        self._write_derived(exact=False)
         self._reset_buffer()
         return ep
 
@@ -290,14 +311,33 @@ class DatasetWriter:
         schema = pa.schema(fields, metadata={"huggingface": L.hf_features_meta({k: self.features[k] for k in (f.name for f in fields)})})
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def _write_derived(self) -> None:
-        """Rewrite stats.json and info.json totals from the committed episodes."""
-        L.write_json_atomic(self.root / L.STATS_PATH, aggregate_stats(self._ep_stats) if self._ep_stats else {})
+    def _write_derived(self, exact: bool) -> None:
+        """Rewrite info.json totals, the image histograms and stats.json from the committed episodes.
+
+        ``exact``: low-dim stats with exact quantiles (streaming passes over the data files; ``open``/``finalize``).
+        Otherwise (after each ``save_episode``, where a full pass per episode would cost O(frames^2) over a
+        recording) low-dim stats carry the exact moments merged from the episode rows and no quantiles until
+        ``finalize``; image stats are always exact (their histograms add up)."""
         info = dict(self.info)
         info.update(total_episodes=self.num_episodes, total_frames=self.num_frames, total_tasks=len(self.tasks),
                     splits={"train": f"0:{self.num_episodes}"} if self.episodes else {})
         L.write_json_atomic(self.root / L.INFO_PATH, info)
         self.info = info
+        if not self.episodes:
+            L.write_json_atomic(self.root / L.STATS_PATH, {})
+            return
+        from openlbm.data.dataset import DatasetMeta
+
+        meta = DatasetMeta(self.root) if exact or self._hists is None else None
+        if self._hists is None:
+            self._hists = dataset_image_histograms(meta, IMAGE_FRAMES_PER_EPISODE, stored=False)
+        if exact:
+            stats = lowdim_stats(meta)
+        else:
+            stats = merge_moments([{k: v for k, v in s.items() if k not in self.video_keys} for s in self._ep_stats])
+        stats.update({k: h.stats() for k, h in self._hists.items()})
+        write_image_histograms(self.root, self._hists, self.num_episodes, IMAGE_FRAMES_PER_EPISODE)
+        L.write_json_atomic(self.root / L.STATS_PATH, stats)
 
     def _referenced(self) -> set[Path]:
         refs: set[Path] = set()
@@ -329,11 +369,7 @@ class DatasetWriter:
         moves, new_rows = consolidate(self)
         old = {str(p.relative_to(self.root)) for p in self._referenced()}
         L.write_json_atomic(self.root / JOURNAL, {"moves": moves, "delete": sorted(old)})  # commit point
-        recover(self.root)
+        _apply_journal(self.root)
         self.episodes = new_rows
-        self._write_derived()
-        from openlbm.data.stats import compute_stats
-
-        # exact streaming quantiles for low-dim features (episode aggregation only approximates them)
-        L.write_json_atomic(self.root / L.STATS_PATH, compute_stats(self.root, decode_images=False))
+        self._write_derived(exact=True)  # joined files hold the same frames: image histograms stay valid
         self._reset_buffer()

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from openlbm.envs.expert import ScriptedExpert
 from openlbm.envs.metaworld import MetaWorldConfig, embodiment
 from openlbm.envs.rollout import EpisodeResult, EpisodeSpec, RolloutRunner
 from openlbm.envs.tasks import instruction_for, resolve_tasks
+from openlbm.jsonio import changed_fields, read_json, to_jsonable, write_json
 from openlbm.types import ACTION_KEY, STATE_KEY, FeatureSpec, camera_key
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,9 @@ class GenerateConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the dataset's content (a resumed run must agree on all of them)."""
-        d = asdict(self)
+        d = to_jsonable(self)
         for k in ("out", "workers", "progress"):
             d.pop(k)
-        d["cameras"] = list(self.cameras)
         d["tasks"] = resolve_tasks(self.tasks)
         return d
 
@@ -214,10 +214,7 @@ class _Generation:
 
 
 def _write_summary(root: Path, summary: dict[str, Any]) -> None:
-    path = root / SUMMARY_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
+    write_json(root / SUMMARY_FILE, summary)
 
 
 def _open_writer(cfg: GenerateConfig) -> tuple[Any, list[dict[str, Any]]]:
@@ -227,10 +224,9 @@ def _open_writer(cfg: GenerateConfig) -> tuple[Any, list[dict[str, Any]]]:
     if (cfg.out / "meta" / "info.json").exists():
         if not summary_path.exists():
             raise ValueError(f"{cfg.out} is an existing dataset not made by `lbm data generate`; choose another --out")
-        previous = json.loads(summary_path.read_text())["config"]
-        if previous != cfg.identity():
-            diff = {k: (previous.get(k), v) for k, v in cfg.identity().items() if previous.get(k) != v}
-            raise ValueError(f"{cfg.out} was generated with different settings {diff} (old, new); use another --out")
+        changed = changed_fields(read_json(summary_path)["config"], cfg.identity())
+        if changed:
+            raise ValueError(f"{cfg.out} was generated with different settings ({'; '.join(changed)}); use another --out")
         writer = DatasetWriter.open(cfg.out)
         attempts = _read_attempts(cfg.out, writer.num_episodes)
         log.info("resuming %s: %d episodes committed, %d attempts logged", cfg.out, writer.num_episodes, len(attempts))

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ from openlbm.eval.records import (
     summarize,
 )
 from openlbm.eval.video import encode_mp4
+from openlbm.jsonio import changed_fields, read_json, to_jsonable, write_json
 from openlbm.types import EmbodimentSpec, PolicyLike
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class EvalConfig:
     """One evaluation: which policy, on which tasks and starts, with how many episodes, written where."""
 
     policy: str = EXPERT
-    """A training run dir, a checkpoint dir or a policy dir (resolved by ``openlbm.train.checkpoint.
+    """A training run dir, a checkpoint dir or a policy dir (resolved by ``openlbm.policies.policy_dir.
     resolve_policy_dir``), or ``"expert"`` for Meta-World's scripted expert. Ignored when ``server`` is set."""
     out: Path | None = None
     """Eval dir: records, summary, videos and report go here; re-running with the same dir resumes. Default:
@@ -88,10 +88,12 @@ class EvalConfig:
     server: str | None = None
     """``ws://host:port`` of an ``lbm serve`` policy server to evaluate instead of loading ``policy``."""
     noise_seed: int | None = 0
-    """Sampling-noise seed set on a loaded ``LBMPolicy`` (``LBMPolicy.noise_seed``): each chunk then depends only
-    on its observation history, not on which episodes share a batch. ``0`` matches ``lbm serve``'s default, so
-    evaluating through ``server`` gives the same episodes. ``None`` = torch's global RNG. Not used with ``server``
-    (the server's ``--noise-seed`` applies) or the expert."""
+    """The sampler's noise seed, set on a loaded ``LBMPolicy`` (``LBMPolicy.noise_seed``): each chunk's initial
+    noise is a fresh draw keyed by (this seed, the chunk's observation window, its chunk index in the episode), so
+    an evaluation samples the stochastic policy yet is reproducible, and no episode depends on which others share a
+    batch. ``0`` is also the default of ``lbm serve`` and of in-training evaluation: the three score the same
+    sampler. ``None`` = torch's global RNG (not reproducible). Not used with ``server`` (the server's
+    ``--noise-seed`` applies) or the expert."""
     rank: int | None = None
     """This process's shard; ``None`` reads torchrun's ``RANK`` (0 without torchrun)."""
     world_size: int | None = None
@@ -240,7 +242,7 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
         yield ScriptedExpert(env_config(cfg, None))
         return
     from openlbm.policies.lbm import LBMPolicy
-    from openlbm.train.checkpoint import resolve_policy_dir
+    from openlbm.policies.policy_dir import resolve_policy_dir
 
     policy_dir = resolve_policy_dir(Path(cfg.policy))
     policy = LBMPolicy.load(policy_dir, device=_pick_device(cfg.device))
@@ -252,19 +254,17 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
 def _check_resume(out: Path, meta: dict[str, Any]) -> None:
     path = out / CONFIG_FILE
     if not path.is_file():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(path)
+        write_json(path, meta)
         return
-    old = json.loads(path.read_text())
-    changed = [f"{k}: {old.get(k)!r} -> {meta[k]!r}" for k in _IDENTITY if old.get(k) != meta[k]]
+    old = read_json(path)
+    changed = changed_fields(old, meta, keys=_IDENTITY)
     if changed:
         raise ValueError(
             f"{out} holds an evaluation with different settings ({'; '.join(changed)}); resuming would mix them. "
             "Use a new --out dir."
         )
     if old.get("planned") != meta["planned"] or old.get("tasks") != meta["tasks"]:
-        path.write_text(json.dumps(meta, indent=2) + "\n")  # more tasks/episodes: same starts, extended plan
+        write_json(path, meta)  # more tasks/episodes: same starts, extended plan
 
 
 class _VideoKeeper:
@@ -311,7 +311,7 @@ def evaluate(cfg: EvalConfig, policy: PolicyLike | None = None) -> EvalSummary:
         plan = plan_episodes(tasks, cfg.episodes_per_task, cfg.seed, cfg.instructions)
         out = cfg.out_dir()
         meta = {
-            **{k: v for k, v in asdict(cfg).items() if k in _IDENTITY},
+            **{k: v for k, v in to_jsonable(cfg).items() if k in _IDENTITY},
             "out": str(out), "tasks": tasks, "episodes_per_task": cfg.episodes_per_task, "planned": len(plan),
             "cameras": list(env_cfg.cameras), "image_size": list(env_cfg.image_size), "max_steps": env_cfg.max_steps,
             "seed_formula": 'int.from_bytes(sha256(f"eval/{seed}/{task}/{k}")[:4], "little") & 0x7FFFFFFF',
@@ -359,7 +359,7 @@ def _run_sequential(cfg: EvalConfig, policy: PolicyLike, env_cfg: Any, plan: lis
         state = {"baseline": str(cfg.sequential_baseline), "alpha": cfg.alpha, "look_every": look,
                  "planned_pairs": len(paired), "decided": test.decided, "verdict": test.verdict,
                  "looks": [vars(lk) for lk in test.looks]}
-        (cfg.out_dir() / "sequential.json").write_text(json.dumps(state, indent=2) + "\n")
+        write_json(cfg.out_dir() / "sequential.json", state)
         if test.decided:
             log.info("sequential test decided after %d paired episodes: %s", test.looks[-1].pairs, test.verdict)
         return test.decided

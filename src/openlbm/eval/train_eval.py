@@ -2,7 +2,9 @@
 
 The env workers are started once and reused across calls (starting MuJoCo workers costs seconds). The episodes are
 the same fixed starts at every step (``openlbm.eval.runner.episode_seed``), so the curve measures the policy, not
-the luck of the draw. The policy's train/eval mode is restored afterwards: evaluation never mutates a policy.
+the luck of the draw, and sampled with the same sampler as ``lbm eval`` (``noise_seed``, default 0 as there: see
+``EvalConfig.noise_seed``). The policy's train/eval mode and noise seed are restored afterwards: evaluation never
+mutates a policy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class TrainEvalFn:
         max_steps: int | None = None,
         out_dir: Path | None = None,
         progress: bool = False,
+        noise_seed: int | None = 0,
     ) -> None:
         from openlbm.envs.tasks import resolve_tasks
 
@@ -42,6 +45,7 @@ class TrainEvalFn:
         self.tasks = resolve_tasks(tasks)
         self.plan = plan_episodes(self.tasks, episodes, seed, instructions)
         self.num_workers, self.max_steps, self.progress = num_workers, max_steps, progress
+        self.noise_seed = noise_seed
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._runner: Any = None
         self._env_cfg: Any = None
@@ -73,6 +77,10 @@ class TrainEvalFn:
         was_training = module.training if module is not None else False
         if module is not None:
             module.eval()
+        seeded = hasattr(policy, "noise_seed")
+        old_seed = getattr(policy, "noise_seed", None)
+        if seeded:
+            policy.noise_seed = self.noise_seed  # type: ignore[attr-defined]
         try:
             specs = [EpisodeSpec(e.episode_id, e.task, e.seed, e.instruction) for e in self.plan]
             with torch.inference_mode():
@@ -80,6 +88,8 @@ class TrainEvalFn:
         finally:
             if module is not None:
                 module.train(was_training)
+            if seeded:
+                policy.noise_seed = old_seed  # type: ignore[attr-defined]
             policy.reset()
         metrics: dict[str, float] = {}
         for task in self.tasks:

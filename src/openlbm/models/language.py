@@ -3,7 +3,7 @@
 The frozen encoder is *not* an ``nn.Module`` child: it is never saved in ``model.safetensors``, never in the
 optimizer, never moved by ``.to()``, never copied by EMA's ``deepcopy``. The policy config records which encoder
 it was, and loading rebuilds it from its package/path. Embeddings are cached per instruction string (the same few
-strings recur millions of times in training).
+strings recur millions of times in training) in a bounded LRU (a server's clients may send any number of prompts).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -53,23 +54,39 @@ class HashTextEncoder:
         return torch.nn.functional.normalize(emb, dim=-1)
 
 
-class CachedTextEncoder:
-    """Memoizes another encoder per string. Shared, never copied: ``deepcopy`` (EMA) returns the same object."""
+DEFAULT_CACHE_ENTRIES = 4096
+"""Instruction embeddings kept by :class:`CachedTextEncoder`: at 384-d float32 about 1.5 KiB each (6 MiB in all),
+far more than the distinct instructions of any training mixture (Meta-World MT50 has a few hundred)."""
 
-    def __init__(self, encoder: TextEncoder) -> None:
+
+class CachedTextEncoder:
+    """Memoizes another encoder per string in an LRU of at most ``max_entries`` embeddings (least recently used
+    ones are dropped, so memory is bounded whatever prompts arrive). Shared, never copied: ``deepcopy`` (EMA)
+    returns the same object."""
+
+    def __init__(self, encoder: TextEncoder, max_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.encoder = encoder
         self.dim = encoder.dim
         self.name = encoder.name
-        self._cache: dict[str, Tensor] = {}
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> Tensor:
         with self._lock:
-            missing = sorted({t for t in texts if t not in self._cache})
+            found = {t: self._cache[t] for t in set(texts) if t in self._cache}
+            missing = sorted(set(texts) - found.keys())
             if missing:
                 for text, emb in zip(missing, self.encoder.encode(missing), strict=True):
-                    self._cache[text] = emb.detach().float().cpu()
-            return torch.stack([self._cache[t] for t in texts])  # [N, dim]
+                    found[text] = emb.detach().float().cpu().clone()  # own storage, not a view of the batch
+            for text in texts:  # refresh recency (and insert the new ones)
+                self._cache[text] = found[text]
+                self._cache.move_to_end(text)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+            return torch.stack([found[t] for t in texts])  # [N, dim]
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -1,23 +1,17 @@
-"""``PolicyConfig``: the LBM policy's architecture, heads and execution, with named size presets.
+"""``PolicyConfig``: the LBM policy's architecture, heads and execution.
 
-| preset  | params  | vision                            | trunk (dim x depth) | text encoder     | for                |
-|---------|---------|-----------------------------------|---------------------|------------------|--------------------|
-| debug   | 0.07 M  | ResNet (8,16) x (1,1)             | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
-| small   | 5.7 M   | ResNet (32,64,128,256) x (1,1,1,1)| 192 x 4 (+2 obs)    | all-MiniLM-L6-v2 | CPU training       |
-| base    | 96 M    | ResNet-18 (64..512) x (2,2,2,2)   | 640 x 8 (+2 obs)    | all-MiniLM-L6-v2 | GPU pretraining    |
-| large   | 346 M   | ResNet-18                         | 1024 x 12 (+4 obs)  | all-MiniLM-L6-v2 | multi-GPU (FSDP2)  |
+Named sizes (``debug``, ``small``, ``base``, ``large``) are presets in :mod:`openlbm.configs.presets`
+(``policy_preset(name)``), beside the training presets that use them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from openlbm.jsonio import from_jsonable, to_jsonable
 from openlbm.models.heads import DiffusionConfig, FlowConfig
 from openlbm.models.trunk import TrunkConfig
 from openlbm.models.vision import VisionConfig
@@ -91,98 +85,9 @@ class PolicyConfig:
         return LBMPolicy(self, embodiments, stats, load_pretrained=load_pretrained)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_jsonable(self)
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
-        return _from_dict(cls, d, "policy")
-
-
-def _to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list | tuple):
-        return [_to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected an object, got {value!r}")
-        return _from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(args[0], value, where)
-    if tp is Path:
-        return Path(value)
-    if origin is tuple:
-        return tuple(value)
-    return value
-
-
-def _from_dict(cls: Any, d: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown config keys {unknown} (known: {sorted(names)})")
-    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in d.items()})
-
-
-def _debug() -> PolicyConfig:
-    return PolicyConfig(
-        n_obs_steps=2,
-        horizon=8,
-        n_action_steps=4,
-        flow=FlowConfig(num_steps=4),
-        diffusion=DiffusionConfig(train_steps=50, sample_steps=4),
-        vision=VisionConfig(widths=(8, 16), depths=(1, 1), stem_width=8, num_keypoints=8, group_size=4),
-        language=LanguageConfig(encoder="hash", hash_dim=32),
-        trunk=TrunkConfig(dim=32, depth=2, heads=4, obs_depth=1, mlp_ratio=2.0),
-    )
-
-
-def _small() -> PolicyConfig:
-    return PolicyConfig(
-        n_obs_steps=2,
-        horizon=16,
-        n_action_steps=8,
-        flow=FlowConfig(num_steps=10),
-        vision=VisionConfig(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), stem_width=32, num_keypoints=32, group_size=16),
-        trunk=TrunkConfig(dim=192, depth=4, heads=6, obs_depth=2, mlp_ratio=4.0),
-    )
-
-
-def _base() -> PolicyConfig:
-    return PolicyConfig(
-        n_obs_steps=2,
-        horizon=16,
-        n_action_steps=8,
-        vision=VisionConfig(num_keypoints=64),
-        trunk=TrunkConfig(dim=640, depth=8, heads=10, obs_depth=2),
-    )
-
-
-def _large() -> PolicyConfig:
-    return replace(
-        _base(),
-        horizon=32,
-        n_action_steps=16,
-        trunk=TrunkConfig(dim=1024, depth=12, heads=16, obs_depth=4),
-    )
-
-
-PRESETS = {"debug": _debug, "small": _small, "base": _base, "large": _large}
-
-
-def preset(name: str) -> PolicyConfig:
-    """The named policy size: ``debug``, ``small``, ``base`` or ``large``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown policy preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+        """Read :meth:`to_dict` output; a key or value that does not fit raises ``ValueError`` naming the field."""
+        return from_jsonable(cls, d, "policy")

@@ -15,10 +15,18 @@ weighted mean of every stored chunk's prediction for ``t``, weights ``exp(-m * i
 
 Each batch slot is an independent environment: it keeps its own history and queue, only the slots whose queue ran
 out are sent to the model, and ``reset([i])`` clears slot ``i`` (the rollout runner calls it at episode start).
+
+This is the only observation history in openlbm: in-process execution (``LBMPolicy.select_action``) and the policy
+server's client (``openlbm.serve.client.RemotePolicy``, which sends each window over the wire to a stateless
+server) both run it, so a served policy sees exactly the windows an in-process one sees. ``predict`` also receives
+each window's noise key: the slot's *episode key* (:func:`frame_key` of the first frame after its reset) and its
+*chunk index* (chunks predicted for the slot since that reset, 0 for the first). They key the sampling noise
+(``LBMPolicy.noise_seed``): fresh per chunk, a pure function of the episode's start and the chunk's position in it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections import deque
@@ -28,9 +36,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from openlbm.types import Observation
+from openlbm.types import EmbodimentSpec, Observation
 
 log = logging.getLogger(__name__)
+
+
+def frame_key(images: dict[str, Tensor], state: Tensor, instruction: str, spec: EmbodimentSpec) -> int:
+    """63-bit digest of one frame (``images[cam]`` uint8 ``[3, Hi, Wi]``, ``state`` ``[S]``) as ``spec`` sees it:
+    its cameras in order, its native state dims, the instruction. The episode key of an episode is the key of its
+    first frame; equal frames (in-process, or rebuilt by the server from the wire) give equal keys."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{spec.name}\0{instruction}\0".encode())
+    h.update(state[: spec.state_dim].to("cpu", torch.float32).contiguous().numpy().tobytes())
+    for cam in spec.cameras:
+        h.update(images[cam].to("cpu", torch.uint8).contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass
@@ -51,10 +71,29 @@ class _Slot:
     """Temporal ensembling: [chunk [H, A], age] pairs, oldest first."""
     n_real: int = 0
     """Frames observed since reset (the rest of the history is padding)."""
+    n_chunks: int = 0
+    """Chunks predicted for this slot since reset (the next one's chunk index)."""
+    episode_key: int = 0
+    """:func:`frame_key` of the first frame since reset."""
+
+
+Predict = Callable[[Observation, list[int], list[int]], Tensor]
+"""``predict(window, episode_key, chunk_index) -> [n, H, A]``: ``window`` is ``T = n_obs_steps``; ``episode_key[j]``
+and ``chunk_index[j]`` are window ``j``'s slot's episode key and the number of chunks it got since its reset."""
 
 
 class ChunkExecutor:
-    def __init__(self, n_obs_steps: int, n_action_steps: int, horizon: int, ensemble: float | None) -> None:
+    """Per-slot observation history + action queue (or ensembling buffer); see the module docstring."""
+
+    def __init__(
+        self,
+        n_obs_steps: int,
+        n_action_steps: int,
+        horizon: int,
+        ensemble: float | None,
+        specs: dict[str, EmbodimentSpec],
+    ) -> None:
+        self.specs = specs
         self.n_obs_steps = n_obs_steps
         self.n_action_steps = n_action_steps
         self.horizon = horizon
@@ -77,9 +116,10 @@ class ChunkExecutor:
             slot.history.clear()
             slot.queue.clear()
             slot.chunks.clear()
-            slot.n_real = 0
+            slot.n_real = slot.n_chunks = 0
         if not slot.history:
             slot.history.extend([frame] * self.n_obs_steps)  # pad by repeating the first frame
+            slot.episode_key = frame_key(frame.images, frame.state, frame.instruction, self.specs[frame.embodiment])
         else:
             slot.history.append(frame)
         slot.n_real = min(slot.n_real + 1, self.n_obs_steps)
@@ -101,7 +141,7 @@ class ChunkExecutor:
             obs_is_pad=pad,
         )
 
-    def step(self, obs: Observation, predict: Callable[[Observation], Tensor]) -> Tensor:
+    def step(self, obs: Observation, predict: Predict) -> Tensor:
         """One env step for every slot: ``obs`` is ``T = 1``; returns ``[B, A]`` (``predict`` gives ``[n, H, A]``)."""
         if obs.n_steps != 1:
             raise ValueError(f"select_action takes one observation step per slot (T = 1), got T = {obs.n_steps}")
@@ -116,8 +156,10 @@ class ChunkExecutor:
         need = [i for i, s in enumerate(self.slots) if self.ensemble is not None or not s.queue]
         if need:
             group = [self.slots[i] for i in need]
-            chunks = predict(self._window(group, obs.state.device))  # [n, H, A]
+            window = self._window(group, obs.state.device)
+            chunks = predict(window, [s.episode_key for s in group], [s.n_chunks for s in group])  # [n, H, A]
             for slot, chunk in zip(group, chunks, strict=True):
+                slot.n_chunks += 1
                 if self.ensemble is None:
                     slot.queue.extend(chunk[: self.n_action_steps])
                 else:

@@ -10,7 +10,7 @@ Policy dir (``save`` / ``load``; no training code needed to load)::
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,10 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from openlbm.jsonio import read_json, to_jsonable, write_json
 from openlbm.models.lbm import LBMModel, ObsEncoding
 from openlbm.models.rng import SampleRNG
 from openlbm.policies.config import PolicyConfig
-from openlbm.policies.execution import ChunkExecutor
+from openlbm.policies.execution import ChunkExecutor, frame_key
 from openlbm.policies.normalize import MissingStatsError, Normalizer
 from openlbm.policies.pretrained import load_vision_weights, state_dict_diff
 from openlbm.policies.text import build_text_encoder
@@ -38,14 +39,10 @@ PER_EMBODIMENT = ("state_in", "camera_emb", "embodiment_token", "action_in", "ac
 """``model.<these>.<embodiment>.*`` parameters belong to one embodiment (new ones may be reinitialised)."""
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return x
+def chunk_noise_seed(noise_seed: int, episode_key: int, chunk_index: int) -> int:
+    """63-bit seed of one chunk's initial noise: a pure function of (noise seed, episode key, chunk index)."""
+    key = hashlib.blake2b(f"openlbm-noise/{int(noise_seed)}/{int(episode_key)}/{int(chunk_index)}".encode(), digest_size=8)
+    return int.from_bytes(key.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class LBMPolicy(nn.Module):
@@ -70,7 +67,7 @@ class LBMPolicy(nn.Module):
         self.embodiment = self.embodiments[0]
         self.specs = {e.name: e for e in self.embodiments}
         self.normalizer = Normalizer(self.embodiments, stats, config.normalization)
-        self.stats = {n: _jsonable(stats[n]) for n in names}
+        self.stats = {n: to_jsonable(stats[n]) for n in names}
         self.text_encoder = build_text_encoder(config.language)
         head = config.flow if config.head == "flow" else config.diffusion
         self.model = LBMModel(
@@ -78,11 +75,16 @@ class LBMPolicy(nn.Module):
         )
         if load_pretrained and config.vision.pretrained is not None:
             load_vision_weights(self.model.vision, config.vision.pretrained)
-        self.executor = ChunkExecutor(config.n_obs_steps, config.n_action_steps, config.horizon, config.temporal_ensemble)
-        self.noise_seed: int | None = None
-        """Set (an int) to draw every sample's initial noise from its own ``torch.Generator().manual_seed(noise_seed)``:
-        sampling is then a deterministic function of the observation, whatever the batch size or position (the
-        policy server and evaluation set it). ``None`` = torch's global RNG. Not saved with the policy."""
+        self.executor = ChunkExecutor(
+            config.n_obs_steps, config.n_action_steps, config.horizon, config.temporal_ensemble, self.specs
+        )
+        self.noise_seed: int | None = 0
+        """The sampler (the same in ``lbm eval``, in-training eval and ``lbm serve``): with an int, each chunk's
+        initial noise is a fresh ``N(0, I)`` draw from a generator seeded by :func:`chunk_noise_seed` of (this
+        seed, the episode key = :func:`~openlbm.policies.execution.frame_key` of the episode's first frame, the
+        chunk index since the episode start). Each chunk thus gets new noise (the real stochastic policy is
+        sampled), yet evaluation is reproducible and a chunk depends neither on the rest of the batch nor on the
+        env slot or worker that ran the episode. ``None`` = torch's global RNG. Not saved with the policy."""
 
     @property
     def device(self) -> torch.device:
@@ -123,32 +125,64 @@ class LBMPolicy(nn.Module):
         state = self.normalizer.normalize("state", obs.state, obs.embodiment)  # [B, T, S]
         return self.model.encode_observation(obs.images, state, lang, obs.embodiment, rng)
 
-    def sample_actions(
-        self, enc: ObsEncoding, num_steps: int | None = None, generator: torch.Generator | None = None
+    def initial_noise(
+        self,
+        obs: Observation,
+        chunk_index: Sequence[int] | None = None,
+        generator: torch.Generator | None = None,
+        episode_key: Sequence[int | None] | None = None,
     ) -> Tensor:
-        """Normalized chunk ``[B, H, A_max]`` by denoising from Gaussian noise, reusing ``enc`` at every step.
+        """The sampler's starting noise ``[B, H, A_max]`` for ``obs``: from ``generator`` if given (one stream for
+        the whole batch), else per sample from ``noise_seed`` (see its docstring), else from torch's global RNG.
+        A missing ``chunk_index`` is 0 and a missing ``episode_key`` is the key of the window's last frame: a
+        window without them is taken as the first chunk of an episode starting there."""
+        b = obs.batch_size
+        shape = (b, self.config.horizon, self.max_action_dim)
+        if generator is not None or self.noise_seed is None:
+            return torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
+        index = [0] * b if chunk_index is None else [int(c) for c in chunk_index]
+        keys = [None] * b if episode_key is None else list(episode_key)
+        if len(index) != b or len(keys) != b:
+            raise ValueError(f"chunk_index/episode_key have {len(index)}/{len(keys)} entries for a batch of {b}")
+        seeds = []
+        for i in range(b):
+            key = keys[i]
+            if key is None:
+                spec = self.specs[obs.embodiment[i]]
+                key = frame_key({c: v[i, -1] for c, v in obs.images.items()}, obs.state[i, -1], obs.instruction[i], spec)
+            seeds.append(chunk_noise_seed(self.noise_seed, key, index[i]))
+        return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
 
-        Noise: from ``generator`` if given (one stream for the whole batch), else per sample from ``noise_seed``
-        if set, else from torch's global RNG."""
-        shape = (enc.batch_size, self.config.horizon, self.max_action_dim)
-        if generator is None and self.noise_seed is not None:
-            # Every sample gets the same seeded draw, so its chunk does not depend on the rest of the batch.
-            one = torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(self.noise_seed)))  # [H, A_max]
-            noise = one.expand(shape).contiguous()  # [H, A_max] -> [B, H, A_max]
-        else:
+    def sample_actions(
+        self,
+        enc: ObsEncoding,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Normalized chunk ``[B, H, A_max]`` by denoising from ``noise`` (``[B, H, A_max]``; default: drawn from
+        ``generator`` or torch's global RNG), reusing ``enc`` at every step."""
+        if noise is None:
+            shape = (enc.batch_size, self.config.horizon, self.max_action_dim)
             noise = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
         return self.model.sample(enc, noise.to(self.device), num_steps)
 
     @torch.no_grad()
     def predict_chunk(
-        self, obs: Observation, num_steps: int | None = None, generator: torch.Generator | None = None
+        self,
+        obs: Observation,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        chunk_index: Sequence[int] | None = None,
+        episode_key: Sequence[int | None] | None = None,
     ) -> Tensor:
         """Action chunk ``[B, horizon, A]`` in physical units; ``A`` = the largest native action dim among the
         batch's embodiments (= the native dim when the batch has one embodiment; narrower ones are zero-padded).
-        ``num_steps`` overrides the head's sampling steps; ``generator`` (CPU) makes the noise reproducible."""
+        ``num_steps`` overrides the head's sampling steps; noise: see :meth:`initial_noise`."""
         self.check_observation(obs)
+        noise = self.initial_noise(obs, chunk_index, generator, episode_key)
         obs = obs.to(self.device)
-        chunk = self.sample_actions(self.encode_observation(obs), num_steps, generator)
+        chunk = self.sample_actions(self.encode_observation(obs), num_steps, noise=noise)
         chunk = self.normalizer.unnormalize("action", chunk, obs.embodiment)
         width = max(self.specs[e].action_dim for e in obs.embodiment)
         return chunk[..., :width]
@@ -187,7 +221,9 @@ class LBMPolicy(nn.Module):
     def select_action(self, obs: Observation) -> Tensor:
         """``[B, A]`` for a ``T = 1`` observation of ``B`` independent envs (see :mod:`openlbm.policies.execution`)."""
         self.check_observation(obs, n_steps=1)
-        return self.executor.step(obs.to(self.device), self.predict_chunk)
+        return self.executor.step(
+            obs.to(self.device), lambda w, key, idx: self.predict_chunk(w, chunk_index=idx, episode_key=key)
+        )
 
     def reset(self, indices: Sequence[int] | None = None) -> None:
         """Clear history and queued actions of the given batch slots (all when None)."""
@@ -226,8 +262,8 @@ class LBMPolicy(nn.Module):
         }
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(d / "model.safetensors"), metadata={"format": FORMAT})
-        (d / "stats.json").write_text(json.dumps(self.stats) + "\n")
-        (d / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(d / "stats.json", self.stats, indent=None)
+        write_json(d / "config.json", meta)
         return d
 
     @staticmethod
@@ -236,14 +272,17 @@ class LBMPolicy(nn.Module):
         for name in ("config.json", "model.safetensors", "stats.json"):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d} is not a policy dir: {name} missing (expected LBMPolicy.save output)")
-        meta = json.loads((d / "config.json").read_text())
+        meta = read_json(d / "config.json")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{d / 'config.json'}: format {meta.get('format')!r}, expected {FORMAT!r}")
         if int(meta.get("version", 0)) > VERSION:
             raise ValueError(f"{d / 'config.json'}: version {meta['version']} is newer than this openlbm ({VERSION})")
-        cfg = PolicyConfig.from_dict(meta["policy"])
+        try:
+            cfg = PolicyConfig.from_dict(meta["policy"])
+        except ValueError as e:  # names the field; add the file
+            raise ValueError(f"{d / 'config.json'}: {e}") from None
         embodiments = [EmbodimentSpec.from_dict(e) for e in meta["embodiments"]]
-        return cfg, embodiments, json.loads((d / "stats.json").read_text())
+        return cfg, embodiments, read_json(d / "stats.json")
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> LBMPolicy:

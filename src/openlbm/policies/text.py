@@ -1,7 +1,8 @@
 """Loading the frozen instruction encoder named by a :class:`LanguageConfig` (offline, never a download).
 
 Encoders are cached per process by (kind, path): every policy copy (EMA, evaluation, a reloaded checkpoint) shares
-one model and one embedding cache.
+one model and one embedding cache, an LRU bounded to ``openlbm.models.language.DEFAULT_CACHE_ENTRIES`` instructions
+(a policy server's clients can send any number of distinct prompts without growing memory).
 """
 
 from __future__ import annotations

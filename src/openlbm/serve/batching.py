@@ -20,7 +20,6 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +52,7 @@ class _Pending:
 
 
 class InferenceError(RuntimeError):
-    """The model raised while serving a request; carries the formatted traceback for the client."""
+    """A request could not be answered (model error, overload, non-finite output); one line for the client."""
 
 
 class InferenceWorker:
@@ -147,7 +146,8 @@ class InferenceWorker:
             actions = self._predict([p.payload for p in group])
         except Exception as e:  # the model failing on one batch must not kill the worker
             log.exception("inference failed for a batch of %d", len(group))
-            err = InferenceError(f"inference failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            # The traceback stays in this log; the client gets one line without stack or paths.
+            err = InferenceError(f"inference failed ({type(e).__name__}); details are in the server log")
             for p in group:
                 _post(p, None, err)
             return

@@ -1,12 +1,16 @@
 """Client side of the policy server: numpy + msgpack + websockets only (no torch at import time).
 
+- :class:`RemotePolicy` — a :class:`openlbm.types.PolicyLike` backed by a server: the observation history and the
+  action queue are kept here by :class:`openlbm.policies.execution.ChunkExecutor` (the code in-process execution
+  runs), and each chunk request carries the whole window, so a served policy acts exactly like an in-process one.
+  This is how a robot should call the server (torch is imported lazily, only here).
 - :class:`PolicyClient` — one websocket connection: ``.metadata``, ``.infer(obs) -> {"actions": [H, A], ...}``,
   reconnects when the connection drops. Works with any openpi-protocol server, not only openlbm's.
-- :class:`ChunkBroker` — executes ``n_action_steps`` actions of each chunk before asking for the next one.
+- :class:`ChunkBroker` — executes ``n_action_steps`` actions of each chunk before asking for the next one (like
+  openpi's ``ActionChunkBroker``). It sends single frames, which the server takes as episode starts: exact only for
+  policies with ``n_obs_steps = 1``.
 - :class:`TemporalEnsembler` — ACT-style: ask every step, average all predictions for the current step with
   exponential weights (oldest prediction weighted most for ``coeff > 0``).
-- :class:`RemotePolicy` — a :class:`openlbm.types.PolicyLike` backed by a server, so the evaluator can roll out a
-  served policy exactly like an in-process one (torch is imported lazily, only here).
 """
 
 from __future__ import annotations
@@ -61,7 +65,6 @@ class PolicyClient:
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_attempts = reconnect_attempts
         self._ws: websockets.sync.client.ClientConnection | None = None
-        self._pending_reset = False
         self.metadata: dict[str, Any] = self._connect()
 
     def _connect(self) -> dict[str, Any]:
@@ -95,17 +98,9 @@ class PolicyClient:
             raise ServerError(f"{self.url}: metadata message is not a map")
         return metadata
 
-    def reset(self) -> None:
-        """Start a new episode: the next request carries ``reset: true`` (clears server-side history)."""
-        self._pending_reset = True
-
     def send(self, obs: Mapping[str, Any]) -> None:
         """First half of :meth:`infer`, for pipelining requests over several connections."""
-        msg = dict(obs)
-        if self._pending_reset:
-            msg[protocol.RESET_KEY] = True
-            self._pending_reset = False
-        self._last = codec.packb(msg)
+        self._last = codec.packb(dict(obs))
         self._send_raw(self._last)
 
     def _send_raw(self, data: bytes) -> None:
@@ -238,8 +233,11 @@ class TemporalEnsembler:
 class RemotePolicy:
     """A served policy as a :class:`~openlbm.types.PolicyLike`: ``select_action`` / ``reset`` over websockets.
 
-    One connection per batch slot (so the server keeps each slot's observation history apart and can batch the
-    slots' requests together); requests of all slots that need a new chunk are sent before any reply is read.
+    History, action queue and chunk counting per batch slot live in a
+    :class:`~openlbm.policies.execution.ChunkExecutor`, exactly as in ``LBMPolicy.select_action``; a slot whose
+    queue ran out sends its whole ``n_obs_steps`` window (with ``observation/is_pad``, ``episode_key`` and
+    ``chunk_index``) to the stateless server. The windows of all slots that need a chunk go out on separate connections before any reply is
+    read, so the server can batch them.
     """
 
     def __init__(
@@ -249,8 +247,10 @@ class RemotePolicy:
         *,
         embodiment: str | None = None,
         n_action_steps: int | None = None,
+        temporal_ensemble: float | None = None,
         connect_timeout_s: float = 30.0,
     ) -> None:
+        from openlbm.policies.execution import ChunkExecutor
         from openlbm.types import EmbodimentSpec
 
         self.url, self.api_key, self.connect_timeout_s = url, api_key, connect_timeout_s
@@ -266,46 +266,49 @@ class RemotePolicy:
             {"name": name, **self.metadata["embodiments"][name]}
         )
         self.n_action_steps = int(n_action_steps or self.metadata["n_action_steps"])
-        self._brokers: list[ChunkBroker] = [ChunkBroker(self.n_action_steps)]
+        self.executor = ChunkExecutor(
+            int(self.metadata["n_obs_steps"]),
+            self.n_action_steps,
+            int(self.metadata["horizon"]),
+            temporal_ensemble,
+            {name: self.embodiment},
+        )
 
-    def _ensure_slots(self, b: int) -> None:
-        while len(self._clients) < b:
-            self._clients.append(
-                PolicyClient(self.url, self.api_key, connect_timeout_s=self.connect_timeout_s)
-            )
-            self._brokers.append(ChunkBroker(self.n_action_steps))
+    def _request(self, window: Observation, j: int, episode_key: int, chunk_index: int) -> dict[str, Any]:
+        from openlbm.types import hwc_from_chw
 
-    def _request(self, obs: Observation, i: int) -> dict[str, Any]:
-        images = {}
-        for cam in self.embodiment.cameras:
-            img = obs.images[cam][i, -1].cpu().numpy()  # [3, Hi, Wi]
-            images[cam] = np.ascontiguousarray(img.transpose(1, 2, 0))  # [3, Hi, Wi] -> [Hi, Wi, 3]
-        state = obs.state[i, -1, : self.embodiment.state_dim].cpu().numpy()
+        images = {cam: hwc_from_chw(window.images[cam][j]) for cam in self.embodiment.cameras}  # [T, Hi, Wi, 3]
+        state = window.state[j, :, : self.embodiment.state_dim].cpu().numpy()  # [T, S]
+        is_pad = window.obs_is_pad[j].cpu().numpy() if window.obs_is_pad is not None else None
         return protocol.make_observation(
             images,
             state,
-            obs.instruction[i],
+            window.instruction[j],
             embodiment=self.embodiment.name if self._send_embodiment else None,
+            is_pad=is_pad,
+            episode_key=episode_key,
+            chunk_index=chunk_index,
         )
 
-    def select_action(self, obs: Observation) -> torch.Tensor:
+    def _predict(self, window: Observation, episode_key: list[int], chunk_index: list[int]) -> torch.Tensor:
+        """``[n, H, A]`` for the ``n`` windows the executor needs chunks for (one connection each)."""
         import torch
 
-        b = obs.batch_size
-        self._ensure_slots(b)
-        waiting = [i for i in range(b) if self._brokers[i].needs_chunk]
-        for i in waiting:
-            self._clients[i].send(self._request(obs, i))
-        for i in waiting:
-            self._brokers[i].add_chunk(np.asarray(self._clients[i].recv()[protocol.ACTIONS_KEY]))
-        actions = np.stack([self._brokers[i].pop() for i in range(b)])  # [B, A]
-        return torch.from_numpy(actions.astype(np.float32))
+        n = window.batch_size
+        while len(self._clients) < n:
+            self._clients.append(PolicyClient(self.url, self.api_key, connect_timeout_s=self.connect_timeout_s))
+        for j in range(n):
+            self._clients[j].send(self._request(window, j, episode_key[j], chunk_index[j]))
+        chunks = [np.asarray(self._clients[j].recv()[protocol.ACTIONS_KEY], dtype=np.float32) for j in range(n)]
+        return torch.from_numpy(np.stack(chunks)).to(window.state.device)  # [n, H, A]
+
+    def select_action(self, obs: Observation) -> torch.Tensor:
+        """``[B, A]`` for a ``T = 1`` observation of ``B`` independent envs (as ``LBMPolicy.select_action``)."""
+        return self.executor.step(obs, self._predict)
 
     def reset(self, indices: Sequence[int] | None = None) -> None:
-        for i in range(len(self._clients)) if indices is None else indices:
-            if i < len(self._clients):
-                self._brokers[i].reset()
-                self._clients[i].reset()
+        """Clear history and queued actions of the given batch slots (all when None)."""
+        self.executor.reset(indices)
 
     def close(self) -> None:
         for c in self._clients:

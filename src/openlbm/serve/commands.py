@@ -10,17 +10,12 @@ from pathlib import Path
 def load_policy(path: Path, device: str):  # -> LBMPolicy (imported lazily: keeps `lbm --help` fast)
     """Load an ``LBMPolicy.save`` dir; run dirs and checkpoint dirs are resolved to their policy dir first."""
     from openlbm.policies.lbm import LBMPolicy
+    from openlbm.policies.policy_dir import resolve_policy_dir
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--policy {path}: no such directory")
-    try:
-        from openlbm.train.checkpoint import resolve_policy_dir
-    except ImportError:  # serving must not need the training package; a policy dir is then required
-        resolve_policy_dir = None
-    if resolve_policy_dir is not None and not (path / "model.safetensors").exists():
-        path = resolve_policy_dir(path)
-    return LBMPolicy.load(path, device=device)
+    return LBMPolicy.load(resolve_policy_dir(path), device=device)
 
 
 @dataclass(frozen=True)
@@ -44,9 +39,8 @@ class Serve:
     max_message_mb: float = 8.0
     """Largest accepted request in MiB; bigger messages close that connection (code 1009)."""
     noise_seed: int | None = 0
-    """Seed of the sampling noise, reused for every request: the served policy becomes a deterministic function of
-    each client's observation history (same answers batched or not, and as in-process evaluation with the same
-    ``EvalConfig.noise_seed``, default 0). ``None`` uses torch's global RNG."""
+    """The sampler's noise seed: fresh noise per chunk keyed by (seed, episode key, chunk index), the same sampler
+    as in-process evaluation with the same ``EvalConfig.noise_seed`` (default 0). ``None`` uses torch's global RNG."""
     log_level: str = "INFO"
     """Python logging level."""
 

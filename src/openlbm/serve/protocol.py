@@ -1,15 +1,30 @@
 """The observation/action dictionaries exchanged with the policy server (openpi-style flat dicts).
 
+The server is stateless: every request carries the whole observation window the policy conditions on, built by
+the client with :class:`openlbm.policies.execution.ChunkExecutor` (the history in-process execution uses), so a
+served chunk equals the in-process one. A plain openpi client sends one frame; that frame is taken as an episode
+start (see below), which is in-distribution: every training episode starts with such a window.
+
 Request (one msgpack map per websocket binary frame)::
 
-    "observation/images/<camera>"   uint8   [Hi, Wi, 3]   one per camera of the embodiment (dots also accepted:
-                                                         "observation.images.<camera>")
-    "observation/state"             float32 [S]           native state dim of the embodiment (float64 accepted)
-    "prompt"                        str                   the language instruction (openpi's field name)
-    "embodiment"                    str     (optional)    which embodiment of a multi-embodiment policy; default
-                                                         the first one (see metadata)
-    "reset"                         bool    (optional)    true at an episode start: drops the server-side
-                                                         observation history of this connection
+    "observation/images/<camera>"  uint8   [Hi, Wi, 3]     one per camera of the embodiment (dots also accepted:
+                                           or [T, Hi, Wi, 3]  "observation.images.<camera>")
+    "observation/state"            float32 [S] or [T, S]    native state dim of the embodiment (float64 accepted);
+                                                            every value finite with |x| <= MAX_ABS_STATE
+    "prompt"                       str                      the language instruction (openpi's field name)
+    "embodiment"                   str  (optional)          which embodiment of a multi-embodiment policy; default
+                                                            the first one (see metadata)
+    "observation/is_pad"           bool [T] (optional)      with a window: True for the frames before the episode
+                                                            start (copies of its first frame); default all False
+    "episode_key"                  int  (optional)          the episode's noise stream, 0 <= key < 2**63: the
+                                                            frame key of its first frame (default: the key of
+                                                            this request's last frame, i.e. an episode start)
+    "chunk_index"                  int  (optional)          chunks requested since the episode start (default 0)
+    "reset"                        bool (optional)          accepted for compatibility; no effect (no server state)
+
+A single frame (no ``T`` axis, or ``T = 1``) is padded to ``n_obs_steps`` by repeating it, the copies flagged as
+padding: exactly the window the policy sees at the first step of an episode. A window has ``T = n_obs_steps``
+frames, oldest first, all arrays with the same ``T``.
 
 Response::
 
@@ -34,10 +49,17 @@ STATE_WIRE_KEY = "observation/state"
 PROMPT_KEY = "prompt"
 EMBODIMENT_KEY = "embodiment"
 RESET_KEY = "reset"
+IS_PAD_KEY = "observation/is_pad"
+CHUNK_INDEX_KEY = "chunk_index"
+EPISODE_KEY = "episode_key"
 ACTIONS_KEY = "actions"
 TIMING_KEY = "server_timing"
 MAX_PROMPT_CHARS = 4096
 """Longer instructions are refused rather than silently truncated."""
+MAX_ABS_STATE = 1e6
+"""Largest accepted ``|state|`` value. Robot states are positions, angles, velocities in SI-like units (|x| of order
+1..1e3); a value beyond 1e6 is a unit or encoding error, and would overflow the network's float32 activations into
+non-finite actions (a state of 1e30 did)."""
 
 
 class ProtocolError(ValueError):
@@ -95,15 +117,19 @@ class WireSpec:
 
 @dataclass
 class ParsedObservation:
-    """A validated request: one live frame for one embodiment."""
+    """A validated request: one full ``T = n_obs_steps`` observation window for one embodiment."""
 
     embodiment: str
     images: dict[str, np.ndarray]
-    """camera -> uint8 ``[Hi, Wi, 3]`` (a read-only view on the message buffer)."""
+    """camera -> uint8 ``[T, Hi, Wi, 3]``."""
     state: np.ndarray
-    """float32 ``[S]``."""
+    """float32 ``[T, S]``."""
+    is_pad: np.ndarray
+    """bool ``[T]``: True for the padding frames before the episode start."""
     prompt: str
-    reset: bool
+    chunk_index: int
+    episode_key: int | None
+    """``None``: the request did not say (the policy then keys the noise by the window's last frame)."""
 
     def shape_key(self) -> tuple:
         """Requests with equal keys can be stacked into one batch."""
@@ -139,42 +165,94 @@ def build_metadata(
             for s in specs
         },
         "instruction_key": PROMPT_KEY,
-        "optional_keys": [EMBODIMENT_KEY, RESET_KEY],
+        "optional_keys": [EMBODIMENT_KEY, IS_PAD_KEY, EPISODE_KEY, CHUNK_INDEX_KEY, RESET_KEY],
         "action_key": ACTIONS_KEY,
         "horizon": horizon,
         "n_action_steps": n_action_steps,
         "n_obs_steps": n_obs_steps,
+        "history": "client",
+        "max_abs_state": MAX_ABS_STATE,
         "max_message_bytes": max_message_bytes,
         "max_batch": max_batch,
     }
 
 
 def _check_image(key: str, value: Any, spec: WireSpec) -> np.ndarray:
+    """-> uint8 ``[T, Hi, Wi, 3]`` (``T = 1`` for a single frame)."""
     h, w = spec.image_size
     if not isinstance(value, np.ndarray):
         raise ProtocolError(f"{key}: expected a uint8 numpy array [{h}, {w}, 3], got {type(value).__name__}")
     if value.dtype != np.uint8:
         raise ProtocolError(f"{key}: expected dtype uint8, got {value.dtype}")
-    if value.shape != (h, w, 3):
-        what = "oversized image" if value.size > h * w * 3 else "wrong shape"
-        raise ProtocolError(f"{key}: {what}: expected [{h}, {w}, 3] (channel-last), got {list(value.shape)}")
-    return value
+    if value.shape[-3:] != (h, w, 3) or value.ndim not in (3, 4):
+        what = "oversized image" if value.size > h * w * 3 and value.ndim == 3 else "wrong shape"
+        raise ProtocolError(
+            f"{key}: {what}: expected [{h}, {w}, 3] or a window [T, {h}, {w}, 3] (channel-last), "
+            f"got {list(value.shape)}"
+        )
+    return value if value.ndim == 4 else value[None]  # [Hi, Wi, 3] -> [1, Hi, Wi, 3]
 
 
 def _check_state(key: str, value: Any, spec: WireSpec) -> np.ndarray:
+    """-> float32 ``[T, S]``, finite and within ``MAX_ABS_STATE``."""
     if not isinstance(value, np.ndarray):
         raise ProtocolError(
             f"{key}: expected a float32 numpy array [{spec.state_dim}], got {type(value).__name__}"
         )
     if value.dtype.kind != "f":
         raise ProtocolError(f"{key}: expected dtype float32, got {value.dtype}")
-    if value.shape != (spec.state_dim,):
-        raise ProtocolError(f"{key}: expected shape [{spec.state_dim}], got {list(value.shape)}")
+    if value.ndim not in (1, 2) or value.shape[-1] != spec.state_dim:
+        raise ProtocolError(
+            f"{key}: expected shape [{spec.state_dim}] or a window [T, {spec.state_dim}], got {list(value.shape)}"
+        )
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf and is refused just below
         state = value.astype(np.float32)
     if not np.isfinite(state).all():
         raise ProtocolError(f"{key}: contains NaN or inf (or a value outside float32 range)")
-    return state
+    biggest = float(np.abs(state).max()) if state.size else 0.0
+    if biggest > MAX_ABS_STATE:
+        raise ProtocolError(
+            f"{key}: |value| {biggest:.3g} exceeds the accepted bound {MAX_ABS_STATE:.0e} (wrong units or a "
+            "corrupt reading?)"
+        )
+    return state if state.ndim == 2 else state[None]  # [S] -> [1, S]
+
+
+def _check_window(
+    obs: dict[str, Any], images: dict[str, np.ndarray], state: np.ndarray, n_obs_steps: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Pad a single frame to an episode-start window; check a given window's length and padding flags."""
+    lengths = {STATE_WIRE_KEY: state.shape[0], **{image_wire_key(c): a.shape[0] for c, a in images.items()}}
+    if len(set(lengths.values())) != 1:
+        raise ProtocolError(f"window lengths differ between fields: {lengths}")
+    t = state.shape[0]
+    if t not in (1, n_obs_steps):
+        raise ProtocolError(
+            f"{STATE_WIRE_KEY}: a window of {t} frames; this policy takes one frame or n_obs_steps={n_obs_steps}"
+        )
+    raw_pad = obs.get(IS_PAD_KEY)
+    if t == 1 and n_obs_steps > 1:
+        # An episode start: the first frame repeated before itself, flagged as padding (the dataset's convention).
+        pad = np.arange(n_obs_steps) < n_obs_steps - 1
+        if raw_pad is not None and (not isinstance(raw_pad, np.ndarray) or raw_pad.shape != (1,) or raw_pad[0]):
+            raise ProtocolError(f"{IS_PAD_KEY}: with a single frame it can only be [false], got {raw_pad!r:.60}")
+        return {c: np.repeat(a, n_obs_steps, axis=0) for c, a in images.items()}, np.repeat(state, n_obs_steps, 0), pad
+    if raw_pad is None:
+        return images, state, np.zeros(t, dtype=bool)
+    if not isinstance(raw_pad, np.ndarray) or raw_pad.dtype != np.bool_ or raw_pad.shape != (t,):
+        raise ProtocolError(f"{IS_PAD_KEY}: expected a bool numpy array [{t}], got {raw_pad!r:.60}")
+    n_pad = int(raw_pad.sum())
+    if raw_pad[n_pad:].any() or raw_pad[-1]:
+        raise ProtocolError(f"{IS_PAD_KEY}: padding must be a prefix and the last frame real, got {raw_pad.tolist()}")
+    return images, state, raw_pad.copy()
+
+
+def _check_int(key: str, value: Any) -> int:
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise ProtocolError(f"{key}: expected an int with 0 <= value < 2**63, got {value!r:.60}")
+    return value
 
 
 def _split_keys(msg: dict) -> dict[str, Any]:
@@ -189,8 +267,11 @@ def _split_keys(msg: dict) -> dict[str, Any]:
     return out
 
 
-def parse_observation(msg: Any, specs: Mapping[str, WireSpec], default_embodiment: str) -> ParsedObservation:
-    """Validate one decoded request against the served embodiments. Raises :class:`ProtocolError`."""
+def parse_observation(
+    msg: Any, specs: Mapping[str, WireSpec], default_embodiment: str, n_obs_steps: int = 1
+) -> ParsedObservation:
+    """Validate one decoded request against the served embodiments and return its full window.
+    Raises :class:`ProtocolError` naming the field."""
     if not isinstance(msg, dict):
         raise ProtocolError(f"an observation must be a msgpack map (dict), got {type(msg).__name__}")
     obs = _split_keys(msg)
@@ -201,9 +282,14 @@ def parse_observation(msg: Any, specs: Mapping[str, WireSpec], default_embodimen
     reset = obs.pop(RESET_KEY, False)
     if not isinstance(reset, bool):
         raise ProtocolError(f"{RESET_KEY}: expected a bool, got {type(reset).__name__}")
+    chunk_index = _check_int(CHUNK_INDEX_KEY, obs.pop(CHUNK_INDEX_KEY, 0))
+    episode_key = obs.pop(EPISODE_KEY, None)
+    if episode_key is not None:
+        episode_key = _check_int(EPISODE_KEY, episode_key)
     image_keys = [image_wire_key(c) for c in spec.cameras]
     expected = {*image_keys, STATE_WIRE_KEY, PROMPT_KEY}
-    missing, extra = sorted(expected - obs.keys()), sorted(obs.keys() - expected)
+    present = obs.keys() - {IS_PAD_KEY}
+    missing, extra = sorted(expected - present), sorted(present - expected)
     if missing or extra:
         parts = ([f"missing keys {missing}"] if missing else []) + (
             [f"unexpected keys {extra}"] if extra else []
@@ -220,7 +306,8 @@ def parse_observation(msg: Any, specs: Mapping[str, WireSpec], default_embodimen
         raise ProtocolError(f"{PROMPT_KEY}: {len(prompt)} characters, at most {MAX_PROMPT_CHARS} accepted")
     images = {c: _check_image(k, obs[k], spec) for c, k in zip(spec.cameras, image_keys, strict=True)}
     state = _check_state(STATE_WIRE_KEY, obs[STATE_WIRE_KEY], spec)
-    return ParsedObservation(embodiment=emb, images=images, state=state, prompt=prompt, reset=reset)
+    images, state, is_pad = _check_window(obs, images, state, n_obs_steps)
+    return ParsedObservation(emb, images, state, is_pad, prompt, chunk_index, episode_key)
 
 
 def make_observation(
@@ -229,9 +316,12 @@ def make_observation(
     prompt: str,
     *,
     embodiment: str | None = None,
-    reset: bool = False,
+    is_pad: np.ndarray | None = None,
+    episode_key: int | None = None,
+    chunk_index: int | None = None,
 ) -> dict[str, Any]:
-    """Build a request dict from camera -> HWC uint8 images, a state vector and the instruction."""
+    """Build a request dict from camera -> HWC uint8 images (``[Hi, Wi, 3]``, or a window ``[T, Hi, Wi, 3]``), a
+    state (``[S]`` or ``[T, S]``) and the instruction; the optional fields as in the module docstring."""
     obs: dict[str, Any] = {
         image_wire_key(c): np.ascontiguousarray(img, dtype=np.uint8) for c, img in images.items()
     }
@@ -239,6 +329,10 @@ def make_observation(
     obs[PROMPT_KEY] = prompt
     if embodiment is not None:
         obs[EMBODIMENT_KEY] = embodiment
-    if reset:
-        obs[RESET_KEY] = True
+    if is_pad is not None:
+        obs[IS_PAD_KEY] = np.asarray(is_pad, dtype=bool)
+    if episode_key is not None:
+        obs[EPISODE_KEY] = int(episode_key)
+    if chunk_index is not None:
+        obs[CHUNK_INDEX_KEY] = int(chunk_index)
     return obs

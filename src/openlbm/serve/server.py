@@ -5,6 +5,11 @@ every binary msgpack observation with ``{"actions": [H, A], "server_timing": {..
 explaining what was wrong and the connection stays open. The model runs on one worker thread
 (:class:`~openlbm.serve.batching.InferenceWorker`) so the event loop never blocks on inference.
 
+The server keeps no observation history: each request carries its whole window (a lone frame is an episode start,
+see :mod:`openlbm.serve.protocol`), so an answer depends only on that request, whatever the connection, the order
+or the batch it shares. Errors reach the client as one short line; tracebacks stay in the server log. A chunk with
+a non-finite value is never sent: the client gets an error instead.
+
 HTTP on the same port: ``GET /healthz`` -> ``200 OK`` (no key needed), ``GET /metadata`` -> the metadata as JSON.
 With an API key configured every other request needs ``Authorization: Api-Key <key>`` (openpi's header) or gets 401.
 """
@@ -20,8 +25,6 @@ import logging
 import signal
 import threading
 import time
-import traceback
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +36,7 @@ from websockets.asyncio.server import Request, Response, ServerConnection
 
 from openlbm.serve import codec, protocol
 from openlbm.serve.batching import InferenceError, InferenceWorker
-from openlbm.types import Observation
+from openlbm.types import Observation, chw_from_hwc
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +62,9 @@ class ServerConfig:
     shutdown_timeout_s: float = 30.0
     """On SIGINT/SIGTERM, how long in-flight requests may take to finish before connections are closed."""
     noise_seed: int | None = 0
-    """Seed of the sampler's initial noise, drawn afresh per request (``LBMPolicy.noise_seed``): the served policy
-    is then a deterministic function of each client's observation history, independent of batching. ``None`` draws
-    from torch's global RNG (answers then vary from call to call)."""
-
-
-@dataclass
-class _Window:
-    """The model input for one request: ``T`` frames of one client (oldest first)."""
-
-    embodiment: str
-    images: dict[str, np.ndarray]
-    """camera -> uint8 ``[T, Hi, Wi, 3]``."""
-    state: np.ndarray
-    """float32 ``[T, S]``."""
-    is_pad: np.ndarray
-    """bool ``[T]``."""
-    prompt: str
+    """The sampler's noise seed (``LBMPolicy.noise_seed``, same default as ``lbm eval``): each chunk's noise is
+    drawn afresh from (this seed, the request's ``episode_key`` and ``chunk_index``), so an answer is reproducible
+    and independent of batching. ``None`` draws from torch's global RNG (answers then vary from call to call)."""
 
 
 class PolicyRunner:
@@ -93,12 +82,11 @@ class PolicyRunner:
         elif noise_seed is not None:
             log.warning("%s has no noise_seed attribute; its sampling noise is not seeded", type(policy).__name__)
 
-    def __call__(self, windows: Sequence[_Window]) -> np.ndarray:
+    def __call__(self, windows: Sequence[protocol.ParsedObservation]) -> np.ndarray:
         images = {}
         for cam in windows[0].images:
             stacked = np.stack([w.images[cam] for w in windows])  # [B, T, Hi, Wi, 3]
-            # [B, T, Hi, Wi, 3] -> [B, T, 3, Hi, Wi]
-            images[cam] = torch.from_numpy(stacked).permute(0, 1, 4, 2, 3).contiguous()
+            images[cam] = chw_from_hwc(stacked)  # [B, T, 3, Hi, Wi]
         obs = Observation(
             images=images,
             state=torch.from_numpy(np.stack([w.state for w in windows])),  # [B, T, S]
@@ -106,8 +94,9 @@ class PolicyRunner:
             embodiment=[w.embodiment for w in windows],
             obs_is_pad=torch.from_numpy(np.stack([w.is_pad for w in windows])),  # [B, T]
         )
+        index, keys = [w.chunk_index for w in windows], [w.episode_key for w in windows]
         with torch.inference_mode():
-            actions = self.policy.predict_chunk(obs.to(self.device))  # [B, H, A]
+            actions = self.policy.predict_chunk(obs.to(self.device), chunk_index=index, episode_key=keys)  # [B, H, A]
         return actions.float().cpu().numpy()
 
 
@@ -135,31 +124,6 @@ class _ClientStats:
             "bytes_in": self.bytes_in,
             "seconds": round(time.monotonic() - self.opened, 3),
         }
-
-
-class _History:
-    """The last ``n`` frames of one connection, so policies with ``n_obs_steps > 1`` work over a stateless wire."""
-
-    def __init__(self, n: int) -> None:
-        self.frames: deque[protocol.ParsedObservation] = deque(maxlen=n)
-        self.n = n
-
-    def window(self, obs: protocol.ParsedObservation) -> _Window:
-        if obs.reset or (self.frames and self.frames[-1].embodiment != obs.embodiment):
-            self.frames.clear()
-        self.frames.append(obs)
-        frames = list(self.frames)
-        n_pad = self.n - len(frames)
-        # Before the episode start, repeat the first frame and flag it as padding (the dataset's convention).
-        frames = [frames[0]] * n_pad + frames
-        is_pad = np.array([True] * n_pad + [False] * (self.n - n_pad))
-        return _Window(
-            embodiment=obs.embodiment,
-            images={c: np.stack([f.images[c] for f in frames]) for c in obs.images},  # [T, Hi, Wi, 3]
-            state=np.stack([f.state for f in frames]),  # [T, S]
-            is_pad=is_pad,
-            prompt=obs.prompt,
-        )
 
 
 class PolicyServer:
@@ -224,7 +188,7 @@ class PolicyServer:
     async def _handle(self, ws: ServerConnection) -> None:
         self._next_client += 1
         name = f"client-{self._next_client}@{ws.remote_address}"
-        stats, history = _ClientStats(), _History(self.n_obs_steps)
+        stats = _ClientStats()
         log.info("%s connected", name)
         self._connected += 1
         try:
@@ -232,7 +196,7 @@ class PolicyServer:
             prev_total_ms: float | None = None
             async for message in ws:
                 t0 = time.perf_counter()
-                reply = await self._answer(message, history, stats, prev_total_ms)
+                reply = await self._answer(message, stats, prev_total_ms)
                 await ws.send(reply)
                 if isinstance(reply, bytes):
                     prev_total_ms = (time.perf_counter() - t0) * 1000.0
@@ -248,7 +212,7 @@ class PolicyServer:
             )
 
     async def _answer(
-        self, message: str | bytes, history: _History, stats: _ClientStats, prev_total_ms: float | None
+        self, message: str | bytes, stats: _ClientStats, prev_total_ms: float | None
     ) -> bytes | str:
         """The reply to one frame: packed actions (bytes) or an error text."""
         stats.bytes_in += len(message)
@@ -257,16 +221,21 @@ class PolicyServer:
                 raise protocol.ProtocolError("server shutting down; request not processed")
             if isinstance(message, str):
                 raise protocol.ProtocolError("expected a binary msgpack frame, got a text frame")
-            obs = protocol.parse_observation(codec.unpackb(message), self.specs, self.default_embodiment)
-            window = history.window(obs)
+            window = protocol.parse_observation(
+                codec.unpackb(message), self.specs, self.default_embodiment, self.n_obs_steps
+            )
             result = await self._infer(window)
+            if not np.isfinite(result.actions).all():
+                log.error("non-finite actions for a request (state range [%g, %g]); not sent",
+                          float(window.state.min()), float(window.state.max()))
+                raise InferenceError("the policy produced non-finite actions for this observation; none were sent")
         except (codec.CodecError, protocol.ProtocolError, InferenceError) as e:
             stats.errors += 1
             return f"openlbm server error: {e}"
-        except Exception:  # a bug of ours: tell the client (openpi sends tracebacks too) and keep serving
+        except Exception as e:  # a bug of ours: log the traceback here, tell the client one line, keep serving
             stats.errors += 1
             log.exception("unexpected error while answering a request")
-            return "openlbm server internal error:\n" + traceback.format_exc()
+            return f"openlbm server internal error ({type(e).__name__}); details are in the server log"
         stats.requests += 1
         stats.infer_ms_total += result.infer_ms
         timing: dict[str, Any] = {
@@ -280,8 +249,8 @@ class PolicyServer:
             {protocol.ACTIONS_KEY: np.ascontiguousarray(result.actions), protocol.TIMING_KEY: timing}
         )
 
-    async def _infer(self, window: _Window) -> Any:
-        key = (window.embodiment, tuple((c, a.shape) for c, a in window.images.items()), window.state.shape)
+    async def _infer(self, window: protocol.ParsedObservation) -> Any:
+        key = window.shape_key()
         self._in_flight += 1
         self._idle.clear()
         try:

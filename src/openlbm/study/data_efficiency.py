@@ -109,11 +109,11 @@ class StudyConfig:
 
     def identity(self) -> dict[str, Any]:
         """What a re-run of the same folder must agree on (more seeds or counts may be added)."""
-        from openlbm.train.config import config_to_dict
+        from openlbm.jsonio import to_jsonable
 
         keep = ("pretrained", "tasks", "dataset", "preset", "steps", "batch_size", "eval_episodes_per_task",
                 "eval_seed", "demo_seed", "max_steps")
-        return {k: config_to_dict(getattr(self, k)) for k in keep}
+        return {k: to_jsonable(getattr(self, k)) for k in keep}
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def demo_subset(by_task: dict[str, list[int]], tasks: list[str], count: int, roo
 
 
 def pretrained_policy(cfg: StudyConfig, index: int) -> Path:
-    from openlbm.train.checkpoint import resolve_policy_dir
+    from openlbm.policies.policy_dir import resolve_policy_dir
 
     return resolve_policy_dir(cfg.pretrained[index])
 
@@ -279,7 +279,8 @@ def eval_complete(cfg: StudyConfig, run: Run) -> bool:
 def execute_run(cfg: StudyConfig, run: Run, policy_cfg: Any, dataset: Path, episodes: tuple[int, ...]) -> None:
     """Train (or resume, or skip when trained) and evaluate (or resume) one run."""
     from openlbm.eval.runner import evaluate
-    from openlbm.train.checkpoint import read_latest, step_dir_name
+    from openlbm.policies.policy_dir import read_latest
+    from openlbm.train.checkpoint import step_dir_name
     from openlbm.train.loop import train
 
     tc = train_config(cfg, run, policy_cfg, dataset, episodes)

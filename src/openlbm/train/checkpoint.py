@@ -33,13 +33,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from openlbm.policies.policy_dir import CKPT_PREFIX, LATEST, POLICY_DIR, list_checkpoints, read_latest
+from openlbm.policies.pretrained import state_dict_diff
 from openlbm.train import distributed as dist_utils
 
 log = logging.getLogger(__name__)
-
-CKPT_PREFIX = "step_"
-LATEST = "latest"
-POLICY_DIR = "policy"
 
 
 def step_dir_name(step: int) -> str:
@@ -177,28 +175,9 @@ def prune_checkpoints(ckpt_root: Path, keep_last_k: int) -> list[Path]:
     return removed
 
 
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete step dirs, oldest first."""
-    if not ckpt_root.is_dir():
-        return []
-    dirs = [d for d in ckpt_root.iterdir() if d.is_dir() and d.name.startswith(CKPT_PREFIX)]
-    return sorted(dirs, key=lambda d: d.name)
-
-
 def read_step(ckpt_dir: Path) -> int:
     """The optimizer step a checkpoint dir was written at."""
     return int(_read_json(ckpt_dir / "trainer.json")["step"])
-
-
-def read_latest(ckpt_root: Path) -> Path | None:
-    f = ckpt_root / LATEST
-    if not f.is_file():
-        steps = list_checkpoints(ckpt_root)
-        return steps[-1] if steps else None
-    d = ckpt_root / f.read_text().strip()
-    if not d.is_dir():
-        raise FileNotFoundError(f"{f} names {d.name}, which does not exist")
-    return d
 
 
 # -- load ----------------------------------------------------------------------------------------------------------------
@@ -218,13 +197,11 @@ def load_checkpoint(
         )
     model_sd = load_file(str(ckpt_dir / "model.safetensors"))
     optim_sd = _unflatten_optimizer(load_file(str(ckpt_dir / "optimizer.safetensors")), _read_json(ckpt_dir / "optimizer.json"))
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing, unexpected = sorted(set(own) - set(model_sd)), sorted(set(model_sd) - set(own))
-    shapes = [f"{k}: {tuple(v.shape)} vs {own[k]}" for k, v in model_sd.items() if k in own and tuple(v.shape) != own[k]]
+    missing, unexpected, shapes = state_dict_diff(model.state_dict(), model_sd, ours_label="model")
     if missing or unexpected or shapes:
         raise ValueError(
             f"checkpoint {ckpt_dir} does not match this model: missing {missing[:10]}, unexpected {unexpected[:10]}, "
-            f"shape mismatches (checkpoint vs model) {shapes[:10]} (was the policy config changed since this run started?)"
+            f"shape mismatches {shapes[:10]} (was the policy config changed since this run started?)"
         )
     set_state_dict(
         model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
@@ -243,27 +220,6 @@ def load_checkpoint(
 def restore_rng(ckpt_dir: Path) -> None:
     r = dist_utils.rank()
     set_rng_state(load_file(str(ckpt_dir / f"rng_rank{r}.safetensors")), _read_json(ckpt_dir / f"rank{r}.json")["rng"])
-
-
-def resolve_policy_dir(path: Path | str) -> Path:
-    """A policy dir (``config.json`` + ``model.safetensors``) from a run dir, a checkpoint dir or a policy dir."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist (expected a run dir, a checkpoint dir or a policy dir)")
-    if (p / "model.safetensors").is_file() and (p / "config.json").is_file() and not (p / "trainer.json").exists():
-        return p
-    if (p / POLICY_DIR / "model.safetensors").is_file():
-        return p / POLICY_DIR
-    ckpt_root = p / "checkpoints"
-    if ckpt_root.is_dir():
-        latest = read_latest(ckpt_root)
-        if latest is not None and (latest / POLICY_DIR / "model.safetensors").is_file():
-            return latest / POLICY_DIR
-        raise FileNotFoundError(f"run dir {p} has no complete checkpoint yet under {ckpt_root}")
-    raise FileNotFoundError(
-        f"{p} is not a policy dir (config.json + model.safetensors), a checkpoint dir (policy/) or a run dir "
-        "(checkpoints/latest)"
-    )
 
 
 # -- small file helpers --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from openlbm.configs.train import EMAConfig
+from openlbm.policies.pretrained import state_dict_diff
 
 
 def ema_decay(step: int, cfg: EMAConfig) -> float:
@@ -64,8 +65,8 @@ class EMA:
         return {k: v.detach() for k, v in self.module.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        own = self.module.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"EMA state mismatch: missing {missing[:10]}, unexpected {unexpected[:10]}")
+        missing, unexpected, shapes = state_dict_diff(self.module.state_dict(), state, ours_label="EMA")
+        if missing or unexpected or shapes:
+            raise ValueError(f"EMA state mismatch: missing {missing[:10]}, unexpected {unexpected[:10]}, "
+                             f"shape mismatches {shapes[:10]}")
         self.module.load_state_dict(state)

@@ -1,6 +1,6 @@
 """Fine-tuning pieces of the training loop: initialise from a pretrained policy, freeze parts, per-part learning
 rates, replay of pretraining data. ``lbm train`` and ``lbm finetune`` run the same loop (:mod:`openlbm.train.loop`);
-with ``init_from=None`` and default :class:`~openlbm.train.config.FinetuneConfig` all of this is a no-op.
+with ``init_from=None`` and default :class:`~openlbm.configs.train.FinetuneConfig` all of this is a no-op.
 
 What a fine-tuning run writes to its run dir, ``init_report.json``::
 
@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
+from openlbm.configs.train import FinetuneConfig, TrainConfig
 from openlbm.data.mixture import DataConfig, stats_sources
 from openlbm.policies.lbm import PER_EMBODIMENT
-from openlbm.train.config import FinetuneConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ REPORT_FILE = "init_report.json"
 
 
 def param_part(name: str) -> str:
-    """The :data:`~openlbm.train.config.Part` a policy parameter belongs to (by its ``named_parameters`` name)."""
+    """The :data:`~openlbm.configs.train.Part` a policy parameter belongs to (by its ``named_parameters`` name)."""
     parts = name.split(".")
     if parts[0] != "model" or len(parts) < 2:
         raise ValueError(f"parameter {name!r} is not part of the LBM network (expected 'model.*')")

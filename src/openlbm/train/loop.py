@@ -16,19 +16,19 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from openlbm.configs.train import EMAConfig
+from openlbm.configs.train import EMAConfig, TrainConfig
+from openlbm.policies.policy_dir import resolve_policy_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
 from openlbm.train import finetune
-from openlbm.train.config import TrainConfig
 from openlbm.train.ema import EMA
 from openlbm.train.metrics import Meter, MetricsLogger, NullLogger
 from openlbm.train.optim import build_optimizer, set_lr
@@ -36,7 +36,15 @@ from openlbm.types import Batch
 
 log = logging.getLogger(__name__)
 
-EvalFn = Callable[[Any, int], dict[str, float]]
+
+class EvalFn(Protocol):
+    """In-training evaluation, called on rank 0 every ``cfg.eval_every`` steps with the exported (EMA) policy.
+
+    Returns metrics, logged under ``eval/<name>``. The loop only calls it: what it evaluates on (simulator suites
+    from ``openlbm.eval``) is composed by the ``lbm train`` command, so ``train/`` never imports eval or serving.
+    """
+
+    def __call__(self, policy: nn.Module, step: int) -> dict[str, float]: ...
 
 
 class NonFiniteLossError(RuntimeError):
@@ -160,7 +168,7 @@ def build_policy(cfg: TrainConfig, data: Any, device: torch.device, resuming: bo
     """``cfg.policy.build`` over the data's embodiments and stats (always the training data's), optionally
     initialised from a pretrained one with parts frozen (:mod:`openlbm.train.finetune`; report in ``report_dir``)."""
     policy = cfg.policy.build(data.embodiments, data.stats)
-    source = ckpt.resolve_policy_dir(cfg.init_from) if cfg.init_from is not None and not resuming else None
+    source = resolve_policy_dir(cfg.init_from) if cfg.init_from is not None and not resuming else None
     finetune.init_policy(policy, cfg, data, source, report_dir)
     return policy.to(device).train()
 
@@ -330,4 +338,4 @@ def _run_eval(eval_fn: EvalFn, policy: nn.Module, step: int, logger: Any, info: 
     dist_utils.barrier()
 
 
-__all__ = ["LossModule", "NonFiniteLossError", "loss_weight", "train", "train_step"]
+__all__ = ["EvalFn", "LossModule", "NonFiniteLossError", "loss_weight", "train", "train_step"]

@@ -6,6 +6,10 @@
     lbm finetune small --init-from runs/pre --dataset data/new --finetune.freeze vision
 
 ``lbm finetune`` is ``lbm train`` with the fine-tuning presets and a required ``--init-from``: one loop.
+
+The command composes two packages: the trainer (``openlbm.train``) and, with ``--eval-every``, in-training
+evaluation in simulation (``openlbm.eval.train_eval.TrainEvalFn``, passed to the loop as its ``EvalFn``). It lives
+outside both so that ``train/`` never imports ``eval/`` (tests/test_layering.py checks it).
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 import tyro
 
 from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS
+from openlbm.configs.train import TrainConfig
 from openlbm.data.mixture import SourceConfig
-from openlbm.train.config import TrainConfig
 
 
 def _choices(presets: dict) -> object:
@@ -44,6 +48,23 @@ def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...]) -> TrainConfig:
     return replace(cfg, data=replace(cfg.data, sources=(*cfg.data.sources, *extra)))
 
 
+def train_with_eval(
+    cfg: TrainConfig, eval_tasks: str | None, eval_episodes: int, eval_seed: int, **eval_options: Any
+) -> Path:
+    """Train ``cfg``; with ``cfg.eval_every > 0`` and tasks given, roll the EMA policy out on ``eval_tasks`` every
+    ``eval_every`` steps (``TrainEvalFn``: fixed starts from ``eval_seed``, records in ``run_dir/train_eval``; its
+    env workers are stopped when training ends). ``eval_options`` go to ``TrainEvalFn`` (``num_workers``, ...)."""
+    from openlbm.train.loop import train
+
+    if cfg.eval_every == 0 or eval_tasks is None:
+        return train(cfg)
+    from openlbm.eval.train_eval import TrainEvalFn
+
+    with TrainEvalFn(eval_tasks, eval_episodes, seed=eval_seed, out_dir=cfg.run_dir / "train_eval",
+                     **eval_options) as eval_fn:
+        return train(cfg, eval_fn=eval_fn)
+
+
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)
 @dataclass(frozen=True)
 class Train:
@@ -61,8 +82,6 @@ class Train:
     """Debug-level logging."""
 
     def run(self) -> int:
-        from openlbm.train.loop import train
-
         if self.finetune_only and self.config.init_from is None:
             raise SystemExit("lbm finetune: --init-from PATH is required (a pretrained run dir, checkpoint or policy dir)")
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -71,17 +90,7 @@ class Train:
             raise SystemExit("lbm train: no dataset given; pass --dataset PATH (repeatable)")
         if cfg.eval_every > 0 and self.eval_tasks is None:
             raise SystemExit("lbm train: --eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
-        eval_fn = None
-        if cfg.eval_every > 0 and self.eval_tasks is not None:
-            from openlbm.eval.train_eval import TrainEvalFn
-
-            eval_fn = TrainEvalFn(self.eval_tasks, self.eval_episodes, seed=cfg.seed + 1,
-                                         out_dir=cfg.run_dir / "train_eval")
-        try:
-            run_dir = train(cfg, eval_fn=eval_fn)
-        finally:
-            if eval_fn is not None:
-                eval_fn.close()
+        run_dir = train_with_eval(cfg, self.eval_tasks, self.eval_episodes, eval_seed=cfg.seed + 1)
         if os.environ.get("RANK", "0") == "0":
             print(f"run dir: {run_dir}")
         return 0
@@ -101,7 +110,7 @@ class Train:
 class Finetune(Train):
     """Fine-tune a pretrained policy on new data (same loop as ``lbm train``). Pick a preset (debug, small,
     quickstart, base), give ``--init-from`` and ``--dataset``, override any field (``--finetune.freeze vision``,
-    ``--finetune.trunk-lr-mult 0.5``, ``--finetune.replay ...``). Writes ``init_report.json`` to the run dir."""
+    ``--finetune.trunk-lr-mult 0.5``, ``--replay PATH``). Writes ``init_report.json`` to the run dir."""
 
     config: tyro.conf.OmitSubcommandPrefixes[Annotated[_FinetuneChoice, tyro.conf.arg(name="")]]  # type: ignore[assignment]
     """The fine-tuning config, starting from the chosen preset."""
