@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[sim,lang,dev]"
+	$(BIN)/pip install -q -e ".[sim,lang,dev,convert]"
 	touch $@
 
 install: $(BIN)/.installed

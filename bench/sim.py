@@ -53,7 +53,6 @@ def runner(cfg: MetaWorldConfig, steps: int, workers: int) -> float:
 def generation(workers: int, per_task: int) -> tuple[float, float] | None:
     try:
         import openlbm.data.writer  # noqa: F401
-
         from openlbm.envs.generate import GenerateConfig, generate_demos
     except ImportError as e:
         print(f"demo generation: skipped ({e})")

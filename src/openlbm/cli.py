@@ -3,10 +3,15 @@ packages (``quickstart``, ``train`` with in-training evaluation) are top-level m
 
 Every command is a frozen dataclass whose fields are the flags (documented by their docstrings) and whose
 ``run()`` returns the process exit code. ``lbm data <cmd>`` is a nested group.
+
+Errors: a user's mistake (:data:`openlbm.errors.USER_ERRORS`) is printed here, once for every command, as one
+line ``error: <message>`` on stderr with exit code 2. ``lbm --debug <cmd> ...`` (or ``LBM_DEBUG=1``) shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,7 +47,22 @@ def _dispatch(commands: dict[str, type], args: Sequence[str], prog: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from openlbm.errors import USER_ERRORS, one_line
+
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("LBM_DEBUG", "") not in ("", "0")
+    if args and args[0] == "--debug":
+        debug, args = True, args[1:]
+    try:
+        return _main(args)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _main(args: list[str]) -> int:
     if args and args[0] == "data":
         # Imports stay inside the branch so `lbm data ...` never pays for torch-heavy training modules.
         return _dispatch(_data_commands(), args[1:], "lbm data")
@@ -50,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(_study_commands(), args[1:], "lbm study")
     commands = _top_commands()
     if not args or args[0] in ("-h", "--help"):
-        print("usage: lbm {data,study," + ",".join(commands) + "} ...\n\n  data   dataset tools: "
+        print("usage: lbm [--debug] {data,study," + ",".join(commands) + "} ...\n\n  data   dataset tools: "
               + ", ".join(_data_commands()) + "\n  study  studies over many runs: " + ", ".join(_study_commands()))
     return _dispatch(commands, args, "lbm")
 

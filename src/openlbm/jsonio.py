@@ -58,12 +58,17 @@ def from_jsonable(cls: type[T], d: Any, where: str) -> T:
     missing = [n for n, f in fields.items() if n not in d and f.init and _no_default(f)]
     if missing:
         raise ValueError(f"{where}: missing config keys {missing}")
-    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in d.items()})
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in d.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a __post_init__ check across fields
+        raise ValueError(f"{where}: {e}") from None
 
 
 def changed_fields(old: Any, new: Any, keys: Iterable[str] | None = None, prefix: str = "") -> list[str]:
-    """``"field: old -> new"`` for every field whose JSON value differs, nested objects compared field by field
-    (``optim.lr: 0.001 -> 0.0003``): what a resumed run, dataset or evaluation reports when its settings changed.
+    """``"field: old -> new"`` for every field whose JSON value differs, nested objects compared field by field and
+    equal-length lists item by item (``optim.lr: 0.001 -> 0.0003``, ``data.sources[0].root: 'a' -> 'b'``): what a
+    resumed run, dataset or evaluation reports when its settings changed.
 
     ``old`` and ``new`` are configs or their JSON dicts; ``keys`` limits the comparison to those top-level fields.
     """
@@ -71,12 +76,16 @@ def changed_fields(old: Any, new: Any, keys: Iterable[str] | None = None, prefix
     names = list(keys) if keys is not None else list(dict.fromkeys([*new, *old]))
     out = []
     for k in names:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += changed_fields(a, b, prefix=f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+        out += _changes(old.get(k), new.get(k), f"{prefix}{k}")
     return out
+
+
+def _changes(a: Any, b: Any, path: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return changed_fields(a, b, prefix=f"{path}.")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [c for i, (x, y) in enumerate(zip(a, b, strict=True)) for c in _changes(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
 
 
 def write_json(path: Path, obj: Any, indent: int | None = 2) -> Path:

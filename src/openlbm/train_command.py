@@ -49,20 +49,22 @@ def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...]) -> TrainConfig:
 
 
 def train_with_eval(
-    cfg: TrainConfig, eval_tasks: str | None, eval_episodes: int, eval_seed: int, **eval_options: Any
+    cfg: TrainConfig, eval_tasks: str | None, eval_episodes: int, eval_seed: int, allow_config_change: bool = False,
+    **eval_options: Any,
 ) -> Path:
     """Train ``cfg``; with ``cfg.eval_every > 0`` and tasks given, roll the EMA policy out on ``eval_tasks`` every
     ``eval_every`` steps (``TrainEvalFn``: fixed starts from ``eval_seed``, records in ``run_dir/train_eval``; its
-    env workers are stopped when training ends). ``eval_options`` go to ``TrainEvalFn`` (``num_workers``, ...)."""
+    env workers are stopped when training ends). ``eval_options`` go to ``TrainEvalFn`` (``num_workers``, ...);
+    ``allow_config_change`` lets a resumed run differ from its ``config.json`` (see ``train``)."""
     from openlbm.train.loop import train
 
     if cfg.eval_every == 0 or eval_tasks is None:
-        return train(cfg)
+        return train(cfg, allow_config_change=allow_config_change)
     from openlbm.eval.train_eval import TrainEvalFn
 
     with TrainEvalFn(eval_tasks, eval_episodes, seed=eval_seed, out_dir=cfg.run_dir / "train_eval",
                      **eval_options) as eval_fn:
-        return train(cfg, eval_fn=eval_fn)
+        return train(cfg, eval_fn=eval_fn, allow_config_change=allow_config_change)
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)
@@ -78,19 +80,25 @@ class Train:
     """Meta-World tasks (set name or comma list) rolled out every ``--eval-every`` steps; logged as ``eval/*``."""
     eval_episodes: int = 5
     """Episodes per task at each in-training evaluation (fixed starts, the same at every call)."""
+    allow_config_change: bool = False
+    """With ``--resume``: continue even though the config differs from the run's ``config.json`` (the
+    differing fields are logged and appended to ``run_dir/config_changes.jsonl``)."""
     verbose: bool = False
     """Debug-level logging."""
 
     def run(self) -> int:
+        from openlbm.errors import UserError
+
         if self.finetune_only and self.config.init_from is None:
-            raise SystemExit("lbm finetune: --init-from PATH is required (a pretrained run dir, checkpoint or policy dir)")
+            raise UserError("lbm finetune: --init-from PATH is required (a pretrained run dir, checkpoint or policy dir)")
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = self.resolved()
         if not cfg.data.sources:
-            raise SystemExit("lbm train: no dataset given; pass --dataset PATH (repeatable)")
+            raise UserError("no dataset given; pass --dataset PATH (repeatable)")
         if cfg.eval_every > 0 and self.eval_tasks is None:
-            raise SystemExit("lbm train: --eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
-        run_dir = train_with_eval(cfg, self.eval_tasks, self.eval_episodes, eval_seed=cfg.seed + 1)
+            raise UserError("--eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
+        run_dir = train_with_eval(cfg, self.eval_tasks, self.eval_episodes, eval_seed=cfg.seed + 1,
+                                  allow_config_change=self.allow_config_change)
         if os.environ.get("RANK", "0") == "0":
             print(f"run dir: {run_dir}")
         return 0

@@ -32,3 +32,24 @@ def test_info_validate_stats_view(tiny: Path, tmp_path: Path, capsys: pytest.Cap
 
     with av.open(str(mp4)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 6
+
+
+def test_info_fails_on_a_corrupt_dataset(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = next((tiny / "data").rglob("*.parquet"))
+    data.write_bytes(data.read_bytes()[:200])  # truncated
+    assert main(["data", "info", str(tiny)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "corrupt" in err[0]
+    assert str(data.relative_to(tiny)) in err[0] and "Traceback" not in err[0]
+
+
+def test_validate_refuses_an_empty_dataset_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from data_helpers import FEATURES
+
+    from openlbm.data.writer import DatasetWriter
+
+    DatasetWriter.create(tmp_path / "empty", FEATURES, fps=10).close()
+    assert main(["data", "validate", str(tmp_path / "empty")]) == 1
+    assert "0 episodes" in capsys.readouterr().out
+    assert main(["data", "validate", str(tmp_path / "empty"), "--allow-empty"]) == 0
+    assert "OK" in capsys.readouterr().out

@@ -15,7 +15,7 @@ from data_helpers import CAM, FIXTURES, make_dataset, smooth
 from openlbm.cli import main
 from openlbm.data.dataset import RobotDataset
 from openlbm.data.layout import DatasetError
-from openlbm.data.validate import validate_dataset
+from openlbm.data.validate import require_valid, validate_dataset
 from openlbm.data.video import encode_video
 
 DATA = "data/chunk-000/file-001.parquet"  # episode 1 (unfinalized: one file per episode)
@@ -70,6 +70,19 @@ def test_validate_catches_planted_defect(tmp_path: Path, defect: str) -> None:
     assert main(["data", "validate", str(root)]) == 1
 
 
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_require_valid_refuses_planted_defect_without_reading_packets(tmp_path: Path, defect: str) -> None:
+    """What `lbm train` runs before step 1: the same checks, each video's frames counted from its header."""
+    root = make_dataset(tmp_path / "d", (5, 8, 6), finalize=False)
+    require_valid([root])
+    plant, message, field = DEFECTS[defect]
+    plant(root)
+    with pytest.raises(DatasetError) as e:
+        require_valid([root])
+    assert message in str(e.value) and str(root) in str(e.value)
+    assert field is None or f"field {field}" in str(e.value)
+
+
 def test_reader_errors_name_file_episode_field(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "r", (5, 8, 6), finalize=False)
     (root / VIDEO).write_bytes((root / VIDEO).read_bytes()[:500])
@@ -96,3 +109,4 @@ def test_fixtures_validate_clean() -> None:
         if not (FIXTURES / name).exists():
             pytest.skip(f"LeRobot fixtures not found at {FIXTURES}")
         assert validate_dataset(FIXTURES / name) == []
+        require_valid([FIXTURES / name])

@@ -38,7 +38,6 @@ def serial(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_generated_dataset_round_trips(serial: Path) -> None:
     from openlbm.data.dataset import RobotDataset
-
     from openlbm.envs.tasks import instructions
 
     summary = json.loads((serial / SUMMARY_FILE).read_text())

@@ -41,9 +41,9 @@ def test_generate_cli_rejects_unknown_names(tmp_path, capsys) -> None:  # noqa: 
     from openlbm.cli import main
 
     assert main(["data", "generate", "--out", str(tmp_path / "d"), "--tasks", "nope-v3"]) == 2
-    assert "unknown task or task set 'nope-v3'" in capsys.readouterr().out
+    assert "unknown task or task set 'nope-v3'" in capsys.readouterr().err
     assert main(["data", "generate", "--out", str(tmp_path / "d"), "--cameras", "front"]) == 2
-    assert "valid cameras" in capsys.readouterr().out
+    assert "valid cameras" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

@@ -141,8 +141,8 @@ def test_in_training_eval_uses_the_lbm_eval_sampler(tmp_path: Path, monkeypatch:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
     from policy_helpers import make_stats, randomize_zero_init
 
+    from openlbm.configs.presets import policy_preset as preset
     from openlbm.envs.metaworld import embodiment
-    from openlbm.policies.config import preset
     from openlbm.policies.lbm import LBMPolicy
 
     emb = embodiment(MetaWorldConfig(cameras=("corner2",), image_size=(32, 32)))

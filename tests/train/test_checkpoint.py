@@ -109,3 +109,14 @@ def test_save_is_atomic_and_load_restores(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not match this model"):
         bigger = torch.nn.Linear(3, 5)
         ckpt.load_checkpoint(read_latest(root), bigger, torch.optim.AdamW(bigger.parameters()), None)
+
+
+def test_config_changes_lists_dotted_paths_and_skips_resume_free_fields() -> None:
+    old = {"steps": 10, "resume": False, "optim": {"lr": 1e-3, "betas": [0.9, 0.95]}, "log": {"every": 1},
+           "data": {"sources": [{"root": "a", "weight": 1.0}], "num_workers": 0}}
+    new = {"steps": 20, "resume": True, "optim": {"lr": 1e-3, "betas": [0.9, 0.99]}, "log": {"every": 5},
+           "data": {"sources": [{"root": "b", "weight": 1.0}], "num_workers": 4}}
+    assert sorted(ckpt.config_changes(old, new)) == [
+        "data.sources[0].root: 'a' -> 'b'", "optim.betas[1]: 0.95 -> 0.99", "steps: 10 -> 20",
+    ]
+    assert ckpt.config_changes(old, old) == []

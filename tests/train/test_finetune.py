@@ -135,8 +135,9 @@ def test_finetune_knobs_need_init_from_and_command_requires_it(datasets: dict[st
         train(_cfg(tmp_path / "x", datasets["arm_new"], finetune=FinetuneConfig(freeze=("trunk",))))
     with pytest.raises(ValueError, match="replay-fraction"):
         with_replay(DataConfig(), FinetuneConfig(replay=(SourceConfig(root=datasets["arm_pre"]),)))
-    with pytest.raises(SystemExit, match="--init-from"):
-        main(["finetune", "debug", "--dataset", str(datasets["arm_new"]), "--run-dir", str(tmp_path / "y")])
+    assert main(["finetune", "debug", "--dataset", str(datasets["arm_new"]), "--run-dir", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init-from PATH is required" in err[0]  # one line, no traceback
 
 
 def test_finetune_command_end_to_end(datasets: dict[str, Path], pretrained: Path, tmp_path: Path) -> None:

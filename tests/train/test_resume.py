@@ -88,3 +88,23 @@ def test_resume_without_flag_is_refused(tiny_dataset: Path, tmp_path: Path) -> N
 
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
+
+
+def test_resume_with_changed_config_is_refused_unless_allowed(tiny_dataset: Path, tmp_path: Path) -> None:
+    import pytest
+
+    from openlbm.train.checkpoint import ConfigChangedError
+
+    cfg = replace(config(tiny_dataset, tmp_path / "run"), steps=2, checkpoint=CheckpointConfig(every=1, keep_last_k=1))
+    train(cfg)
+    original = (tmp_path / "run" / "config.json").read_text()
+    changed = replace(cfg, steps=3, resume=True, optim=replace(cfg.optim, lr=5e-4))
+    with pytest.raises(ConfigChangedError, match=r"optim\.lr: 0\.001 -> 0\.0005; steps: 2 -> 3"):
+        train(changed)
+    assert (tmp_path / "run" / "config.json").read_text() == original, "a refused resume must not touch config.json"
+    train(changed, allow_config_change=True)
+    record = json.loads((tmp_path / "run" / "config_changes.jsonl").read_text())
+    assert record == {"step": 2, "changes": ["optim.lr: 0.001 -> 0.0005", "steps: 2 -> 3"]}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 3
+    train(replace(changed, steps=4, checkpoint=CheckpointConfig(every=2, keep_last_k=1)), allow_config_change=True)
+    assert len((tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()) == 2

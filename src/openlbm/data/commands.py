@@ -1,4 +1,4 @@
-"""``lbm data info|validate|stats|view``: thin wrappers over the dataset library."""
+"""``lbm data info|validate|stats|view|convert``: thin wrappers over the dataset library."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
+
+from openlbm.data.convert.commands import Convert
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class Info:
     def run(self) -> int:
         from openlbm.data.dataset import DatasetMeta
 
-        meta = DatasetMeta(self.path)
+        meta = DatasetMeta(self.path)  # missing folder / no meta/info.json / unreadable metadata: one-line error
         summary = {
             "root": str(meta.root), "codebase_version": meta.info.get("codebase_version"), "robot_type": meta.robot_type,
             "fps": meta.fps, "episodes": meta.num_episodes, "frames": meta.num_frames, "tasks": meta.tasks,
@@ -31,7 +33,7 @@ class Info:
         }
         if self.json:
             print(json.dumps(summary, indent=2))
-            return 0
+            return _corrupt_exit(self.path)
         from rich.console import Console
         from rich.table import Table
 
@@ -48,7 +50,19 @@ class Info:
             console.print(f"  task {i}: {t}")
         if len(meta.tasks) > 20:
             console.print(f"  ... and {len(meta.tasks) - 20} more")
-        return 0
+        return _corrupt_exit(self.path)
+
+
+def _corrupt_exit(path: Path) -> int:
+    """``info`` shows what it can read, then refuses (a one-line error) a dataset that does not validate."""
+    from openlbm.data.layout import DatasetError
+    from openlbm.data.validate import validate_dataset
+
+    problems = validate_dataset(path, decode=False, allow_empty=True)
+    if problems:
+        raise DatasetError(f"{path} is corrupt: {problems[0]} ({len(problems)} problem(s); `lbm data validate "
+                           f"{path}` lists them all)")
+    return 0
 
 
 @dataclass(frozen=True)
@@ -59,11 +73,13 @@ class Validate:
     """Dataset root."""
     decode: bool = True
     """Also decode the first and last frame of every episode of every camera."""
+    allow_empty: bool = False
+    """Accept a dataset with 0 episodes (by default that is a problem: nothing could be trained on it)."""
 
     def run(self) -> int:
         from openlbm.data.validate import validate_dataset
 
-        problems = validate_dataset(self.path, decode=self.decode)
+        problems = validate_dataset(self.path, decode=self.decode, allow_empty=self.allow_empty)
         if not problems:
             print(f"{self.path}: OK")
             return 0
@@ -125,4 +141,4 @@ class View:
         return 0
 
 
-COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View}
+COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View, "convert": Convert}

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from openlbm.errors import UserError
 from openlbm.types import FeatureSpec
 
 CODEBASE_VERSION = "v3.0"
@@ -48,7 +49,7 @@ NUMERIC_DTYPES = {"float32", "float64", "int64", "int32", "int16", "int8", "uint
 SUPPORTED_DTYPES = NUMERIC_DTYPES | {"video"}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset on disk breaks the format; the message names the file, episode and field."""
 
 

@@ -1,6 +1,9 @@
 """Check a dataset end to end: every file, offset, frame count, timestamp, dtype, shape, value and stat.
 
 ``validate_dataset(root)`` never raises on bad data; it returns the list of :class:`Problem` found (empty = valid).
+``require_valid(roots)`` is what ``lbm train`` runs on every dataset of its mixture before the first step: the same
+checks except decoding (the reader checks every decoded frame where it reads it), raising one
+:class:`~openlbm.data.layout.DatasetError` that names the first problem's file, episode and field.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,9 +45,22 @@ class Problem:
         return f"{loc}: {self.message}"
 
 
+def _header_facts(path: Path) -> dict[str, Any] | None:
+    """What :func:`probe_video` returns, from the container header alone (frame count and rate; no packet is read):
+    the frame times of a constant-rate stream. ``None`` when the header lacks the count or the rate."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        if not s.frames or not s.average_rate:
+            return None
+        rate = float(s.average_rate)
+        start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+        return {"codec": s.codec_context.name, "width": s.codec_context.width, "height": s.codec_context.height,
+                "fps": rate, "pix_fmt": s.codec_context.pix_fmt, "times": list(start + np.arange(s.frames) / rate)}
+
+
 class _Checker:
-    def __init__(self, root: Path, decode: bool) -> None:
-        self.root, self.decode = root, decode
+    def __init__(self, root: Path, decode: bool, scan_packets: bool = True) -> None:
+        self.root, self.decode, self.scan_packets = root, decode, scan_packets
         self.problems: list[Problem] = []
 
     def add(self, path: Path | str, message: str, episode: int | None = None, field: str | None = None) -> None:
@@ -129,14 +146,22 @@ class _Checker:
                 except (ValueError, pa.ArrowException) as e:
                     self.add(path, f"shape does not match {spec.shape}: {e}", field=k)
                     continue
-                if np.issubdtype(cols[k].dtype, np.floating):
-                    bad = ~np.isfinite(cols[k].reshape(len(cols[k]), -1)).all(1)  # [N, D] -> [N]
-                    if bad.any():
-                        row = int(np.argmax(bad))
-                        ep = int(cols["episode_index"][row][0]) if "episode_index" in cols else None
-                        self.add(path, f"{int(bad.sum())} rows with NaN/inf (first at row {row})", ep, k)
+            self._non_finite(path, cols)
             if "index" in cols and "episode_index" in cols:
                 self._episode_rows(path, eps, episodes, cols, fps, n_tasks)
+
+    def _non_finite(self, path: Path, cols: dict[str, np.ndarray]) -> None:
+        """NaN/inf in a float column, located by episode and frame (read after all columns: the episode column
+        comes last in the file)."""
+        for k, col in cols.items():
+            if not np.issubdtype(col.dtype, np.floating):
+                continue
+            bad = ~np.isfinite(col.reshape(len(col), -1)).all(1)  # [N, D] -> [N]
+            if bad.any():
+                row = int(np.argmax(bad))
+                ep = int(cols["episode_index"].reshape(-1)[row]) if "episode_index" in cols else None
+                at = f"frame {int(cols['frame_index'].reshape(-1)[row])}, " if "frame_index" in cols else ""
+                self.add(path, f"{int(bad.sum())} rows with NaN/inf (first at {at}row {row})", ep, k)
 
     def _episode_rows(self, path: Path, eps: list[int], episodes: list[dict[str, Any]], cols: dict[str, np.ndarray],
                       fps: float, n_tasks: int) -> None:
@@ -203,7 +228,7 @@ class _Checker:
             self.add(path, "video file missing", ep, key)
             return "missing"
         try:
-            p = probe_video(path)
+            p = (None if self.scan_packets else _header_facts(path)) or probe_video(path)
         except Exception as err:  # noqa: BLE001 - any FFmpeg failure means an unreadable file
             self.add(path, f"unreadable video (truncated or corrupt): {err}", ep, key)
             return "bad"
@@ -245,10 +270,13 @@ class _Checker:
                     self.add(path, f"{name} contains NaN/inf", field=key)
 
 
-def validate_dataset(root: Path | str, decode: bool = True) -> list[Problem]:
-    """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges."""
+def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = False,
+                     scan_packets: bool = True) -> list[Problem]:
+    """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges;
+    a dataset without episodes is a problem unless ``allow_empty``. ``scan_packets=False`` counts each video's
+    frames from its container header (frame count and rate) instead of reading every packet's timestamp."""
     root = Path(root).resolve()
-    c = _Checker(root, decode)
+    c = _Checker(root, decode, scan_packets)
     if not root.is_dir():
         return [Problem(str(root), "dataset folder does not exist")]
     from openlbm.data.writer import recover
@@ -258,7 +286,24 @@ def validate_dataset(root: Path | str, decode: bool = True) -> list[Problem]:
     if meta is None:
         return c.problems
     info, feats, episodes, n_tasks = meta
+    if not episodes and not allow_empty:
+        c.add(L.INFO_PATH, "dataset has 0 episodes", field="total_episodes")
     c.data(info, feats, episodes, n_tasks)
     c.videos(info, feats, episodes)
     c.stats(feats, episodes)
     return c.problems
+
+
+def require_valid(roots: list[Path] | tuple[Path, ...]) -> None:
+    """Raise :class:`~openlbm.data.layout.DatasetError` naming the first problem of the first invalid dataset.
+
+    Runs the checks of :func:`validate_dataset` that cost no video decoding or packet reading: metadata, every
+    parquet column's dtype, shape, NaN/inf, index and timestamps, stats, and each video's fps, size and frames per
+    episode from its container header. What needs the video's packets (a frame missing or undecodable mid-file) is
+    checked where the frames are read: the reader names file, episode and field.
+    """
+    for root in roots:
+        problems = validate_dataset(root, decode=False, scan_packets=False)
+        if problems:
+            more = f" (and {len(problems) - 1} more; `lbm data validate {root}` lists them all)" if len(problems) > 1 else ""
+            raise L.DatasetError(f"dataset {root} is invalid: {problems[0]}{more}")

@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from openlbm.data.stats import (
     write_image_histograms,
 )
 from openlbm.data.video import VideoEncoder, check_codec
+from openlbm.locking import DirLock, lock_dir
 from openlbm.types import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,56 @@ def _slot_of(row: dict[str, Any], prefix: str, chunk_size: int) -> int:
     return int(row[f"{prefix}/chunk_index"]) * chunk_size + int(row[f"{prefix}/file_index"])
 
 
+@dataclass(frozen=True)
+class PreparedEpisode:
+    """An episode ready to commit: videos already encoded into hidden temp files on the dataset's filesystem.
+
+    Made by :meth:`DatasetWriter.save_episode` from its buffer, or by :func:`prepare_episode` in another process
+    (parallel conversion: the expensive encode and image stats happen there; only the commit is serial)."""
+
+    length: int
+    """Number of frames ``N``."""
+    tasks: list[str]
+    """Task text of every frame (``N`` entries)."""
+    columns: dict[str, np.ndarray]
+    """Declared non-video features, ``[N, *shape]`` of the declared dtype."""
+    videos: dict[str, Path]
+    """Video key -> finished temp mp4 (``.*.tmp``: removed by :meth:`DatasetWriter.open` if never committed)."""
+    video_hists: dict[str, ImageHistogram]
+    """Video key -> image histogram of the episode's stats frames, decoded from that mp4 (as stored)."""
+
+
+def prepare_episode(root: Path, info: dict[str, Any], frames: dict[str, np.ndarray], task: str, gop: int = 2,
+                    crf: int | None = None) -> PreparedEpisode:
+    """Encode one episode's videos for the dataset at ``root`` (``info`` = its ``meta/info.json``), anywhere.
+
+    ``frames`` holds every declared feature as ``[N, *shape]`` (images uint8 ``[N, H, W, 3]``); values must
+    already match the declared shapes and dtypes. Safe to call from worker processes while the writer runs.
+    """
+    fps = float(info["fps"])
+    codec = "av1" if any("av1" in str(f.get("info", {}).get("video.codec", "")) for f in info["features"].values()) else "h264"
+    video_keys = [k for k, f in info["features"].items() if f["dtype"] == "video"]
+    n = len(next(iter(frames.values())))
+    videos: dict[str, Path] = {}
+    try:
+        for k in video_keys:
+            tmp = root / "videos" / f".prep-{os.getpid()}-{uuid.uuid4().hex[:12]}.mp4.tmp"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            enc = VideoEncoder(tmp, fps, codec, gop, crf)
+            videos[k] = tmp
+            for img in frames[k]:
+                enc.add(img)
+            enc.close()
+        # image stats from the frames as stored (decoded), exactly as save_episode computes them
+        hists = {k: episode_image_histogram(p, 0.0, n, fps, 0.25 / fps) for k, p in videos.items()}
+    except BaseException:
+        for p in videos.values():
+            p.unlink(missing_ok=True)
+        raise
+    columns = {k: np.asarray(v).astype(info["features"][k]["dtype"], copy=False) for k, v in frames.items() if k not in video_keys}
+    return PreparedEpisode(n, [task] * n, columns, videos, hists)
+
+
 class DatasetWriter:
     """Append episodes to a LeRobot v3 dataset. Use :meth:`create` or :meth:`open`, not the constructor."""
 
@@ -112,6 +165,7 @@ class DatasetWriter:
             {k: ImageHistogram() for k in self.video_keys} if not self.episodes
             else read_image_histograms(self.root, len(self.episodes), IMAGE_FRAMES_PER_EPISODE)
         )
+        self._lock: DirLock | None = None
         self._reset_buffer()
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -127,8 +181,9 @@ class DatasetWriter:
         crf: int | None = None,
         chunk_size: int = L.DEFAULT_CHUNK_SIZE,
     ) -> DatasetWriter:
-        """Start a new dataset in ``root`` (must be absent or empty of a dataset)."""
+        """Start a new dataset in ``root`` (must be absent or empty of a dataset). Locks ``root`` (one writer)."""
         root = Path(root)
+        lock = lock_dir(root, "a dataset writer")
         if (root / L.INFO_PATH).exists():
             raise FileExistsError(f"{L.where(root / L.INFO_PATH)}: a dataset already exists here; use DatasetWriter.open")
         check_codec(video_codec)
@@ -148,15 +203,21 @@ class DatasetWriter:
         L.write_tasks(root, [])
         L.write_json_atomic(root / L.STATS_PATH, {})
         L.write_json_atomic(root / L.INFO_PATH, info)
-        return cls(root, info, gop, crf)
+        w = cls(root, info, gop, crf)
+        w._lock = lock
+        return w
 
     @classmethod
     def open(cls, root: Path | str, gop: int = 2, crf: int | None = None) -> DatasetWriter:
-        """Resume appending to ``root``: finishes/discards interrupted writes, drops uncommitted files."""
+        """Resume appending to ``root``: finishes/discards interrupted writes, drops uncommitted files. Locks ``root``."""
         root = Path(root)
+        if not (root / L.INFO_PATH).is_file():
+            raise FileNotFoundError(f"{L.where(root / L.INFO_PATH)}: no dataset to open here (use DatasetWriter.create)")
+        lock = lock_dir(root, "a dataset writer")
         recover(root)
         L.remove_temp_files(root)
         w = cls(root, L.read_info(root), gop, crf)
+        w._lock = lock
         w._remove_orphans()
         w._write_derived(exact=True)
         return w
@@ -165,10 +226,19 @@ class DatasetWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.finalize()
-        else:
-            self.clear_episode()
+        try:
+            if exc_type is None:
+                self.finalize()
+            else:
+                self.clear_episode()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the folder lock (also released when the writer is garbage collected or the process dies)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def num_episodes(self) -> int:
@@ -257,34 +327,47 @@ class DatasetWriter:
         n = len(self._frame_tasks)
         if n == 0:
             raise ValueError("save_episode() with no frames: call add_frame first")
-        ep, slot, start = self.num_episodes, self._slot, self.num_frames
-        c, f = divmod(slot, self.chunk_size)
-        row: dict[str, Any] = {"episode_index": ep, "tasks": list(dict.fromkeys(self._frame_tasks)), "length": n,
-                               "data/chunk_index": c, "data/file_index": f,
-                               "dataset_from_index": start, "dataset_to_index": start + n}
-        hists: dict[str, ImageHistogram] = {}
+        videos: dict[str, Path] = {}
         for k in self.video_keys:
             enc = self._encoders.pop(k)
             enc.close()
-            L.commit_file(enc.path, self._path(L.VIDEO_PATH, slot, k))
-            # image stats from the frames as stored (decoded), exactly what `lbm data stats` will see
-            hists[k] = episode_image_histogram(self._path(L.VIDEO_PATH, slot, k), 0.0, n, self.fps, 0.25 / self.fps)
+            videos[k] = enc.path
+        hists = {k: episode_image_histogram(p, 0.0, n, self.fps, 0.25 / self.fps) for k, p in videos.items()}
+        columns = {k: np.stack(v) for k, v in self._frames.items()}
+        return self.save_prepared(PreparedEpisode(n, list(self._frame_tasks), columns, videos, hists))
+
+    def save_prepared(self, prep: PreparedEpisode) -> int:
+        """Commit an episode whose videos are already encoded (by :meth:`save_episode` or :func:`prepare_episode`)."""
+        n = prep.length
+        lowdim = sorted(k for k in self.user_keys if k not in self.video_keys)
+        if sorted(prep.videos) != sorted(self.video_keys) or sorted(prep.columns) != lowdim:
+            raise ValueError(f"prepared episode has videos {sorted(prep.videos)} and columns {sorted(prep.columns)}; "
+                             f"the dataset declares {self.user_keys}")
+        ep, slot, start = self.num_episodes, self._slot, self.num_frames
+        c, f = divmod(slot, self.chunk_size)
+        row: dict[str, Any] = {"episode_index": ep, "tasks": list(dict.fromkeys(prep.tasks)), "length": n,
+                               "data/chunk_index": c, "data/file_index": f,
+                               "dataset_from_index": start, "dataset_to_index": start + n}
+        for k in self.video_keys:
+            final = self._path(L.VIDEO_PATH, slot, k)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            L.commit_file(prep.videos[k], final)
             row.update({f"videos/{k}/chunk_index": c, f"videos/{k}/file_index": f,
                         f"videos/{k}/from_timestamp": 0.0, f"videos/{k}/to_timestamp": n / self.fps})
         new_tasks = [t for t in row["tasks"] if t not in self.tasks]
         task_ids = {t: i for i, t in enumerate(self.tasks + new_tasks)}
-        columns = {k: np.stack(v) for k, v in self._frames.items()}
+        columns = dict(prep.columns)
         columns["timestamp"] = (np.arange(n) / self.fps).astype(np.float32)
         columns["frame_index"] = np.arange(n, dtype=np.int64)
         columns["episode_index"] = np.full(n, ep, dtype=np.int64)
         columns["index"] = np.arange(start, start + n, dtype=np.int64)
-        columns["task_index"] = np.array([task_ids[t] for t in self._frame_tasks], dtype=np.int64)
+        columns["task_index"] = np.array([task_ids[t] for t in prep.tasks], dtype=np.int64)
         L.write_parquet_atomic(self._path(L.DATA_PATH, slot), self._data_table(columns))
         if new_tasks:
             L.write_tasks(self.root, self.tasks + new_tasks)
             self.tasks += new_tasks
         stats = episode_stats(columns)
-        stats.update({k: h.stats() for k, h in hists.items()})
+        stats.update({k: h.stats() for k, h in prep.video_hists.items()})
         for key, st in stats.items():
             row.update({f"stats/{key}/{name}": v for name, v in st.items()})
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = c, f
@@ -292,7 +375,7 @@ class DatasetWriter:
         self.episodes.append(row)
         self._ep_stats.append(stats)
         if self._hists is not None:
-            self._hists = {k: self._hists[k].merge(h) for k, h in hists.items()}
+            self._hists = {k: self._hists[k].merge(h) for k, h in prep.video_hists.items()}
         self._write_derived(exact=False)
         self._reset_buffer()
         return ep

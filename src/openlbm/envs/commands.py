@@ -43,17 +43,13 @@ class Generate:
         from openlbm.envs.generate import GenerateConfig, generate_demos
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        try:
-            cfg = GenerateConfig(
-                out=self.out, tasks=self.tasks, episodes_per_task=self.episodes_per_task,
-                cameras=tuple(c.strip() for c in self.cameras.split(",") if c.strip()), size=self.size,
-                max_steps=self.max_steps, workers=self.workers, seed=self.seed, action_noise=self.action_noise,
-                video_codec=self.video_codec, suite=self.suite, progress=self.progress,
-            )
-            root = generate_demos(cfg)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}")
-            return 2
+        cfg = GenerateConfig(
+            out=self.out, tasks=self.tasks, episodes_per_task=self.episodes_per_task,
+            cameras=tuple(c.strip() for c in self.cameras.split(",") if c.strip()), size=self.size,
+            max_steps=self.max_steps, workers=self.workers, seed=self.seed, action_noise=self.action_noise,
+            video_codec=self.video_codec, suite=self.suite, progress=self.progress,
+        )
+        root = generate_demos(cfg)  # bad flags / a busy --out: one-line error from openlbm.cli.main
 
         summary = json.loads((root / "meta" / "generation.json").read_text())
         rate = summary["expert_success_rate"]

@@ -219,7 +219,11 @@ def _write_summary(root: Path, summary: dict[str, Any]) -> None:
 
 def _open_writer(cfg: GenerateConfig) -> tuple[Any, list[dict[str, Any]]]:
     from openlbm.data.writer import DatasetWriter
+    from openlbm.locking import LOCK_FILE, lock_dir
 
+    # Locked before looking at the folder: a second `generate` on the same --out is refused here, before it could
+    # read a half-written dataset (the writer's own lock is re-entrant, so it shares this one).
+    _lock = lock_dir(cfg.out, "`lbm data generate`")  # held until this function returns
     summary_path = cfg.out / SUMMARY_FILE
     if (cfg.out / "meta" / "info.json").exists():
         if not summary_path.exists():
@@ -231,7 +235,7 @@ def _open_writer(cfg: GenerateConfig) -> tuple[Any, list[dict[str, Any]]]:
         attempts = _read_attempts(cfg.out, writer.num_episodes)
         log.info("resuming %s: %d episodes committed, %d attempts logged", cfg.out, writer.num_episodes, len(attempts))
         return writer, attempts
-    if cfg.out.exists() and any(cfg.out.iterdir()):
+    if any(p.name != LOCK_FILE for p in cfg.out.iterdir()):
         raise ValueError(f"{cfg.out} exists and is not an openlbm dataset; choose an empty or new --out")
     emb = embodiment(cfg.env_config())
     writer = DatasetWriter.create(cfg.out, features(cfg), fps=emb.fps, robot_type=emb.name, video_codec=cfg.video_codec)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from openlbm.jsonio import read_json, to_jsonable, write_json
@@ -27,7 +27,7 @@ from openlbm.models.rng import SampleRNG
 from openlbm.policies.config import PolicyConfig
 from openlbm.policies.execution import ChunkExecutor, frame_key
 from openlbm.policies.normalize import MissingStatsError, Normalizer
-from openlbm.policies.pretrained import load_vision_weights, state_dict_diff
+from openlbm.policies.pretrained import load_vision_weights, load_weights, state_dict_diff
 from openlbm.policies.text import build_text_encoder
 from openlbm.types import Batch, EmbodimentSpec, Observation
 
@@ -290,7 +290,7 @@ class LBMPolicy(nn.Module):
         d = Path(directory)
         cfg, embodiments, stats = cls.read_dir(d)
         policy = cls(cfg, embodiments, stats, load_pretrained=False)
-        tensors = load_file(str(d / "model.safetensors"))
+        tensors = load_weights(d / "model.safetensors")
         missing, unexpected, shapes = state_dict_diff(policy.state_dict(), tensors, ours_label="config")
         if missing or unexpected or shapes:
             raise ValueError(
@@ -311,7 +311,7 @@ class LBMPolicy(nn.Module):
         src_cfg, src_embs, _ = self.read_dir(d)
         if src_cfg.language != self.config.language:
             log.warning("init_from %s: text encoder differs (%s vs %s)", d, src_cfg.language, self.config.language)
-        src = load_file(str(d / "model.safetensors"))
+        src = load_weights(d / "model.safetensors")
         src_names = {e.name for e in src_embs}
         own = self.state_dict()
         new_keys, missing, shapes = [], [], []

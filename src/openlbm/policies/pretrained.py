@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -36,6 +37,16 @@ def state_dict_diff(
     shapes = [f"{k}: {ours_label} {tuple(ours[k].shape)} vs file {tuple(v.shape)}" for k, v in theirs.items()
               if k in ours and ours[k].shape != v.shape]
     return missing, unexpected, shapes
+
+def load_weights(path: Path | str) -> dict[str, Tensor]:
+    """All tensors of a safetensors file; a truncated or corrupt file is a ValueError naming it (the safetensors
+    error alone says only "incomplete metadata")."""
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: unreadable safetensors file, truncated or corrupt ({e})") from None
+
 
 HOW_TO = (
     "export one on a machine that has the weights, e.g. with torchvision: `python -c \"import torchvision, "
@@ -64,7 +75,7 @@ def load_vision_weights(encoder: VisionEncoder, path: Path) -> list[str]:
         raise FileNotFoundError(f"pretrained vision weights {path} not found: {HOW_TO}")
     if path.suffix != ".safetensors":
         raise ValueError(f"pretrained vision weights must be a .safetensors file (no pickles), got {path}")
-    src = _strip_prefix(load_file(str(path)))
+    src = _strip_prefix(load_weights(path))
     if "conv1.weight" not in src:
         raise ValueError(
             f"{path}: no ResNet layout recognised (expected keys like 'conv1.weight', 'layer1.0.conv1.weight', "
@@ -185,7 +196,7 @@ def convert_vit_state_dict(src: dict[str, Tensor]) -> tuple[str, dict[str, Tenso
 def load_vit_weights(encoder: VisionEncoder, path: Path) -> list[str]:
     """Copy a local CLIP/SigLIP/open_clip/openlbm ViT into ``encoder.backbone`` (a ``kind="vit"`` encoder)."""
     file = _vit_file(Path(path))
-    layout, src = convert_vit_state_dict(load_file(str(file)))
+    layout, src = convert_vit_state_dict(load_weights(file))
     target = encoder.backbone.state_dict()
     missing, unexpected, mismatched = state_dict_diff(target, src)
     if missing or unexpected or mismatched:

@@ -33,6 +33,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from openlbm.errors import UserError
+from openlbm.jsonio import changed_fields
 from openlbm.policies.policy_dir import CKPT_PREFIX, LATEST, POLICY_DIR, list_checkpoints, read_latest
 from openlbm.policies.pretrained import state_dict_diff
 from openlbm.train import distributed as dist_utils
@@ -220,6 +222,58 @@ def load_checkpoint(
 def restore_rng(ckpt_dir: Path) -> None:
     r = dist_utils.rank()
     set_rng_state(load_file(str(ckpt_dir / f"rng_rank{r}.safetensors")), _read_json(ckpt_dir / f"rank{r}.json")["rng"])
+
+
+# -- resume: the config must be the one the run started with -------------------------------------------------------------
+CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+RESUME_FREE_FIELDS = frozenset({
+    "resume", "eval_every", "log", "checkpoint", "data.num_workers", "data.prefetch_factor",
+})
+"""Config fields (dotted paths, or a prefix of them) that may change on resume without changing what is trained:
+how often to evaluate, log and checkpoint, and how many loader workers feed the (exactly resumable) sampler."""
+
+
+class ConfigChangedError(UserError, ValueError):
+    """A run is being resumed with a config that differs from the one it was started with."""
+
+
+def config_changes(old: Any, new: Any) -> list[str]:
+    """``"dotted.path: old -> new"`` for every field where two configs differ, except :data:`RESUME_FREE_FIELDS`."""
+    def free(change: str) -> bool:
+        path = change.split(":", 1)[0]
+        return any(path == f or path.startswith(f + ".") for f in RESUME_FREE_FIELDS)
+
+    return [c for c in changed_fields(old, new) if not free(c)]
+
+
+def check_resume_config(run_dir: Path, new: dict[str, Any], allow_change: bool) -> list[str]:
+    """Compare ``new`` with the ``config.json`` a resumed run was started with; returns the changes.
+
+    Raises :class:`ConfigChangedError` listing them unless ``allow_change``: the weights, optimizer state and data
+    order of the checkpoint belong to the old config, so a silent change would make the run mean something else.
+    """
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigChangedError(f"{path}: unreadable ({e}); cannot check the resumed config against it") from None
+    changes = config_changes(old, new)
+    if changes and not allow_change:
+        raise ConfigChangedError(
+            f"{path}: resuming with a config that differs from the run's: {'; '.join(changes)}. Resume with the "
+            "original settings, or pass --allow-config-change to continue anyway (recorded in "
+            f"{CONFIG_CHANGES_FILE})"
+        )
+    return changes
+
+
+def record_config_change(run_dir: Path, step: int, changes: list[str]) -> None:
+    """Append an allowed config change (at resume step ``step``) to ``run_dir/config_changes.jsonl``."""
+    with (run_dir / CONFIG_CHANGES_FILE).open("a") as f:
+        f.write(json.dumps({"step": step, "changes": changes}) + "\n")
 
 
 # -- small file helpers --------------------------------------------------------------------------------------------------

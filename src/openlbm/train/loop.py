@@ -25,6 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from openlbm.configs.train import EMAConfig, TrainConfig
+from openlbm.data.validate import require_valid
+from openlbm.errors import UserError
+from openlbm.locking import lock_dir
 from openlbm.policies.policy_dir import resolve_policy_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
@@ -47,7 +50,7 @@ class EvalFn(Protocol):
     def __call__(self, policy: nn.Module, step: int) -> dict[str, float]: ...
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss or gradient norm became NaN/inf; training stopped before the optimizer step."""
 
 
@@ -139,8 +142,8 @@ def train_step(
     return {**metric_sums, "loss": float(loss_global), "grad_norm": float(grad_norm)}
 
 
-def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo) -> Path | None:
-    """Create the run dir (rank 0); return the checkpoint to resume from, if any."""
+def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo, allow_config_change: bool = False) -> Path | None:
+    """Create the run dir (rank 0); return the checkpoint to resume from, if any (its config checked unchanged)."""
     run_dir, ckpt_root = cfg.run_dir, cfg.run_dir / "checkpoints"
     latest = ckpt.read_latest(ckpt_root) if ckpt_root.is_dir() else None
     if latest is None and (run_dir / "metrics.jsonl").exists() and not cfg.resume:
@@ -150,8 +153,13 @@ def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo) -> Path | None
             f"run dir {run_dir} already has checkpoints (latest {latest.name}): pass --resume to continue it or "
             "choose another --run-dir"
         )
+    changes = ckpt.check_resume_config(run_dir, cfg.to_dict(), allow_config_change) if latest is not None else []
+    dist_utils.barrier()  # every rank has read the old config.json before rank 0 replaces it
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if changes:
+            log.warning("resuming %s with a changed config (allowed): %s", run_dir, "; ".join(changes))
+            ckpt.record_config_change(run_dir, ckpt.read_step(latest), changes)
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists():
             # Rows logged after the checkpoint we resume from will be logged again: drop them.
@@ -204,21 +212,32 @@ def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dis
     return out, waited
 
 
-def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> Path:
-    """Train ``cfg.policy`` on ``cfg.data``; returns the run dir. ``eval_fn(ema_policy, step) -> metrics``."""
+def train(cfg: TrainConfig, eval_fn: EvalFn | None = None, allow_config_change: bool = False) -> Path:
+    """Train ``cfg.policy`` on ``cfg.data``; returns the run dir. ``eval_fn(ema_policy, step) -> metrics``.
+
+    Refuses, before anything is written: a dataset of the mixture that fails validation (``DatasetError``), a run
+    dir another process is training in (``LockedError``), a resume whose config differs from the run's
+    (``ConfigChangedError``, unless ``allow_config_change``, which is then recorded in the run dir).
+    """
+    require_valid([s.root for s in cfg.data.sources])
     info = dist_utils.setup(cfg.device)
+    # One writer per run dir: rank 0 of this job holds the lock; the kernel drops it if the process dies.
+    run_lock = None
     try:
-        return _train(cfg, info, eval_fn)
+        run_lock = lock_dir(cfg.run_dir, "a training run") if info.is_main else None
+        return _train(cfg, info, eval_fn, allow_config_change)
     finally:
+        if run_lock is not None:
+            run_lock.release()
         dist_utils.cleanup()
 
 
-def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None) -> Path:
+def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, allow_config_change: bool) -> Path:
     # -- setup: seeds, run dir, data, policy ---------------------------------------------------------------------
     seed_everything(cfg.seed, cfg.deterministic)
     finetune.check(cfg)
     _limit_cpu_threads(cfg, info)
-    resume_from = _prepare_run_dir(cfg, info)
+    resume_from = _prepare_run_dir(cfg, info, allow_config_change)
     micro_bs = cfg.micro_batch_size(info.world_size)
     data = finetune.with_replay(cfg.data, cfg.finetune).build(
         None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=micro_bs, seed=cfg.seed,

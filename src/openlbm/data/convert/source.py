@@ -27,7 +27,8 @@ class SourceEpisode:
     """One episode of a foreign dataset, with its features already renamed to v3 keys."""
 
     index: int
-    """Position of the episode in the source's own order (stable across runs: resume keys on it)."""
+    """Position of the episode in the source's own order (stable across runs: resume keys on it); equals the
+    ``index`` passed to :meth:`Source.episode`."""
     task: str
     """Natural-language instruction ("" is not allowed: sources without one use a documented default)."""
     frames: dict[str, np.ndarray]
@@ -40,7 +41,13 @@ class SourceEpisode:
 
 @runtime_checkable
 class Source(Protocol):
-    """A foreign dataset opened for reading."""
+    """A foreign dataset opened for reading.
+
+    With ``--workers N > 1`` the driver forks worker processes that inherit the opened source (it is not pickled)
+    and call :meth:`episode` there, so a source must not share an open file handle across processes: open files
+    lazily and reopen them when ``os.getpid()`` changes (see ``RobomimicSource._file``). :meth:`features`, ``fps``
+    and ``__len__`` must be cheap (no episode decoding); they are called in the main process and in workers.
+    """
 
     root: Path
     """The file or folder it was opened from."""

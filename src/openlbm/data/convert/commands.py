@@ -1,0 +1,85 @@
+"""``lbm data convert SRC DST``: a thin CLI over :func:`openlbm.data.convert.driver.convert`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from openlbm.data.convert.formats import Format
+
+
+@dataclass(frozen=True)
+class Convert:
+    """Convert a LeRobot v2.1, RLDS/TFDS or robomimic HDF5 dataset to LeRobot v3 (re-run to resume after a kill)."""
+
+    src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
+    """Source dataset: a folder (LeRobot v2.1, RLDS/TFDS) or a .hdf5 file (robomimic)."""
+    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
+    """Output v3 dataset folder (created; an interrupted conversion into it is resumed)."""
+    format: Format = "auto"
+    """Source format; ``auto`` detects it from the files."""
+    workers: int = max(1, os.cpu_count() or 1)
+    """Processes reading and decoding source episodes (default: one per core)."""
+    keymap: Path | None = None
+    """RLDS: JSON rename table extending the built-in Open X-Embodiment key map."""
+    task: str | None = None
+    """robomimic: instruction for every episode (default: LIBERO problem_info, else derived from env_name)."""
+    state_keys: str | None = None
+    """robomimic: comma-separated low-dim obs keys concatenated into observation.state, in order (default: all, sorted)."""
+    filter_key: str | None = None
+    """robomimic: convert only the demos in mask/<filter_key> (e.g. train)."""
+    fps: float | None = None
+    """robomimic: frames per second (default: env_kwargs.control_freq, else 20)."""
+    max_episodes: int | None = None
+    """Convert only the first N episodes."""
+    video_codec: str = "h264"
+    """Codec for camera videos (h264 or av1)."""
+    gop: int = 2
+    """Keyframe interval of the written videos."""
+    crf: int | None = None
+    """Video quality (lower = better; default 18 for h264, 30 for av1)."""
+    validate: bool = True
+    """Check the result with `lbm data validate`'s checks (exit 1 on problems)."""
+    progress: bool = True
+    """Print one line per converted episode."""
+
+    def run(self) -> int:
+        from openlbm.data.convert.driver import ConvertOptions, convert
+        from openlbm.data.convert.formats import SourceOptions, open_source
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        state_keys = tuple(k.strip() for k in self.state_keys.split(",") if k.strip()) if self.state_keys else None
+        src_opts = SourceOptions(keymap=self.keymap, task=self.task, state_keys=state_keys, filter_key=self.filter_key,
+                                 fps=self.fps)
+        opts = ConvertOptions(workers=self.workers, video_codec=self.video_codec, gop=self.gop, crf=self.crf,
+                              max_episodes=self.max_episodes, validate=self.validate)
+
+        def on_episode(done: int, total: int) -> None:
+            if self.progress:
+                print(f"episode {done}/{total}", flush=True)
+
+        try:
+            source, fmt = open_source(self.src, self.format, src_opts)
+            report = convert(source, self.dst, fmt, opts, on_episode=on_episode)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:  # SourceError / DatasetError are ValueErrors
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"converted {report.converted} episodes ({report.episodes} episodes, {report.frames} frames in total) "
+              f"from {fmt} {self.src} to {report.root} in {report.seconds:.1f}s")
+        if report.problems:
+            print(f"{report.root}: validation found {len(report.problems)} problem(s)", file=sys.stderr)
+            for p in report.problems:
+                print(f"  - {p}", file=sys.stderr)
+            return 1
+        if self.validate:
+            print(f"{report.root}: OK")
+        return 0
+
+
+COMMANDS: dict[str, type] = {"convert": Convert}
