@@ -2,6 +2,7 @@
 
     lbm train debug --dataset data/pick --steps 20
     lbm train small --dataset data/a --dataset data/b --optim.lr 3e-4 --run-dir runs/ab
+    lbm train small --dataset data/metaworld --mixture oxe.json   # sources with embodiment / rename / image_size
     torchrun --nproc_per_node 2 -m openlbm.cli train small --dataset data/a
     lbm finetune small --init-from runs/pre --dataset data/new --finetune.freeze vision
 
@@ -24,7 +25,7 @@ import tyro
 
 from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS
 from openlbm.configs.train import TrainConfig
-from openlbm.data.mixture import SourceConfig
+from openlbm.data.mixture import SourceConfig, read_sources
 
 
 def _choices(presets: dict) -> object:
@@ -40,11 +41,12 @@ _PresetChoice = _choices(PRESETS)
 _FinetuneChoice = _choices(FINETUNE_PRESETS)
 
 
-def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...]) -> TrainConfig:
-    """Append one equally-weighted source per ``--dataset`` path to ``cfg.data.sources``."""
-    if not datasets:
+def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...], mixture: Path | None = None) -> TrainConfig:
+    """Append the sources of the ``--mixture`` file (:func:`~openlbm.data.mixture.read_sources`), then one
+    equally-weighted source per ``--dataset`` path, to ``cfg.data.sources``."""
+    extra = (*(read_sources(mixture) if mixture is not None else ()), *(SourceConfig(root=Path(p)) for p in datasets))
+    if not extra:
         return cfg
-    extra = tuple(SourceConfig(root=Path(p)) for p in datasets)
     return replace(cfg, data=replace(cfg.data, sources=(*cfg.data.sources, *extra)))
 
 
@@ -76,6 +78,11 @@ class Train:
     """The training config, starting from the chosen preset."""
     dataset: tyro.conf.UseAppendAction[tuple[Path, ...]] = ()
     """A dataset root to train on (repeat the flag for a mixture); added to ``data.sources`` with weight 1."""
+    mixture: Path | None = None
+    """A JSON file listing mixture sources, each ``{"root", "weight", "embodiment", "rename", "image_size"}`` (the
+    fields of ``SourceConfig``; the shape of ``data.sources`` in a run's config.json; relative roots are relative to
+    the file): to name a dataset's embodiment, map its cameras and keys, resize its images. Combines with
+    ``--dataset``."""
     eval_tasks: str | None = None
     """Meta-World tasks (set name or comma list) rolled out every ``--eval-every`` steps; logged as ``eval/*``."""
     eval_episodes: int = 5
@@ -94,7 +101,7 @@ class Train:
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = self.resolved()
         if not cfg.data.sources:
-            raise UserError("no dataset given; pass --dataset PATH (repeatable)")
+            raise UserError("no dataset given; pass --dataset PATH (repeatable) or --mixture FILE")
         if cfg.eval_every > 0 and self.eval_tasks is None:
             raise UserError("--eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
         run_dir = train_with_eval(cfg, self.eval_tasks, self.eval_episodes, eval_seed=cfg.seed + 1,
@@ -109,8 +116,8 @@ class Train:
         return False
 
     def resolved(self) -> TrainConfig:
-        """The preset with the command's ``--dataset`` flags applied."""
-        return with_datasets(self.config, self.dataset)
+        """The preset with the command's ``--mixture`` and ``--dataset`` flags applied."""
+        return with_datasets(self.config, self.dataset, self.mixture)
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)
@@ -131,7 +138,7 @@ class Finetune(Train):
         return True
 
     def resolved(self) -> TrainConfig:
-        cfg = with_datasets(self.config, self.dataset)
+        cfg = super().resolved()
         if not self.replay:
             return cfg
         extra = tuple(SourceConfig(root=Path(p), in_stats=False) for p in self.replay)

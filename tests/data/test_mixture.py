@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from itertools import islice
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from data_helpers import CAM, make_dataset
 
 from openlbm.data.collate import collate_batch
-from openlbm.data.mixture import DataConfig, MixtureSampler, SourceConfig
+from openlbm.data.mixture import DataConfig, MixtureSampler, SourceConfig, read_sources
 from openlbm.data.writer import DatasetWriter
 from openlbm.types import EmbodimentSpec, FeatureSpec
 
@@ -74,6 +75,26 @@ def test_bad_mapping_is_a_clear_error(two_robots: tuple[Path, Path]) -> None:
         DataConfig(sources=(SourceConfig(toy, embodiment="arm"),)).build(EMBS, 1, 1, 2, 0)
     with pytest.raises(ValueError, match="sources is empty"):
         DataConfig().build(EMBS, 1, 1, 2, 0)
+
+
+def test_mixture_file_and_image_size(two_robots: tuple[Path, Path], tmp_path: Path) -> None:
+    toy, arm = two_robots
+    mix = tmp_path / "mix.json"
+    rel = os.path.relpath(arm, tmp_path)  # relative to the file's folder, not to the working directory
+    mix.write_text(json.dumps([{"root": rel, "weight": 2, "rename": {"wrist": "front"}, "image_size": [8, 12]}]))
+    (src,) = read_sources(mix)
+    assert src.root.resolve() == arm.resolve() and src.weight == 2.0 and src.image_size == (8, 12)
+    data = DataConfig(sources=(src,), num_workers=0).build(None, 1, 1, 2, 0)
+    assert data.embodiments[0].image_size == (8, 12) and data.embodiments[0].cameras == ("front",)
+    assert tuple(data.dataset[0]["observation.images.front"].shape) == (1, 3, 8, 12)  # resized 16x24 -> 8x12
+    with pytest.raises(ValueError, match="image_size \\(8, 12\\) differs from embodiment 'toy'"):
+        DataConfig(sources=(SourceConfig(toy, image_size=(8, 12)),)).build(EMBS, 1, 1, 2, 0)
+    for entry, msg in (({"root": "a", "weight": "x"}, "mix.json\\[0\\].weight: expected a number"),
+                       ({"root": "a", "image_size": [0, 4]}, "image_size must be"), ({"weight": 1}, "missing config keys"),
+                       ({"root": "a", "rename": ["x"]}, "rename must map"), ({"root": "a", "rename": {"x": 1}}, "rename maps")):
+        mix.write_text(json.dumps([entry]))
+        with pytest.raises(ValueError, match=msg):
+            read_sources(mix)
 
 
 def test_proportions_follow_weights_within_a_statistical_bound() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from openlbm.data.stats import (
     exact_stats,
     parquet_column,
 )
+from openlbm.jsonio import from_jsonable, read_json
 from openlbm.types import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, Batch, EmbodimentSpec, camera_key
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class SourceConfig:
     rename: dict[str, str] = field(default_factory=dict)
     """Source key -> embodiment key, e.g. ``{"top": "corner2"}`` (cameras by short or full name) or
     ``{"observation.joints": "observation.state"}``."""
+    image_size: tuple[int, int] | None = None
+    """``(height, width)`` every camera of this source is resized to (bilinear, antialiased), i.e. its
+    embodiment's ``image_size``; default: the dataset's own size. Sources of one embodiment must agree."""
     episodes: tuple[int, ...] | None = None
     """Use only these episode indices of the dataset (``None`` = all). Its normalization stats are then computed
     over those episodes only, not the whole dataset."""
@@ -61,6 +65,30 @@ class SourceConfig:
     """Whether this source contributes to its embodiment's normalization stats. Fine-tuning adds its replay
     (pretraining) sources with ``False``, so the stats come from the fine-tuning data only; an embodiment whose
     every source is ``False`` takes their stats anyway, with a warning."""
+
+    def __post_init__(self) -> None:
+        if not (self.weight >= 0 and np.isfinite(self.weight)):
+            raise ValueError(f"{self.root}: weight must be a finite number >= 0, got {self.weight}")
+        if not isinstance(self.rename, dict):
+            raise ValueError(f"{self.root}: rename must map source keys to embodiment keys, got {self.rename!r}")
+        bad = {k: v for k, v in self.rename.items() if not (isinstance(k, str) and isinstance(v, str) and k and v)}
+        if bad:
+            raise ValueError(f"{self.root}: rename maps source keys to embodiment keys (non-empty strings), got {bad}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"{self.root}: image_size must be (height, width) >= 1, got {self.image_size}")
+
+
+def read_sources(path: Path) -> tuple[SourceConfig, ...]:
+    """The mixture sources listed in a JSON file: a list of :class:`SourceConfig` objects, the same shape as
+    ``data.sources`` in a run's ``config.json`` (``[{"root": "oxe", "embodiment": "franka", "rename": {...},
+    "image_size": [64, 64]}, ...]``). A relative ``root`` is relative to the file's folder. A value that does not
+    fit raises ``ValueError`` naming the file, the entry and the field."""
+    path = Path(path)
+    entries = read_json(path)
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty JSON list of sources ({{\"root\": ..., ...}}), got {entries!r}")
+    sources = tuple(from_jsonable(SourceConfig, e, f"{path}[{i}]") for i, e in enumerate(entries))
+    return tuple(replace(s, root=path.parent / s.root) for s in sources)
 
 
 @dataclass(frozen=True)
@@ -110,12 +138,13 @@ class DataConfig:
 
 
 def infer_embodiments(sources: Sequence[SourceConfig], metas: Sequence[DatasetMeta]) -> list[EmbodimentSpec]:
-    """One embodiment per distinct name (``source.embodiment`` / robot_type / folder name)."""
+    """One embodiment per distinct name (``source.embodiment`` / robot_type / folder name): the source's cameras
+    and state/action dims after ``rename``, its fps, and ``source.image_size`` (else its first camera's size)."""
     out: dict[str, EmbodimentSpec] = {}
     for s, m in zip(sources, metas, strict=True):
         name = s.embodiment or m.robot_type or m.name
         cams = tuple(_short(_rename(s, k)) for k in m.camera_keys)
-        size = tuple(m.features[m.camera_keys[0]].shape[:2]) if cams else (0, 0)
+        size = s.image_size or (tuple(m.features[m.camera_keys[0]].shape[:2]) if cams else (0, 0))
         feats = {_rename(s, k): f for k, f in m.features.items()}
         spec = EmbodimentSpec(
             name=name, cameras=cams, image_size=(int(size[0]), int(size[1])),
@@ -156,13 +185,20 @@ def _pick_embodiment(s: SourceConfig, m: DatasetMeta, specs: Sequence[Embodiment
     by_name = {e.name: e for e in specs}
     for name in (s.embodiment, m.robot_type, m.name):
         if name and name in by_name:
-            return by_name[name]
+            return _check_size(s, by_name[name])
     if s.embodiment:
         raise ValueError(f"{m.root}: embodiment {s.embodiment!r} not among {sorted(by_name)}")
     if len(specs) == 1:
-        return specs[0]
+        return _check_size(s, specs[0])
     raise ValueError(f"{m.root}: cannot tell which embodiment it is (robot_type {m.robot_type!r}); "
                      f"set SourceConfig.embodiment to one of {sorted(by_name)}")
+
+
+def _check_size(s: SourceConfig, emb: EmbodimentSpec) -> EmbodimentSpec:
+    if s.image_size is not None and tuple(s.image_size) != tuple(emb.image_size):
+        raise ValueError(f"{s.root}: image_size {tuple(s.image_size)} differs from embodiment {emb.name!r}'s "
+                         f"{tuple(emb.image_size)}")
+    return emb
 
 
 class _SourceView:

@@ -239,12 +239,12 @@ class ConfigChangedError(UserError, ValueError):
 
 
 def config_changes(old: Any, new: Any) -> list[str]:
-    """``"dotted.path: old -> new"`` for every field where two configs differ, except :data:`RESUME_FREE_FIELDS`."""
+    """``"dotted.path: old -> new"`` (sorted) for every field where two configs differ, except :data:`RESUME_FREE_FIELDS`."""
     def free(change: str) -> bool:
         path = change.split(":", 1)[0]
         return any(path == f or path.startswith(f + ".") for f in RESUME_FREE_FIELDS)
 
-    return [c for c in changed_fields(old, new) if not free(c)]
+    return sorted(c for c in changed_fields(old, new) if not free(c))
 
 
 def check_resume_config(run_dir: Path, new: dict[str, Any], allow_change: bool) -> list[str]:
