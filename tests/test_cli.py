@@ -15,7 +15,7 @@ def test_top_level_help_lists_all_commands(capsys: pytest.CaptureFixture[str]) -
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("quickstart", "train", "eval", "compare", "report", "serve", "data"):
+    for name in ("quickstart", "train", "finetune", "eval", "compare", "report", "serve", "data", "study"):
         assert name in out
 
 

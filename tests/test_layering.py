@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "openlbm"
-PACKAGES = ("data", "envs", "models", "policies", "train", "eval", "serve", "configs")
+PACKAGES = ("data", "envs", "models", "policies", "train", "eval", "serve", "configs", "study")
 """The top-level packages of DESIGN.md's layout (top-level modules such as types.py and cli.py are not packages)."""
 
 MUST_NOT_IMPORT: dict[str, set[str]] = {
@@ -30,7 +30,9 @@ MUST_NOT_IMPORT: dict[str, set[str]] = {
     # serve/: "must not import training code"
     "serve": {"train", "eval", "envs", "configs"},
     # configs/: plain frozen dataclasses and presets, below the code that uses them
-    "configs": {"train", "eval", "serve", "envs"},
+    "configs": {"train", "eval", "serve", "envs", "study"},
+    # study/: composes training and evaluation runs (above both); it never serves
+    "study": {"serve"},
 }
 """package -> the packages it must never import (DESIGN.md's "must not" column, as imports)."""
 

@@ -23,6 +23,12 @@ def _data_commands() -> dict[str, type]:
     return {**data, **envs}
 
 
+def _study_commands() -> dict[str, type]:
+    from openlbm.study.commands import COMMANDS as study
+
+    return study
+
+
 def _top_commands() -> dict[str, type]:
     from openlbm.eval.commands import COMMANDS as evaluation
     from openlbm.quickstart import COMMANDS as quickstart
@@ -60,9 +66,12 @@ def _main(args: list[str]) -> int:
     if args and args[0] == "data":
         # Imports stay inside the branch so `lbm data ...` never pays for torch-heavy training modules.
         return _dispatch(_data_commands(), args[1:], "lbm data")
+    if args and args[0] == "study":
+        return _dispatch(_study_commands(), args[1:], "lbm study")
     commands = _top_commands()
     if not args or args[0] in ("-h", "--help"):
-        print("usage: lbm [--debug] {data," + ",".join(commands) + "} ...\n\n  data   dataset tools: " + ", ".join(_data_commands()))
+        print("usage: lbm [--debug] {data,study," + ",".join(commands) + "} ...\n\n  data   dataset tools: "
+              + ", ".join(_data_commands()) + "\n  study  studies over many runs: " + ", ".join(_study_commands()))
     return _dispatch(commands, args, "lbm")
 
 

@@ -4,6 +4,9 @@
     lbm train small --dataset data/a --dataset data/b --optim.lr 3e-4 --run-dir runs/ab
     lbm train small --dataset data/metaworld --mixture oxe.json   # sources with embodiment / rename / image_size
     torchrun --nproc_per_node 2 -m openlbm.cli train small --dataset data/a
+    lbm finetune small --init-from runs/pre --dataset data/new --finetune.freeze vision
+
+``lbm finetune`` is ``lbm train`` with the fine-tuning presets and a required ``--init-from``: one loop.
 
 The command composes two packages: the trainer (``openlbm.train``) and, with ``--eval-every``, in-training
 evaluation in simulation (``openlbm.eval.train_eval.TrainEvalFn``, passed to the loop as its ``EvalFn``). It lives
@@ -20,16 +23,22 @@ from typing import Annotated, Any, Union
 
 import tyro
 
-from openlbm.configs.presets import PRESETS
+from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS
 from openlbm.configs.train import TrainConfig
 from openlbm.data.mixture import SourceConfig, read_sources
 
-_PresetChoice = Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated subcommands
-    tuple(
-        Annotated[TrainConfig, tyro.conf.subcommand(name, default=make(), description=(make.__doc__ or "").strip())]
-        for name, make in PRESETS.items()
-    )
-]
+
+def _choices(presets: dict) -> object:
+    return Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated subcommands
+        tuple(
+            Annotated[TrainConfig, tyro.conf.subcommand(name, default=make(), description=(make.__doc__ or "").strip())]
+            for name, make in presets.items()
+        )
+    ]
+
+
+_PresetChoice = _choices(PRESETS)
+_FinetuneChoice = _choices(FINETUNE_PRESETS)
 
 
 def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...], mixture: Path | None = None) -> TrainConfig:
@@ -87,8 +96,10 @@ class Train:
     def run(self) -> int:
         from openlbm.errors import UserError
 
+        if self.finetune_only and self.config.init_from is None:
+            raise UserError("lbm finetune: --init-from PATH is required (a pretrained run dir, checkpoint or policy dir)")
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        cfg = with_datasets(self.config, self.dataset, self.mixture)
+        cfg = self.resolved()
         if not cfg.data.sources:
             raise UserError("no dataset given; pass --dataset PATH (repeatable) or --mixture FILE")
         if cfg.eval_every > 0 and self.eval_tasks is None:
@@ -100,4 +111,38 @@ class Train:
         return 0
 
 
-COMMANDS: dict[str, type] = {"train": Train}
+    @property
+    def finetune_only(self) -> bool:
+        return False
+
+    def resolved(self) -> TrainConfig:
+        """The preset with the command's ``--mixture`` and ``--dataset`` flags applied."""
+        return with_datasets(self.config, self.dataset, self.mixture)
+
+
+@tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)
+@dataclass(frozen=True)
+class Finetune(Train):
+    """Fine-tune a pretrained policy on new data (same loop as ``lbm train``). Pick a preset (debug, small,
+    quickstart, base), give ``--init-from`` and ``--dataset``, override any field (``--finetune.freeze vision``,
+    ``--finetune.trunk-lr-mult 0.5``, ``--replay PATH``). Writes ``init_report.json`` to the run dir."""
+
+    config: tyro.conf.OmitSubcommandPrefixes[Annotated[_FinetuneChoice, tyro.conf.arg(name="")]]  # type: ignore[assignment]
+    """The fine-tuning config, starting from the chosen preset."""
+    replay: tyro.conf.UseAppendAction[tuple[Path, ...]] = ()
+    """A pretraining dataset to mix back in (repeatable); together they make up ``--finetune.replay-fraction``
+    of the samples and never enter the normalization stats."""
+
+    @property
+    def finetune_only(self) -> bool:
+        return True
+
+    def resolved(self) -> TrainConfig:
+        cfg = super().resolved()
+        if not self.replay:
+            return cfg
+        extra = tuple(SourceConfig(root=Path(p), in_stats=False) for p in self.replay)
+        return replace(cfg, finetune=replace(cfg.finetune, replay=(*cfg.finetune.replay, *extra)))
+
+
+COMMANDS: dict[str, type] = {"train": Train, "finetune": Finetune}

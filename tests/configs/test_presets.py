@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from openlbm.configs.presets import POLICY_PRESETS, PRESETS, policy_preset, preset
+from openlbm.configs.presets import FINETUNE_PRESETS, POLICY_PRESETS, PRESETS, policy_preset, preset
 from openlbm.policies.config import PolicyConfig
 
 
@@ -46,3 +46,13 @@ def test_training_presets_use_the_policy_size_of_their_name() -> None:
         assert preset(name).policy == policy_preset(name)
     with pytest.raises(ValueError, match="unknown policy preset 'huge'; valid: debug, small, base, large"):
         policy_preset("huge")
+
+
+@pytest.mark.parametrize("name", list(FINETUNE_PRESETS))
+def test_finetune_presets_lower_the_learning_rate(name: str) -> None:
+    ft, scratch = preset(name, finetune=True), preset(name)
+    assert ft.optim.lr < scratch.optim.lr and ft.optim.warmup_steps <= scratch.optim.warmup_steps
+    assert ft.policy == scratch.policy and ft.init_from is None  # the command requires --init-from
+    json.dumps(ft.to_dict())
+    with pytest.raises(ValueError, match="fine-tuning preset"):
+        preset("huge", finetune=True)

@@ -45,3 +45,12 @@ def test_generate_cli_rejects_unknown_names(tmp_path, capsys) -> None:  # noqa: 
     assert main(["data", "generate", "--out", str(tmp_path / "d"), "--cameras", "front"]) == 2
     assert "valid cameras" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_pretraining_protocol_splits_hold_out_their_tasks() -> None:
+    # The standard split: ML45 train for pretraining, its 5 test tasks never seen (asserted above: disjoint).
+    # The easier split: the quickstart tasks held out, pretraining on the other 40 ML45 training tasks.
+    assert set(TASK_SETS["easy_heldout"]) == set(TASK_SETS["quickstart"])
+    assert set(TASK_SETS["easy_pretrain"]).isdisjoint(TASK_SETS["easy_heldout"])
+    assert set(TASK_SETS["easy_pretrain"]) | set(TASK_SETS["easy_heldout"]) == set(TASK_SETS["ml45_train"])
+    assert len(TASK_SETS["easy_pretrain"]) == 40

@@ -214,8 +214,8 @@ def test_multi_embodiment_batch_and_init_from(tmp_path: Path) -> None:
     arm_only = cfg.build([ARM], {"arm": make_stats(ARM)})
     arm_only.save(tmp_path / "arm")
     fresh = cfg.build([ARM, ROVER], {"arm": make_stats(ARM), "rover": make_stats(ROVER)})
-    new = fresh.init_from(tmp_path / "arm")
-    assert new and all(".rover" in k for k in new)
+    report = fresh.init_from(tmp_path / "arm")
+    assert report.new and all(".rover" in k for k in report.new)
     assert torch.equal(fresh.model.trunk.action_pos, arm_only.model.trunk.action_pos)
 
     wide = replace(cfg, trunk=replace(cfg.trunk, mlp_ratio=3.0)).build([ARM], {"arm": make_stats(ARM)})

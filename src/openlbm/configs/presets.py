@@ -20,6 +20,11 @@ line. Datasets are never part of a preset (pass ``--dataset`` or ``--data.source
 | ``quickstart`` | small | 2 000   | 64    | ``lbm quickstart``: 5 Meta-World tasks, 64 px, ~17 min on CPU |
 | ``base``     | base    | 200 000 | 256   | ~100M-parameter multitask pretraining on GPU (bf16)         |
 | ``large``    | large   | 400 000 | 1024  | ~300M+ parameters, FSDP2 over many GPUs                     |
+
+Fine-tuning presets (:data:`FINETUNE_PRESETS`, ``preset(name, finetune=True)``; ``lbm finetune <preset>
+--init-from PRETRAINED --dataset NEW``) start from the training preset of the same name with a lower peak learning
+rate and a short warmup, since the weights are already trained; the other fine-tuning knobs (freezing, per-part
+multipliers, replay) are ``--finetune.*`` flags.
 """
 
 from __future__ import annotations
@@ -173,6 +178,38 @@ def large() -> TrainConfig:
     )
 
 
+def finetune_debug() -> TrainConfig:
+    """Fine-tune with the debug sizes (tests, smoke runs)."""
+    return replace(debug(), run_dir=Path("runs/finetune-debug"), optim=OptimConfig(lr=5e-4, warmup_steps=1, weight_decay=0.0))
+
+
+def finetune_small() -> TrainConfig:
+    """Fine-tune a ``small`` policy on new tasks: a third of the from-scratch learning rate, 100 warmup steps."""
+    return replace(small(), run_dir=Path("runs/finetune-small"), steps=5_000,
+                   optim=OptimConfig(lr=1e-4, warmup_steps=100, weight_decay=1e-4))
+
+
+def finetune_quickstart() -> TrainConfig:
+    """Fine-tune with the quickstart sizes (the data-efficiency study's default on CPU)."""
+    return replace(quickstart(), run_dir=Path("runs/finetune-quickstart"),
+                   optim=OptimConfig(lr=1e-4, warmup_steps=50, weight_decay=1e-4))
+
+
+def finetune_base() -> TrainConfig:
+    """Fine-tune a ``base`` policy on GPU."""
+    return replace(base(), run_dir=Path("runs/finetune-base"), steps=20_000,
+                   optim=OptimConfig(lr=3e-5, warmup_steps=500, weight_decay=1e-4))
+
+
+FINETUNE_PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "debug": finetune_debug,
+    "small": finetune_small,
+    "quickstart": finetune_quickstart,
+    "base": finetune_base,
+}
+"""``lbm finetune`` preset name -> function building it."""
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "debug": debug,
     "small": small,
@@ -188,9 +225,9 @@ def policy_preset(name: str) -> PolicyConfig:
     return _pick(POLICY_PRESETS, name, "policy")
 
 
-def preset(name: str) -> TrainConfig:
-    """The named training preset; a clear error lists the valid names."""
-    return _pick(PRESETS, name, "training")
+def preset(name: str, finetune: bool = False) -> TrainConfig:
+    """The named training (or, with ``finetune``, fine-tuning) preset; a clear error lists the valid names."""
+    return _pick(FINETUNE_PRESETS, name, "fine-tuning") if finetune else _pick(PRESETS, name, "training")
 
 
 def _pick(table: dict[str, Callable[[], T]], name: str, kind: str) -> T:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from openlbm.data.mixture import DataConfig
+from openlbm.data.mixture import DataConfig, SourceConfig
 from openlbm.jsonio import to_jsonable, write_json
 from openlbm.policies.config import PolicyConfig
 
@@ -96,6 +96,53 @@ class LogConfig:
             raise ValueError(f"log every must be >= 1, got {self.every}")
 
 
+Part = Literal["vision", "language", "trunk", "embodiment"]
+"""Policy parts for freezing and learning-rate multipliers (``openlbm.train.finetune.param_part`` maps names):
+``vision`` the image encoder, ``language`` the instruction projection, ``trunk`` the transformer and the observation
+step embedding, ``embodiment`` the per-embodiment projections, camera embeddings and embodiment tokens."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning knobs (used with ``TrainConfig.init_from``); the defaults change nothing, so ``lbm train`` from
+    scratch and ``lbm finetune`` run the same loop. The fine-tuning LR and warmup are ``optim.lr`` and
+    ``optim.warmup_steps`` (the ``finetune-*`` presets lower them)."""
+
+    freeze: tuple[Part, ...] = ()
+    """Parts whose weights stay exactly as loaded (``requires_grad=False``, left out of the optimizer)."""
+    vision_lr_mult: float = 1.0
+    """Learning-rate multiplier of the vision encoder (on top of ``optim.encoder_lr_mult`` for pretrained backbones)."""
+    language_lr_mult: float = 1.0
+    """Learning-rate multiplier of the language projection."""
+    trunk_lr_mult: float = 1.0
+    """Learning-rate multiplier of the transformer trunk."""
+    embodiment_lr_mult: float = 1.0
+    """Learning-rate multiplier of the per-embodiment projections (new embodiments' parts start from scratch here)."""
+    replay: tuple[SourceConfig, ...] = ()
+    """Pretraining datasets mixed back in (replay); their stats never enter normalization (``in_stats=False``)."""
+    replay_fraction: float = 0.0
+    """Share of every batch (in expectation) drawn from ``replay``, split over them by their ``weight``."""
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.freeze if p not in ("vision", "language", "trunk", "embodiment")]
+        if bad:
+            raise ValueError(f"finetune.freeze: unknown part(s) {bad}; parts are vision, language, trunk, embodiment")
+        if min(self.lr_mults().values()) < 0:
+            raise ValueError(f"finetune learning-rate multipliers must be >= 0, got {self.lr_mults()}")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ValueError(f"finetune.replay_fraction must be in [0, 1), got {self.replay_fraction}")
+
+    def lr_mults(self) -> dict[str, float]:
+        """Part -> learning-rate multiplier."""
+        return {"vision": self.vision_lr_mult, "language": self.language_lr_mult, "trunk": self.trunk_lr_mult,
+                "embodiment": self.embodiment_lr_mult}
+
+    @property
+    def active(self) -> bool:
+        """Whether any knob differs from plain training."""
+        return bool(self.freeze or self.replay or any(m != 1.0 for m in self.lr_mults().values()))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: policy, data, optimisation, checkpointing, logging and hardware settings."""
@@ -137,6 +184,8 @@ class TrainConfig:
     init_from: Path | None = None
     """Initialise weights from a pretrained policy (run dir, checkpoint dir or policy dir) to fine-tune.
     Embodiments that the pretrained policy lacks get freshly initialised heads."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Fine-tuning knobs: frozen parts, per-part learning-rate multipliers, replay of pretraining data."""
     eval_every: int = 0
     """Call the evaluation hook every this many steps (0 = never); its metrics are logged as ``eval/<name>``."""
 

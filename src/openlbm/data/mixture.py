@@ -28,8 +28,11 @@ from openlbm.data.collate import batch_from_dict, collate_dict
 from openlbm.data.dataset import DatasetMeta, RobotDataset
 from openlbm.data.stats import (
     IMAGE_FRAMES_PER_EPISODE,
+    ChunkSource,
     ImageHistogram,
+    array_source,
     dataset_image_histograms,
+    episode_image_histogram,
     exact_stats,
     parquet_column,
 )
@@ -55,6 +58,13 @@ class SourceConfig:
     image_size: tuple[int, int] | None = None
     """``(height, width)`` every camera of this source is resized to (bilinear, antialiased), i.e. its
     embodiment's ``image_size``; default: the dataset's own size. Sources of one embodiment must agree."""
+    episodes: tuple[int, ...] | None = None
+    """Use only these episode indices of the dataset (``None`` = all). Its normalization stats are then computed
+    over those episodes only, not the whole dataset."""
+    in_stats: bool = True
+    """Whether this source contributes to its embodiment's normalization stats. Fine-tuning adds its replay
+    (pretraining) sources with ``False``, so the stats come from the fine-tuning data only; an embodiment whose
+    every source is ``False`` takes their stats anyway, with a warning."""
 
     def __post_init__(self) -> None:
         if not (self.weight >= 0 and np.isfinite(self.weight)):
@@ -123,7 +133,7 @@ class DataConfig:
         sizes = [len(p.ds) for p in parts]
         weights = [s.weight * (n if self.scale_weights_by_size else 1) for s, n in zip(self.sources, sizes, strict=True)]
         sampler = MixtureSampler(sizes, weights, seed, rank, world_size, self.epoch_size)
-        stats = {e.name: merged_stats([p for p in parts if p.emb.name == e.name]) for e in specs if any(p.emb.name == e.name for p in parts)}
+        stats = {e.name: merged_stats(stats_sources(e.name, parts)) for e in specs if any(p.emb.name == e.name for p in parts)}
         return MixtureData(dataset, sampler, stats, specs, self, batch_size, max_s, max_a)
 
 
@@ -146,6 +156,17 @@ def infer_embodiments(sources: Sequence[SourceConfig], metas: Sequence[DatasetMe
                              "set SourceConfig.embodiment to tell them apart")
         out[name] = spec
     return list(out.values())
+
+
+def stats_sources(name: str, parts: Sequence[_SourceView]) -> list[_SourceView]:
+    """The sources whose stats normalize embodiment ``name``: those with ``in_stats``, else (warned) all of them."""
+    mine = [p for p in parts if p.emb.name == name]
+    chosen = [p for p in mine if p.source.in_stats]
+    if not chosen:
+        log.warning("embodiment %r: every source has in_stats=False; normalizing with their stats (%s)", name,
+                    ", ".join(str(p.meta.root) for p in mine))
+        return mine
+    return chosen
 
 
 def _short(key: str) -> str:
@@ -185,7 +206,7 @@ class _SourceView:
 
     def __init__(self, i: int, s: SourceConfig, m: DatasetMeta, emb: EmbodimentSpec, n_obs: int, horizon: int,
                  max_s: int, max_a: int) -> None:
-        self.index, self.emb, self.max_s, self.max_a = i, emb, max_s, max_a
+        self.index, self.emb, self.max_s, self.max_a, self.source = i, emb, max_s, max_a, s
         inverse = {_rename(s, k): k for k in m.features}
         self.cams: dict[str, str] = {}  # embodiment camera key -> source key
         for cam in emb.cameras:
@@ -204,7 +225,13 @@ class _SourceView:
             delta[self.state_key] = [i / m.fps for i in range(-(n_obs - 1), 1)]
         if self.action_key and self.action_key != ACTION_KEY:
             delta[self.action_key] = [i / m.fps for i in range(horizon)]
-        self.ds = RobotDataset(m.root, n_obs, horizon, delta or None, tolerance_s=m.tolerance_s, camera_keys=list(self.cams.values()))
+        if s.episodes is not None:
+            bad = [e for e in s.episodes if not 0 <= e < m.num_episodes]
+            if bad or not s.episodes:
+                raise ValueError(f"{m.root}: SourceConfig.episodes must be a non-empty list of episode indices in "
+                                 f"0..{m.num_episodes - 1}, got {list(s.episodes)[:12]}")
+        self.ds = RobotDataset(m.root, n_obs, horizon, delta or None, s.episodes, tolerance_s=m.tolerance_s,
+                               camera_keys=list(self.cams.values()))
         self.meta, self.n_obs, self.horizon = m, n_obs, horizon
 
     def sample(self, i: int) -> dict[str, Any]:
@@ -241,16 +268,43 @@ def merged_stats(parts: Sequence[_SourceView]) -> dict[str, dict[str, list]]:
         for p in parts:
             src = p.state_key if dst == STATE_KEY else p.action_key
             if src is not None:
-                cols.append(parquet_column(L.iter_data_files(p.meta.root, p.meta.episodes, p.meta.data_path), src, p.meta.features[src]))
+                cols.append(_column(p, src))
         if cols:
             out[dst] = exact_stats(cols)
-    hists = [dataset_image_histograms(p.meta, IMAGE_FRAMES_PER_EPISODE) if p.cams else {} for p in parts]
+    hists = [_image_histograms(p) if p.cams else {} for p in parts]
     for dst in parts[0].cams if parts else ():
         total = ImageHistogram()
         for p, h in zip(parts, hists, strict=True):
             total = total.merge(h[p.cams[dst]])
         out[dst] = total.stats()
     return out
+
+
+def _column(p: _SourceView, src: str) -> ChunkSource:
+    """Column ``src`` of a source: streamed from its parquet files, or only its selected episodes' rows."""
+    if p.source.episodes is None:
+        return parquet_column(L.iter_data_files(p.meta.root, p.meta.episodes, p.meta.data_path), src, p.meta.features[src])
+    return array_source(p.ds.store.get(src, p.ds._indices))  # the selected episodes' frames, in memory
+
+
+def _image_histograms(p: _SourceView) -> dict[str, ImageHistogram]:
+    """Per-camera pixel histograms of a source: the dataset's, or decoded from its selected episodes only."""
+    if p.source.episodes is None:
+        return dataset_image_histograms(p.meta, IMAGE_FRAMES_PER_EPISODE)
+    from openlbm.data.video import ReaderPool
+
+    m, pool = p.meta, ReaderPool(tolerance_s=p.meta.tolerance_s)
+    try:
+        out = {}
+        for cam in p.cams.values():
+            hist = ImageHistogram()
+            for ep in p.source.episodes:
+                hist = hist.merge(episode_image_histogram(m.video_file(ep, cam), m.video_time(ep, cam, 0), int(m.ep_len[ep]),
+                                                          m.fps, m.tolerance_s, IMAGE_FRAMES_PER_EPISODE, pool))
+            out[cam] = hist
+        return out
+    finally:
+        pool.close()
 
 
 class MixtureDataset(Dataset):

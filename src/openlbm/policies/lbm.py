@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -299,11 +300,13 @@ class LBMPolicy(nn.Module):
         policy.load_state_dict(tensors)
         return policy.to(device)
 
-    def init_from(self, directory: str | Path) -> list[str]:
-        """Copy weights from another policy dir for fine-tuning; returns the keys left freshly initialised.
+    def init_from(self, directory: str | Path) -> InitReport:
+        """Copy weights from another policy dir for fine-tuning; returns what was loaded, new and dropped.
 
-        Heads of embodiments the source lacks stay new; every other key must exist with the same shape (else a
-        ValueError lists all mismatches). Normalization stats stay this policy's own."""
+        Parameters of embodiments the source lacks stay freshly initialised ("new"); the source's tensors this policy
+        has no place for (e.g. heads of embodiments not fine-tuned) are "dropped". Every other key must exist with
+        the same shape (else a ValueError lists all mismatches). Normalization stats stay this policy's own: they
+        come from the fine-tuning data, never from the source."""
         d = Path(directory)
         src_cfg, src_embs, _ = self.read_dir(d)
         if src_cfg.language != self.config.language:
@@ -325,5 +328,32 @@ class LBMPolicy(nn.Module):
                 f"there {missing[:12]} (different architecture? compare its config.json with this policy's)"
             )
         self.load_state_dict({k: src.get(k, v) for k, v in own.items()})
-        log.info("init_from %s: %d tensors copied, %d new: %s", d, len(own) - len(new_keys), len(new_keys), new_keys)
-        return new_keys
+        report = InitReport(
+            source=str(d),
+            loaded=sorted(k for k in own if k in src),
+            new=sorted(new_keys),
+            dropped=sorted(k for k in src if k not in own),
+            source_embodiments=sorted(src_names),
+        )
+        log.info("init_from %s: %d tensors loaded, %d new %s, %d dropped %s", d, len(report.loaded),
+                 len(report.new), report.new[:8], len(report.dropped), report.dropped[:8])
+        return report
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What :meth:`LBMPolicy.init_from` did, key by key (state-dict names)."""
+
+    source: str
+    """The policy dir the weights came from."""
+    loaded: list[str]
+    """Keys copied from the source."""
+    new: list[str]
+    """Keys left freshly initialised (parameters of embodiments the source lacks)."""
+    dropped: list[str]
+    """Source keys this policy has no place for (e.g. heads of embodiments that are not fine-tuned)."""
+    source_embodiments: list[str]
+    """Embodiment names the source policy was trained on."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -31,6 +31,7 @@ from openlbm.locking import lock_dir
 from openlbm.policies.policy_dir import resolve_policy_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
+from openlbm.train import finetune
 from openlbm.train.ema import EMA
 from openlbm.train.metrics import Meter, MetricsLogger, NullLogger
 from openlbm.train.optim import build_optimizer, set_lr
@@ -170,12 +171,13 @@ def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo, allow_config_c
     return latest
 
 
-def build_policy(cfg: TrainConfig, data: Any, device: torch.device) -> nn.Module:
-    """``cfg.policy.build`` over the data's embodiments and stats, optionally initialised from a pretrained one."""
+def build_policy(cfg: TrainConfig, data: Any, device: torch.device, resuming: bool = False,
+                 report_dir: Path | None = None) -> nn.Module:
+    """``cfg.policy.build`` over the data's embodiments and stats (always the training data's), optionally
+    initialised from a pretrained one with parts frozen (:mod:`openlbm.train.finetune`; report in ``report_dir``)."""
     policy = cfg.policy.build(data.embodiments, data.stats)
-    if cfg.init_from is not None:
-        report = policy.init_from(resolve_policy_dir(cfg.init_from))
-        log.info("initialised from %s: %s", cfg.init_from, report)
+    source = resolve_policy_dir(cfg.init_from) if cfg.init_from is not None and not resuming else None
+    finetune.init_policy(policy, cfg, data, source, report_dir)
     return policy.to(device).train()
 
 
@@ -233,23 +235,21 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None, allow_config_change: 
 def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, allow_config_change: bool) -> Path:
     # -- setup: seeds, run dir, data, policy ---------------------------------------------------------------------
     seed_everything(cfg.seed, cfg.deterministic)
+    finetune.check(cfg)
     _limit_cpu_threads(cfg, info)
     resume_from = _prepare_run_dir(cfg, info, allow_config_change)
     micro_bs = cfg.micro_batch_size(info.world_size)
-    data = cfg.data.build(
+    data = finetune.with_replay(cfg.data, cfg.finetune).build(
         None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=micro_bs, seed=cfg.seed,
         rank=info.rank, world_size=info.world_size,
     )
-    policy = build_policy(cfg, data, info.device)
+    policy = build_policy(cfg, data, info.device, resume_from is not None, cfg.run_dir if info.is_main else None)
     # FSDP shards the live weights, so the exported (saved/evaluated) copy must be a separate whole module.
     ema_cfg = cfg.ema if cfg.ema.enabled else (EMAConfig(decay=0.0) if cfg.distributed == "fsdp" else None)
     ema = EMA(policy, ema_cfg) if ema_cfg is not None else None
     # FSDP replaces parameters with sharded DTensors, so the optimizer is built after wrapping.
     model = _wrap(policy, cfg, info)
-    optimizer = build_optimizer(
-        policy.param_groups(weight_decay=cfg.optim.weight_decay, encoder_lr_mult=cfg.optim.encoder_lr_mult),
-        cfg.optim, policy,
-    )
+    optimizer = build_optimizer(finetune.param_groups(policy, cfg), cfg.optim, policy)
 
     # -- resume: weights, optimizer, EMA, sampler; RNG after the loader iterator exists ----------------------------
     state = ckpt.TrainState(step=0)

@@ -1,0 +1,1 @@
+"""Studies that compose training and evaluation (e.g. ``lbm study data-efficiency``)."""

@@ -1,0 +1,259 @@
+"""The study's ``results.json`` and ``report.html`` (same self-contained style as ``openlbm.eval.report``: plots as
+base64 PNG, no network). Written from whatever runs have finished; missing runs are listed as such."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from openlbm.eval.records import CONFIG_FILE, EvalSummary, load_records
+from openlbm.eval.report import _CSS, _ci, _pct, _plt, _png, _training_curves, read_metrics
+from openlbm.eval.stats import RateEstimate
+from openlbm.study import analysis as A
+from openlbm.study.data_efficiency import Run, StudyConfig, plan_runs
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
+
+
+def _finished(cfg: StudyConfig, run: Run) -> Path | None:
+    out = cfg.out / "runs" / run.name / "eval"
+    if not (out / CONFIG_FILE).is_file():
+        return None
+    return out if EvalSummary.load(out).complete else None
+
+
+def collect(cfg: StudyConfig) -> tuple[dict[str, dict[int, A.Pooled]], list[dict[str, Any]], list[str]]:
+    """arm -> count -> pooled outcomes (finished runs only; a count counts once every seed has finished), the run
+    table, and the tasks."""
+    per: dict[str, dict[int, dict[int, dict[str, dict[int, bool]]]]] = {}
+    table, tasks = [], []
+    for run in plan_runs(cfg):
+        out = _finished(cfg, run)
+        table.append({"run": run.name, "arm": run.arm, "count": run.count, "seed": run.seed, "done": out is not None})
+        if out is None:
+            continue
+        summary = EvalSummary.load(out)
+        tasks = tasks or list(summary.tasks)
+        table[-1]["success"] = summary.overall.to_dict()
+        outcomes: dict[str, dict[int, bool]] = {}
+        for r in load_records(out):
+            outcomes.setdefault(str(r["task"]), {})[int(r["seed"])] = bool(r["success"])
+        per.setdefault(run.arm, {}).setdefault(run.count, {})[run.seed] = outcomes
+    pooled = {
+        arm: {n: A.pool(seeds) for n, seeds in counts.items() if set(seeds) == set(cfg.seeds)}
+        for arm, counts in per.items()
+    }
+    return pooled, table, tasks
+
+
+def analyse(cfg: StudyConfig) -> dict[str, Any]:
+    pooled, table, tasks = collect(cfg)
+    scratch, pre0 = pooled.get("scratch", {}), pooled.get("pre0", {})
+    main_counts = set(cfg.counts)
+    scratch_main = {n: o for n, o in scratch.items() if n in main_counts}
+    pre_main = {n: o for n, o in pre0.items() if n in main_counts}
+    mult = A.data_multiplier(scratch_main, pre_main, cfg.alpha) if max(cfg.counts) in scratch_main else None
+    scale = None
+    if len(cfg.pretrained) > 1:
+        n = cfg.scale_at
+        points = [{"label": "scratch (no pretraining)", "arm": "scratch", **_maybe_rate(scratch.get(n))}]
+        for i, label in enumerate(cfg.labels()):
+            points.append({"label": label, "arm": f"pre{i}", **_maybe_rate(pooled.get(f"pre{i}", {}).get(n))})
+        scale = {"count": n, "points": points}
+    return {
+        "config": {**cfg.identity(), "counts": list(cfg.counts), "seeds": list(cfg.seeds), "alpha": cfg.alpha},
+        "tasks": tasks,
+        "runs": table,
+        "curves": {"scratch": A.curve(scratch_main, tasks), "finetuned": A.curve(pre_main, tasks)},
+        "tests": [t.to_dict() for t in A.count_tests(scratch_main, pre_main, cfg.alpha)],
+        "multiplier": mult.to_dict() if mult is not None else None,
+        "multiplier_rule": A.RULE.format(alpha=cfg.alpha),
+        "scale": scale,
+    }
+
+
+def _maybe_rate(o: A.Pooled | None) -> dict[str, Any]:
+    return {"rate": A.rate(o).to_dict()} if o else {"rate": None}
+
+
+# -- plots ---------------------------------------------------------------------------------------------------------
+def _curve_plot(curves: dict[str, dict[int, dict[str, Any]]], names: list[str]) -> str:
+    plt = _plt()
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for arm, style in (("scratch", "o--"), ("finetuned", "s-")):
+            pts = [(n, RateEstimate.from_dict(c[name])) for n, c in sorted(curves[arm].items()) if c[name]["n"]]
+            if not pts:
+                continue
+            xs = [n for n, _ in pts]
+            ys = [e.rate for _, e in pts]
+            err = [[y - e.wilson[0] for y, (_, e) in zip(ys, pts, strict=True)],
+                   [e.wilson[1] - y for y, (_, e) in zip(ys, pts, strict=True)]]
+            ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, ms=4, lw=1.2, label=arm)
+        ax.set_xscale("log")
+        counts = sorted({n for arm in curves.values() for n in arm})
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.minorticks_off()
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(name.removesuffix("-v3"), fontsize=9)
+        ax.set_xlabel("demos per task", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _scale_plot(scale: dict[str, Any]) -> str:
+    plt = _plt()
+    pts = [(p["label"], RateEstimate.from_dict(p["rate"])) for p in scale["points"] if p["rate"]]
+    if not pts:
+        return ""
+    fig, ax = plt.subplots(figsize=(1.2 * len(pts) + 2.5, 3.0))
+    ys = [e.rate for _, e in pts]
+    err = [[y - e.wilson[0] for y, (_, e) in zip(ys, pts, strict=True)],
+           [e.wilson[1] - y for y, (_, e) in zip(ys, pts, strict=True)]]
+    ax.errorbar(range(len(pts)), ys, yerr=err, fmt="o-", capsize=3)
+    ax.set_xticks(range(len(pts)), [label for label, _ in pts], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel(f"success at {scale['count']} demos/task", fontsize=8)
+    return _png(fig)
+
+
+# -- tables --------------------------------------------------------------------------------------------------------
+def _rate_cell(d: dict[str, Any] | None) -> str:
+    if not d or not d["n"]:
+        return "<td>–</td><td>–</td>"
+    return f"<td>{d['successes']}/{d['n']} ({_pct(d['rate'])})</td><td>{_ci(d['wilson'])}</td>"
+
+
+def _tests_table(res: dict[str, Any]) -> str:
+    rows = []
+    for t in res["tests"]:
+        diff = t["finetuned"]["rate"] - t["scratch"]["rate"]
+        rows.append(f"<tr><td>{t['count']}</td>{_rate_cell(t['scratch'])}{_rate_cell(t['finetuned'])}"
+                    f"<td>{100 * diff:+.1f}</td><td>{t['scratch_only']}/{t['finetuned_only']} of {t['pairs']}</td>"
+                    f"<td>{t['p_value']:.3g}</td><td>{t['p_holm']:.3g}</td></tr>")
+    if not rows:
+        return "<p class=muted>No count has both arms finished yet.</p>"
+    return ("<table><tr><th>demos/task</th><th>scratch</th><th>Wilson 95%</th><th>fine-tuned</th><th>Wilson 95%</th>"
+            "<th>Δ pp</th><th>only scratch / only fine-tuned</th><th>p (exact McNemar)</th><th>p Holm</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _per_task_tables(res: dict[str, Any]) -> str:
+    parts = []
+    for t in res["tests"]:
+        rows = "".join(
+            f"<tr><td>{html.escape(r['task'])}</td><td>{_pct(r['a']['rate'])}</td><td>{_pct(r['b']['rate'])}</td>"
+            f"<td>{r['a_only']}/{r['b_only']}</td><td>{r['p_value']:.3g}</td><td>{r['p_adjusted']:.3g}</td>"
+            f"<td class=\"{r['verdict'].split()[0]}\">{r['verdict']}</td></tr>"
+            for r in t["per_task"]
+        )
+        parts.append(f"<h3>{t['count']} demos per task</h3><table><tr><th>task</th><th>scratch</th><th>fine-tuned</th>"
+                     f"<th>only scratch / only fine-tuned</th><th>p</th><th>p Holm (tasks)</th><th>verdict</th></tr>"
+                     f"{rows}</table>")
+    return "".join(parts)
+
+
+def _multiplier_section(res: dict[str, Any]) -> str:
+    m = res["multiplier"]
+    rule = f"<p class=muted>Rule: {html.escape(res['multiplier_rule'])}.</p>"
+    if m is None:
+        return "<p>Not available yet: scratch at the largest count has not finished.</p>" + rule
+    value = f"{m['multiplier']:.3g}×" if m["multiplier"] else "none"
+    why = (f"fine-tuned with {m['smallest_count']} demos/task is not worse than scratch with {m['reference_count']}"
+           if m["smallest_count"] else m["note"])
+    head = (f"<p><b>Data multiplier: {value}</b> — {html.escape(why)} (scratch@{m['reference_count']}: "
+            f"{_pct(m['reference']['rate'])} {_ci(m['reference']['wilson'])}).</p>")
+    rows = "".join(
+        f"<tr><td>{r['count']}</td>{_rate_cell(r['finetuned'])}<td>{r['scratch_only']}/{r['finetuned_only']} of "
+        f"{r['pairs']}</td><td>{r['p_one_sided']:.3g}</td><td>{'yes' if r['not_worse'] else 'no'}</td></tr>"
+        for r in m["rows"]
+    )
+    return (head + rule + "<table><tr><th>fine-tuned demos/task</th><th>fine-tuned</th><th>Wilson 95%</th>"
+            "<th>only scratch@max / only fine-tuned</th><th>one-sided p</th><th>not worse</th></tr>" + rows + "</table>")
+
+
+def _runs_table(res: dict[str, Any], cfg: StudyConfig) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(r['run'])}</td><td>{r['arm']}</td><td>{r['count']}</td><td>{r['seed']}</td>"
+        + (_rate_cell(r.get("success")) if r["done"] else "<td colspan=2 class=muted>not finished</td>") + "</tr>"
+        for r in res["runs"]
+    )
+    pre = "".join(f"<li><code>pre{i}</code> = {html.escape(str(p))}</li>" for i, p in enumerate(cfg.pretrained))
+    return (f"<ul>{pre}</ul><table><tr><th>run</th><th>arm</th><th>demos/task</th><th>seed</th><th>success</th>"
+            f"<th>Wilson 95%</th></tr>{rows}</table>")
+
+
+def _curves_of_largest(cfg: StudyConfig) -> str:
+    parts = []
+    for arm in ("scratch", "pre0"):
+        run_dir = cfg.out / "runs" / Run(arm, max(cfg.counts), cfg.seeds[0]).name / "train"
+        if (run_dir / "metrics.jsonl").is_file():
+            rows = read_metrics(run_dir / "metrics.jsonl")
+            if rows:
+                parts.append(f"<h3>{arm}, {max(cfg.counts)} demos/task, seed {cfg.seeds[0]}</h3>{_training_curves(rows)}")
+    return "".join(parts)
+
+
+def render(cfg: StudyConfig, res: dict[str, Any]) -> str:
+    done = sum(r["done"] for r in res["runs"])
+    title = f"openlbm data-efficiency study — {cfg.out.name}"
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Fine-tuning tasks: <code>{html.escape(cfg.tasks)}</code>; demos per task {list(cfg.counts)}; training seeds "
+        f"{list(cfg.seeds)}; {cfg.eval_episodes_per_task} evaluation episodes per task and run, the same initial "
+        f"states for every run (eval seed {cfg.eval_seed}). Runs finished: {done}/{len(res['runs'])}.</p>",
+        "<h2>Data multiplier</h2>" + _multiplier_section(res),
+    ]
+    names = ["overall", *res["tasks"]]
+    if any(res["curves"][a] for a in res["curves"]):
+        sections.append("<h2>Success vs demonstrations (Wilson 95%)</h2>" + _curve_plot(res["curves"], names))
+    sections.append("<h2>Fine-tuned vs scratch at each count</h2><p class=muted>Episodes paired by training seed, task "
+                    "and initial state; two-sided exact McNemar test on all tasks pooled, Holm-corrected across "
+                    f"counts; alpha={cfg.alpha}.</p>" + _tests_table(res))
+    if res["tests"]:
+        sections.append("<h2>Per task</h2>" + _per_task_tables(res))
+    if res["scale"] is not None:
+        sections.append(f"<h2>Pretraining scale (fine-tuned at {res['scale']['count']} demos/task)</h2>"
+                        + (_scale_plot(res["scale"]) or "<p class=muted>No scale run finished yet.</p>"))
+    curves = _curves_of_largest(cfg)
+    if curves:
+        sections.append("<h2>Training curves</h2>" + curves)
+    sections.append("<h2>Runs</h2>" + _runs_table(res, cfg))
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")  # shards may write at the same time
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_study_report(cfg: StudyConfig) -> Path:
+    """Write ``results.json`` and ``report.html`` into the study folder; returns the report's path."""
+    res = analyse(cfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(cfg.out / RESULTS_FILE, json.dumps(_finite(res), indent=1) + "\n")
+    _write_atomic(cfg.out / REPORT_FILE, render(cfg, res))
+    return cfg.out / REPORT_FILE
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj

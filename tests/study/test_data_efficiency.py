@@ -1,0 +1,141 @@
+"""``lbm study data-efficiency`` end to end at toy size: scripted demos, scratch + fine-tuned runs at two demo
+counts, a scale point, evaluation on shared initial states, SIGKILL between runs and resume, report in Chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from openlbm.cli import main
+from openlbm.configs.presets import debug
+from openlbm.data.mixture import SourceConfig
+from openlbm.envs.generate import GenerateConfig, generate_demos
+from openlbm.envs.metaworld import EMBODIMENT_NAME
+from openlbm.study.data_efficiency import StudyConfig, episodes_by_task, parse_shard, plan_runs
+from openlbm.train.loop import train
+
+TASKS = "button-press-topdown-v3,drawer-close-v3"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A debug policy 'pretrained' for 4 steps on another task (reach), same camera and image size as the study."""
+    root = tmp_path_factory.mktemp("pre")
+    data = generate_demos(GenerateConfig(out=root / "data", tasks="reach-v3", episodes_per_task=2, cameras=("corner2",),
+                                         size=32, max_steps=100, workers=2, progress=False))
+    cfg = replace(debug(), run_dir=root / "run", steps=4,
+                  data=replace(debug().data, sources=(SourceConfig(root=data),)))
+    return train(cfg)
+
+
+def _args(out: Path, pre: Path) -> list[str]:
+    return ["study", "data-efficiency", "--pretrained", str(pre), str(pre / "checkpoints" / "step_00000002"),
+            "--scale-labels", "4 steps", "2 steps", "--out", str(out), "--tasks", TASKS, "--counts", "1", "2",
+            "--preset", "debug", "--steps", "2", "--batch-size", "4", "--eval-episodes-per-task", "2",
+            "--max-steps", "100", "--workers", "2", "--device", "cpu"]
+
+
+def test_plan_and_shards() -> None:
+    cfg = StudyConfig(pretrained=(Path("a"), Path("b")), counts=(3, 10), seeds=(0, 1))
+    runs = [r.name for r in plan_runs(cfg)]
+    assert runs[:4] == ["scratch-n003-s0", "pre0-n003-s0", "scratch-n010-s0", "pre0-n010-s0"]
+    assert "pre1-n003-s1" in runs and len(runs) == len(set(runs)) == 10
+    assert parse_shard("1/4") == (1, 4)
+    with pytest.raises(ValueError, match="i/n"):
+        parse_shard("1-4")
+
+
+def test_study_end_to_end_with_kill_and_resume(pretrained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "openlbm.cli", *_args(out, pretrained)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = out / "runs" / "scratch-n001-s0"
+    deadline = time.monotonic() + 600
+    while not (first / "eval" / "summary.json").exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"study subprocess exited early:\n{proc.stdout.read().decode()[-3000:]}")
+        assert time.monotonic() < deadline, "the first run did not finish"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # between runs: the first is done, the second may be mid-training
+    proc.wait()
+    first_records = (first / "eval" / "episodes.jsonl").read_bytes()
+    first_ckpt = (first / "train" / "checkpoints" / "latest").stat().st_mtime_ns
+    assert not (out / "report.html").exists()
+
+    assert main(_args(out, pretrained)) == 0
+    # The finished run was skipped, not redone.
+    assert (first / "eval" / "episodes.jsonl").read_bytes() == first_records
+    assert (first / "train" / "checkpoints" / "latest").stat().st_mtime_ns == first_ckpt
+
+    check_finished_study(out, tmp_path)
+
+
+def check_finished_study(out: Path, tmp_path: Path) -> None:
+    res = json.loads((out / "results.json").read_text())
+    assert all(r["done"] for r in res["runs"]) and len(res["runs"]) == 5
+    # Every run evaluated on the same initial states.
+    seeds = {r["run"]: sorted((json.loads(x)["task"], json.loads(x)["seed"])
+                              for x in (out / "runs" / r["run"] / "eval" / "episodes.jsonl").read_text().splitlines())
+             for r in res["runs"]}
+    assert len({tuple(v) for v in seeds.values()}) == 1 and len(next(iter(seeds.values()))) == 4
+    # Nested demo subsets, by episode selection of the one generated dataset; both arms get the same demos.
+    eps = {r["run"]: json.loads((out / "runs" / r["run"] / "train" / "config.json").read_text())["data"]["sources"][0]["episodes"]
+           for r in res["runs"]}
+    assert eps["scratch-n001-s0"] == eps["pre0-n001-s0"] and len(eps["scratch-n001-s0"]) == 2
+    assert set(eps["scratch-n001-s0"]) < set(eps["scratch-n002-s0"]) and len(eps["scratch-n002-s0"]) == 4
+    by_task = episodes_by_task(out / "data")
+    assert set(eps["scratch-n001-s0"]) == {by_task[t][0] for t in TASKS.split(",")}
+    # Fine-tuned runs start from the pretrained weights; scratch runs do not. Same step budget for both.
+    report = json.loads((out / "runs" / "pre0-n002-s0" / "train" / "init_report.json").read_text())
+    assert report["loaded"] and not report["new"] and report["stats_from"] == {EMBODIMENT_NAME: [str(out / "data")]}
+    assert not (out / "runs" / "scratch-n002-s0" / "train" / "init_report.json").exists()
+    for r in res["runs"]:
+        assert (out / "runs" / r["run"] / "train" / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    # The report's statistics: one paired test per count, the multiplier with its rule, the scale curve.
+    assert [t["count"] for t in res["tests"]] == [1, 2] and all(t["pairs"] == 4 for t in res["tests"])
+    m = res["multiplier"]
+    assert m["reference_count"] == 2 and "McNemar" in res["multiplier_rule"] and len(m["rows"]) == 2
+    assert (m["multiplier"] is None) == (m["reference"]["successes"] == 0 or m["smallest_count"] is None)
+    assert [p["label"] for p in res["scale"]["points"]] == ["scratch (no pretraining)", "4 steps", "2 steps"]
+    assert all(p["rate"]["n"] == 4 for p in res["scale"]["points"])
+    page = (out / "report.html").read_text()
+    assert "Data multiplier" in page and "Pretraining scale" in page and "http://" not in page
+    _check_chromium(out / "report.html", tmp_path)
+
+
+_PROBE = """<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const imgs = [...document.images].map(i => i.naturalWidth);
+  document.body.setAttribute('data-probe', JSON.stringify({imgs}));
+}, 500));
+</script>"""
+
+
+def _check_chromium(report: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (`make system-deps` installs it via apt)")
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", _PROBE + "</body>"))
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--dump-dom", probe.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'data-probe="([^"]*)"', dom)
+    assert m is not None, f"the page did not finish loading in Chromium; DOM starts: {dom[:300]!r}"
+    imgs = json.loads(html.unescape(m.group(1)))["imgs"]
+    # success-vs-demos curves, scale curve, training curves: every image decoded
+    assert len(imgs) >= 3 and all(w > 0 for w in imgs)
+    assert "Data multiplier" in dom and "pre0-n002-s0" in dom
