@@ -27,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 import openlbm.envs  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
+from openlbm.envs import check_env_fields
 from openlbm.envs.tasks import ALOHA_TASKS, instructions
 from openlbm.types import EmbodimentSpec, EnvFrame
 
@@ -74,15 +75,7 @@ class AlohaConfig:
     """Control frequency written into datasets (gym-aloha's ``DT`` = 20 ms)."""
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.cameras if c not in CAMERAS]
-        if unknown:
-            raise ValueError(f"unknown ALOHA camera(s) {unknown}; valid cameras: {', '.join(CAMERAS)}")
-        if len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"duplicate camera in {self.cameras}")
-        if len(self.image_size) != 2 or not all(isinstance(s, int) and 8 <= s <= 1024 for s in self.image_size):
-            raise ValueError(f"image_size must be (height, width) with integers in 8..1024, got {self.image_size}")
-        if not 1 <= self.max_steps <= MAX_EPISODE_STEPS:
-            raise ValueError(f"max_steps must be in 1..{MAX_EPISODE_STEPS}, got {self.max_steps}")
+        check_env_fields("ALOHA", self.cameras, CAMERAS, self.image_size, self.max_steps, MAX_EPISODE_STEPS)
 
     def build(self, task: str, seed: int = 0) -> AlohaEnv:
         """An environment for ``task`` whose first ``reset()`` (without a seed) uses ``seed``."""
