@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import html
 import json
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from browser import render_in_chromium
 from openlbm.cli import main
 from openlbm.eval.report import write_report
 
@@ -68,30 +65,9 @@ def test_report_command_on_run_dir(run_dir: Path, tmp_path: Path) -> None:
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
-_PROBE = """<script>
-window.addEventListener('load', () => setTimeout(() => {
-  const imgs = [...document.images].map(i => i.naturalWidth);
-  const vids = [...document.querySelectorAll('video')].map(v => [v.readyState, v.videoWidth, v.error ? v.error.code : 0]);
-  document.body.setAttribute('data-probe', JSON.stringify({imgs, vids}));
-}, 1500));
-</script>"""
-
-
 def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    # A capability test that skips in CI is a failing test: no browser on PATH fails with how to get one.
-    assert chromium is not None, "chromium is not on PATH: `make system-deps` installs it (apt, as root)"
     report = write_report(run_dir, out=tmp_path / "report.html")
-    page = report.read_text()
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", _PROBE + "</body>"))
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    m = re.search(r'data-probe="([^"]*)"', dom)
-    assert m is not None, f"the page did not finish loading in Chromium; DOM starts: {dom[:300]!r}"
-    result = json.loads(html.unescape(m.group(1)))
+    result, dom = render_in_chromium(report, tmp_path)
     # Bar chart, posteriors, training curves: every image decoded.
     assert len(result["imgs"]) >= 3 and all(w > 0 for w in result["imgs"])
     # Two evals' clips (successes of both, a failure of the short one): each decoded, 32 px wide, no media error.

@@ -3,11 +3,8 @@ counts, a scale point, evaluation on shared initial states, SIGKILL between runs
 
 from __future__ import annotations
 
-import html
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from browser import render_in_chromium
 from openlbm.cli import main
 from openlbm.configs.presets import debug
 from openlbm.data.mixture import SourceConfig
@@ -115,27 +113,8 @@ def check_finished_study(out: Path, tmp_path: Path) -> None:
     _check_chromium(out / "report.html", tmp_path)
 
 
-_PROBE = """<script>
-window.addEventListener('load', () => setTimeout(() => {
-  const imgs = [...document.images].map(i => i.naturalWidth);
-  document.body.setAttribute('data-probe', JSON.stringify({imgs}));
-}, 500));
-</script>"""
-
-
 def _check_chromium(report: Path, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (`make system-deps` installs it via apt)")
-    probe = tmp_path / "probe.html"
-    probe.write_text(report.read_text().replace("</body>", _PROBE + "</body>"))
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--dump-dom", probe.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    m = re.search(r'data-probe="([^"]*)"', dom)
-    assert m is not None, f"the page did not finish loading in Chromium; DOM starts: {dom[:300]!r}"
-    imgs = json.loads(html.unescape(m.group(1)))["imgs"]
+    result, dom = render_in_chromium(report, tmp_path, budget_ms=3000)
     # success-vs-demos curves, scale curve, training curves: every image decoded
-    assert len(imgs) >= 3 and all(w > 0 for w in imgs)
+    assert len(result["imgs"]) >= 3 and all(w > 0 for w in result["imgs"])
     assert "Data multiplier" in dom and "pre0-n002-s0" in dom
