@@ -10,7 +10,7 @@ import base64
 import hashlib
 import io
 import json
-import pickle
+import multiprocessing
 import shutil
 import struct
 from collections.abc import Callable
@@ -102,11 +102,21 @@ def test_reads_every_step_as_tensorflow_does() -> None:
         src.episode(4)
 
 
-def test_source_survives_pickling_for_worker_processes() -> None:
+def test_source_works_in_forked_workers(tmp_path: Path) -> None:
+    """The conversion driver forks workers that inherit the opened source (see source.py; it is not pickled):
+    reading there after the parent has read (open shard handles, a filled offset cache) gives the parent's data."""
     src = RLDSSource(VERSION_DIR)
-    src.episode(1)  # fills the offset cache
-    clone = pickle.loads(pickle.dumps(src))
-    np.testing.assert_array_equal(clone.episode(1).frames["action"], src.episode(1).frames["action"])
+    parent = src.episode(1).frames["action"]  # fills the offset cache, opens shards
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=lambda i=i: np.save(tmp_path / f"child{i}.npy", src.episode(1).frames["action"]))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    for i in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"child{i}.npy"), parent)
 
 
 def test_split_selection() -> None:

@@ -17,7 +17,6 @@ encoded image per step, a ``Tensor(shape=(7,))`` holds ``7 * T`` numbers).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from openlbm.data.convert.source import SourceError
+from openlbm.jsonio import read_json
 
 NUMERIC = {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "uint16",
            "uint32", "uint64", "bool"}
@@ -90,12 +90,10 @@ def find_version_dir(root: Path) -> Path:
 
 
 def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        raise SourceError(f"{path}: missing (a prepared TFDS dataset has dataset_info.json and features.json)")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceError(f"{path}: not valid JSON ({e})") from None
+        return read_json(path)
+    except ValueError as e:  # names the file; add what a TFDS folder holds
+        raise SourceError(f"{e} (a prepared TFDS dataset has dataset_info.json and features.json)") from None
 
 
 def _shard_names(template: str, name: str, split: str, file_format: str, n: int) -> list[str]:
