@@ -8,55 +8,17 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from openlbm.eval.html import CSS, ci, pct, png_img, pyplot, read_metrics, training_curves
 from openlbm.eval.records import CONFIG_FILE, EvalSummary, load_records, outcomes
 from openlbm.eval.stats import BetaPosterior, Comparison, compare
 
 log = logging.getLogger(__name__)
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em} td,th{border:1px solid #ddd;padding:.3em .6em;text-align:right}
-th{background:#f5f5f5} td:first-child,th:first-child{text-align:left}
-.better{color:#1a7f37;font-weight:600} .worse{color:#cf222e;font-weight:600} .muted{color:#777}
-img{max-width:100%} .clips{display:flex;flex-wrap:wrap;gap:1em} figure{margin:0;text-align:center}
-figcaption{font-size:.8em;color:#555;max-width:260px}
-"""
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> str:
-    plt = _plt()
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _pct(x: float) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-
-def _ci(ci: Sequence[float]) -> str:
-    return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
-
 
 def _label(s: EvalSummary) -> str:
     return f"{s.out_dir.name} ({Path(s.policy).name or s.policy})"
@@ -64,7 +26,7 @@ def _label(s: EvalSummary) -> str:
 
 # -- plots ---------------------------------------------------------------------------------------------------------
 def _bar_chart(summaries: list[EvalSummary]) -> str:
-    plt = _plt()
+    plt = pyplot()
     import numpy as np
 
     tasks = list(summaries[0].tasks)
@@ -82,11 +44,11 @@ def _bar_chart(summaries: list[EvalSummary]) -> str:
     ax.set_ylabel("success rate (Wilson 95%)")
     if len(summaries) > 1:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
+    return png_img(fig)
 
 
 def _posterior_plot(summaries: list[EvalSummary]) -> str:
-    plt = _plt()
+    plt = pyplot()
     import numpy as np
 
     names = [*summaries[0].tasks, "overall"]
@@ -108,55 +70,7 @@ def _posterior_plot(summaries: list[EvalSummary]) -> str:
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
-    return _png(fig)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl``; a torn last line (run still writing) is skipped."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
-
-
-def _curve_groups(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)})
-    keys = [k for k in keys if k != "step"]
-    groups = {
-        "loss": [k for k in keys if "loss" in k and not k.startswith("eval/")],
-        "learning rate": [k for k in keys if k == "lr" or k.endswith("/lr") or k.startswith("lr")],
-        "throughput": [k for k in keys if "samples" in k or "per_s" in k or k.endswith("/s")],
-        "eval success": [k for k in keys if k.startswith("eval/")],
-    }
-    return {name: ks for name, ks in groups.items() if ks}
-
-
-def _training_curves(rows: list[dict[str, Any]]) -> str:
-    plt = _plt()
-
-    groups = _curve_groups(rows)
-    if not groups:
-        return ""
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 2.8), squeeze=False)
-    for ax, (name, keys) in zip(axes[0], groups.items(), strict=True):
-        for k in keys[:12]:
-            pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)]
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o" if name == "eval success" else None, ms=3, lw=1.2, label=k)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        if name == "loss":
-            ax.set_yscale("log")
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return _png(fig)
+    return png_img(fig)
 
 
 # -- tables ----------------------------------------------------------------------------------------------------------
@@ -168,8 +82,8 @@ def _summary_table(s: EvalSummary) -> str:
         err = s.errors.get(name, sum(s.errors.values()))
         steps = s.mean_steps.get(name, float("nan"))
         body.append(
-            f"<tr><td>{html.escape(name)}</td><td>{e.successes}/{e.n}</td><td>{_pct(e.rate)}</td><td>{_ci(e.wilson)}</td>"
-            f"<td>{_ci(e.clopper_pearson)}</td><td>{_pct(e.posterior_mean)}</td><td>{_ci(e.credible)}</td>"
+            f"<tr><td>{html.escape(name)}</td><td>{e.successes}/{e.n}</td><td>{pct(e.rate)}</td><td>{ci(e.wilson)}</td>"
+            f"<td>{ci(e.clopper_pearson)}</td><td>{pct(e.posterior_mean)}</td><td>{ci(e.credible)}</td>"
             f"<td>{err}</td><td>{'' if math.isnan(steps) else f'{steps:.0f}'}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
@@ -178,8 +92,8 @@ def _summary_table(s: EvalSummary) -> str:
 def _comparison_tables(summaries: list[EvalSummary], comparisons: list[Comparison]) -> str:
     base = summaries[0]
     runs = "".join(
-        f"<tr><td>{html.escape(_label(s))}</td><td>{s.overall.successes}/{s.overall.n}</td><td>{_pct(s.overall.rate)}</td>"
-        f"<td>{_ci(s.overall.wilson)}</td></tr>"
+        f"<tr><td>{html.escape(_label(s))}</td><td>{s.overall.successes}/{s.overall.n}</td><td>{pct(s.overall.rate)}</td>"
+        f"<td>{ci(s.overall.wilson)}</td></tr>"
         for s in summaries
     )
     parts = [f"<h3>Runs</h3><table><tr><th>eval</th><th>success</th><th>rate</th><th>Wilson 95%</th></tr>{runs}</table>"]
@@ -187,7 +101,7 @@ def _comparison_tables(summaries: list[EvalSummary], comparisons: list[Compariso
         rows = []
         for t in [*c.tasks, c.overall]:
             rows.append(
-                f"<tr><td>{html.escape(t.task)}</td><td>{_pct(t.a.rate)}</td><td>{_pct(t.b.rate)}</td>"
+                f"<tr><td>{html.escape(t.task)}</td><td>{pct(t.a.rate)}</td><td>{pct(t.b.rate)}</td>"
                 f"<td>{100 * t.diff:+.1f}</td><td>{t.a_only}/{t.b_only}</td><td>{t.test}</td><td>{t.p_value:.3g}</td>"
                 f"<td>{t.p_adjusted:.3g}</td><td>{t.prob_b_better:.3f}</td>"
                 f"<td class=\"{t.verdict.split()[0]}\">{t.verdict}</td></tr>"
@@ -249,8 +163,8 @@ def write_report(
     if summaries:
         base = summaries[0]
         sections.append(
-            f"<p>Policy <code>{html.escape(base.policy)}</code>: <b>{_pct(base.overall.rate)}</b> success over "
-            f"{base.overall.n} episodes (Wilson 95% {_ci(base.overall.wilson)}); {len(base.tasks)} tasks."
+            f"<p>Policy <code>{html.escape(base.policy)}</code>: <b>{pct(base.overall.rate)}</b> success over "
+            f"{base.overall.n} episodes (Wilson 95% {ci(base.overall.wilson)}); {len(base.tasks)} tasks."
             + ("" if base.complete else f" <b>Incomplete:</b> {base.num_episodes}/{base.planned} episodes.")
             + "</p>"
         )
@@ -262,14 +176,14 @@ def write_report(
         sections.append("<h2>Runs compared</h2>" + _comparison_tables(summaries, comps))
     if run_dir is not None:
         rows = read_metrics(run_dir / "metrics.jsonl")
-        curves = _training_curves(rows) if rows else ""
+        curves = training_curves(rows) if rows else ""
         if curves:
             sections.append(f"<h2>Training curves</h2><p class=muted>{html.escape(str(run_dir))}</p>{curves}")
     for s in summaries:
         sections.append(_videos(s.out_dir, _label(s)))
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
+        f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n"
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp")

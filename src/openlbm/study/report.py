@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from openlbm.eval.html import CSS, ci, pct, png_img, pyplot, read_metrics, training_curves
 from openlbm.eval.records import CONFIG_FILE, EvalSummary, load_records
-from openlbm.eval.report import _CSS, _ci, _pct, _plt, _png, _training_curves, read_metrics
 from openlbm.eval.stats import RateEstimate
 from openlbm.study import analysis as A
 from openlbm.study.data_efficiency import Run, StudyConfig, plan_runs
@@ -83,7 +83,7 @@ def _maybe_rate(o: A.Pooled | None) -> dict[str, Any]:
 
 # -- plots ---------------------------------------------------------------------------------------------------------
 def _curve_plot(curves: dict[str, dict[int, dict[str, Any]]], names: list[str]) -> str:
-    plt = _plt()
+    plt = pyplot()
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
@@ -109,11 +109,11 @@ def _curve_plot(curves: dict[str, dict[int, dict[str, Any]]], names: list[str]) 
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    return _png(fig)
+    return png_img(fig)
 
 
 def _scale_plot(scale: dict[str, Any]) -> str:
-    plt = _plt()
+    plt = pyplot()
     pts = [(p["label"], RateEstimate.from_dict(p["rate"])) for p in scale["points"] if p["rate"]]
     if not pts:
         return ""
@@ -125,14 +125,14 @@ def _scale_plot(scale: dict[str, Any]) -> str:
     ax.set_xticks(range(len(pts)), [label for label, _ in pts], rotation=20, ha="right", fontsize=8)
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel(f"success at {scale['count']} demos/task", fontsize=8)
-    return _png(fig)
+    return png_img(fig)
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
 def _rate_cell(d: dict[str, Any] | None) -> str:
     if not d or not d["n"]:
         return "<td>–</td><td>–</td>"
-    return f"<td>{d['successes']}/{d['n']} ({_pct(d['rate'])})</td><td>{_ci(d['wilson'])}</td>"
+    return f"<td>{d['successes']}/{d['n']} ({pct(d['rate'])})</td><td>{ci(d['wilson'])}</td>"
 
 
 def _tests_table(res: dict[str, Any]) -> str:
@@ -153,7 +153,7 @@ def _per_task_tables(res: dict[str, Any]) -> str:
     parts = []
     for t in res["tests"]:
         rows = "".join(
-            f"<tr><td>{html.escape(r['task'])}</td><td>{_pct(r['a']['rate'])}</td><td>{_pct(r['b']['rate'])}</td>"
+            f"<tr><td>{html.escape(r['task'])}</td><td>{pct(r['a']['rate'])}</td><td>{pct(r['b']['rate'])}</td>"
             f"<td>{r['a_only']}/{r['b_only']}</td><td>{r['p_value']:.3g}</td><td>{r['p_adjusted']:.3g}</td>"
             f"<td class=\"{r['verdict'].split()[0]}\">{r['verdict']}</td></tr>"
             for r in t["per_task"]
@@ -173,7 +173,7 @@ def _multiplier_section(res: dict[str, Any]) -> str:
     why = (f"fine-tuned with {m['smallest_count']} demos/task is not worse than scratch with {m['reference_count']}"
            if m["smallest_count"] else m["note"])
     head = (f"<p><b>Data multiplier: {value}</b> — {html.escape(why)} (scratch@{m['reference_count']}: "
-            f"{_pct(m['reference']['rate'])} {_ci(m['reference']['wilson'])}).</p>")
+            f"{pct(m['reference']['rate'])} {ci(m['reference']['wilson'])}).</p>")
     rows = "".join(
         f"<tr><td>{r['count']}</td>{_rate_cell(r['finetuned'])}<td>{r['scratch_only']}/{r['finetuned_only']} of "
         f"{r['pairs']}</td><td>{r['p_one_sided']:.3g}</td><td>{'yes' if r['not_worse'] else 'no'}</td></tr>"
@@ -201,7 +201,7 @@ def _curves_of_largest(cfg: StudyConfig) -> str:
         if (run_dir / "metrics.jsonl").is_file():
             rows = read_metrics(run_dir / "metrics.jsonl")
             if rows:
-                parts.append(f"<h3>{arm}, {max(cfg.counts)} demos/task, seed {cfg.seeds[0]}</h3>{_training_curves(rows)}")
+                parts.append(f"<h3>{arm}, {max(cfg.counts)} demos/task, seed {cfg.seeds[0]}</h3>{training_curves(rows)}")
     return "".join(parts)
 
 
@@ -231,7 +231,7 @@ def render(cfg: StudyConfig, res: dict[str, Any]) -> str:
         sections.append("<h2>Training curves</h2>" + curves)
     sections.append("<h2>Runs</h2>" + _runs_table(res, cfg))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n")
+            f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:
