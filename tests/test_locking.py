@@ -138,3 +138,38 @@ def test_two_generates_on_one_out(tmp_path: Path) -> None:
     finally:
         _kill(first)
     DatasetWriter.open(out)  # recoverable, not broken
+
+
+# A process that holds the lock an evaluation (single process, or rank {rank} of a torchrun job) takes on {out}.
+HOLD_EVAL = """
+import sys
+from openlbm.locking import lock_dir
+held = lock_dir({out!r}, "an evaluation (rank {rank})", {lock_file!r})
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_stats_and_eval_refuse_a_folder_in_use(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    holder = _holder(HOLD_WRITER.format(root=str(root)))
+    try:  # recomputing stats while a writer is still adding episodes would race its finalize
+        _refused(["data", "stats", str(root)], root, holder.pid)
+    finally:
+        _kill(holder)
+    out = tmp_path / "eval"
+    holder = _holder(HOLD_EVAL.format(out=str(out), rank=0, lock_file=LOCK_FILE))
+    try:
+        _refused(["eval", "--policy", "expert", "--tasks", "reach-v3", "--episodes-per-task", "1", "--cameras",
+                  "corner2", "--image-size", "32", "32", "--num-workers", "1", "--out", str(out)],
+                 out, holder.pid)
+    finally:
+        _kill(holder)
+    # Ranks of one torchrun evaluation each own a records file, so they lock separately.
+    rank1 = _holder(HOLD_EVAL.format(out=str(out), rank=1, lock_file=".openlbm.rank1.lock"))
+    try:
+        lock_dir(out, "rank 0", ".openlbm.rank0.lock").release()
+        with pytest.raises(LockedError, match=f"pid {rank1.pid}"):
+            lock_dir(out, "another rank 1", ".openlbm.rank1.lock")
+    finally:
+        _kill(rank1)

@@ -18,15 +18,16 @@ from pathlib import Path
 from openlbm.errors import LockedError
 
 LOCK_FILE = ".openlbm.lock"
-_held: dict[Path, list[int]] = {}  # resolved folder -> [fd, handles alive in this process]
+_held: dict[Path, list[int]] = {}  # resolved lock file -> [fd, handles alive in this process]
 _guard = threading.Lock()
 
 
 class DirLock:
     """A held lock on a folder; released by :meth:`release` or when garbage collected / the process exits."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, key: Path) -> None:
+        self.key = key
+        self.folder = key.parent
         self._held = True
 
     def release(self) -> None:
@@ -34,12 +35,12 @@ class DirLock:
             if not self._held:
                 return
             self._held = False
-            entry = _held.get(self.folder)
+            entry = _held.get(self.key)
             if entry is None:
                 return
             entry[1] -= 1
             if entry[1] == 0:
-                del _held[self.folder]
+                del _held[self.key]
                 os.close(entry[0])  # closing the descriptor drops the flock
 
     def __del__(self) -> None:
@@ -47,20 +48,22 @@ class DirLock:
             self.release()
 
 
-def lock_dir(folder: Path | str, what: str) -> DirLock:
+def lock_dir(folder: Path | str, what: str, lock_file: str = LOCK_FILE) -> DirLock:
     """Lock ``folder`` (created if missing) for writing, or raise :class:`LockedError` naming it and the holder.
 
     ``what`` names this writer in the lock file, for the message another process gets (``"a dataset writer"``).
+    ``lock_file`` lets cooperating writers that own disjoint files of one folder (the ranks of one evaluation)
+    each hold their own lock.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key = folder.resolve()
+    key = folder.resolve() / lock_file
     with _guard:
         entry = _held.get(key)
         if entry is not None:
             entry[1] += 1
             return DirLock(key)
-        fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

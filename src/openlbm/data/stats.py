@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from openlbm.data import layout as L
+from openlbm.locking import lock_dir
 from openlbm.types import FeatureSpec
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
@@ -378,10 +379,19 @@ def lowdim_stats(meta: Any) -> dict[str, dict[str, list]]:
 
 def compute_stats(root: Path, image_frames_per_episode: int = IMAGE_FRAMES_PER_EPISODE, write: bool = False) -> dict[str, dict[str, list]]:
     """Exact ``meta/stats.json`` content of the dataset at ``root`` with bounded memory (decodes the image samples).
-    ``write`` also stores ``meta/stats.json`` and the image histograms."""
+    ``write`` also stores ``meta/stats.json`` and the image histograms, holding the dataset's folder lock (a writer
+    or converter still working on it is refused, not raced)."""
     from openlbm.data.dataset import DatasetMeta
 
-    meta = DatasetMeta(root)
+    lock = lock_dir(root, "lbm data stats") if write else None
+    try:
+        return _compute_stats(DatasetMeta(root), image_frames_per_episode, write)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _compute_stats(meta: Any, image_frames_per_episode: int, write: bool) -> dict[str, dict[str, list]]:
     if meta.num_episodes == 0:
         raise L.DatasetError(f"{L.where(meta.root)}: dataset has no episodes; nothing to compute stats of")
     out = lowdim_stats(meta)

@@ -38,6 +38,7 @@ from openlbm.eval.records import (
 )
 from openlbm.eval.video import encode_mp4
 from openlbm.jsonio import changed_fields, read_json, to_jsonable, write_json
+from openlbm.locking import LOCK_FILE, lock_dir
 from openlbm.types import EmbodimentSpec, PolicyLike
 
 log = logging.getLogger(__name__)
@@ -306,6 +307,9 @@ def evaluate(cfg: EvalConfig, policy: PolicyLike | None = None) -> EvalSummary:
     tasks = _validate(cfg)
     rank, world = _rank_world(cfg)
     with contextlib.ExitStack() as stack:
+        # One evaluation per output folder (per rank under torchrun: each rank owns its own records file).
+        lock_file = LOCK_FILE if world == 1 else f".openlbm.rank{rank}.lock"
+        stack.callback(lock_dir(cfg.out_dir(), f"an evaluation (rank {rank})", lock_file).release)
         if policy is None:
             policy = stack.enter_context(open_policy(cfg))
         if not isinstance(policy, PolicyLike):
