@@ -26,6 +26,7 @@ import tyro
 from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS
 from openlbm.configs.train import TrainConfig
 from openlbm.data.mixture import SourceConfig, read_sources
+from openlbm.envs.suites import Suite
 
 
 def _choices(presets: dict) -> object:
@@ -84,7 +85,10 @@ class Train:
     the file): to name a dataset's embodiment, map its cameras and keys, resize its images. Combines with
     ``--dataset``."""
     eval_tasks: str | None = None
-    """Meta-World tasks (set name or comma list) rolled out every ``--eval-every`` steps; logged as ``eval/*``."""
+    """Tasks of ``--eval-suite`` (set name or comma list) rolled out every ``--eval-every`` steps; logged as
+    ``eval/*``."""
+    eval_suite: Suite = "metaworld"
+    """Simulation suite of ``--eval-tasks``; a policy trained on several robots is evaluated as this suite's."""
     eval_episodes: int = 5
     """Episodes per task at each in-training evaluation (fixed starts, the same at every call)."""
     allow_config_change: bool = False
@@ -105,7 +109,7 @@ class Train:
         if cfg.eval_every > 0 and self.eval_tasks is None:
             raise UserError("--eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
         run_dir = train_with_eval(cfg, self.eval_tasks, self.eval_episodes, eval_seed=cfg.seed + 1,
-                                  allow_config_change=self.allow_config_change)
+                                  allow_config_change=self.allow_config_change, suite=self.eval_suite)
         if os.environ.get("RANK", "0") == "0":
             print(f"run dir: {run_dir}")
         return 0

@@ -1,4 +1,5 @@
-"""One policy, two robots: a tiny Meta-World + ALOHA mixture trains the debug preset and evaluates on both suites."""
+"""One policy, two robots: a tiny Meta-World + ALOHA mixture trains the debug preset (with in-training rollouts on
+ALOHA) and evaluates on both suites, locally and through ``lbm serve``."""
 
 from __future__ import annotations
 
@@ -24,12 +25,16 @@ def test_mixture_policy_trains_and_evaluates_on_both_suites(tmp_path: Path) -> N
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "openlbm.cli", "train", "--dataset", str(mw), "--dataset", str(aloha), "debug",
-         "--run-dir", str(run)], capture_output=True, text=True, timeout=900,
+         "--run-dir", str(run), "--eval-every", "2", "--eval-suite", "aloha", "--eval-tasks", "transfer-cube",
+         "--eval-episodes", "1"], capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     policy_cfg = json.loads(next(run.glob("checkpoints/step_*/policy/config.json")).read_text())
     assert {e["name"]: e["action_dim"] for e in policy_cfg["embodiments"]} == {"metaworld_sawyer": 4,
                                                                                "aloha_bimanual": 14}
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/transfer-cube" in r] == [2, 4]  # the joint policy, as the ALOHA robot
+    assert len((run / "train_eval" / "step_00000004.jsonl").read_text().splitlines()) == 1
     for suite, task in (("metaworld", "reach-v3"), ("aloha", "transfer-cube")):
         summary = evaluate(EvalConfig(policy=str(run), suite=suite, tasks=task, episodes_per_task=1, max_steps=5,
                                       num_workers=1, record_video=False, report=False, progress=False,
@@ -37,3 +42,18 @@ def test_mixture_policy_trains_and_evaluates_on_both_suites(tmp_path: Path) -> N
         assert summary.overall.n == 1 and sum(summary.errors.values()) == 0, (suite, summary.errors)
         meta = json.loads((tmp_path / f"eval-{suite}" / "eval_config.json").read_text())
         assert meta["embodiment"]["name"] == {"metaworld": "metaworld_sawyer", "aloha": "aloha_bimanual"}[suite]
+
+    # The same joint policy served: `lbm eval --server` drives the server's ALOHA embodiment in the ALOHA suite.
+    from openlbm.serve.launch import spawn_server
+
+    proc, port = spawn_server(run, tmp_path / "serve.log", ["--device", "cpu"])
+    try:
+        summary = evaluate(EvalConfig(server=f"ws://127.0.0.1:{port}", suite="aloha", tasks="transfer-cube",
+                                      episodes_per_task=1, max_steps=5, num_workers=1, record_video=False,
+                                      report=False, progress=False, out=tmp_path / "eval-served"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert summary.overall.n == 1 and sum(summary.errors.values()) == 0, summary.errors
+    meta = json.loads((tmp_path / "eval-served" / "eval_config.json").read_text())
+    assert meta["embodiment"]["name"] == "aloha_bimanual"

@@ -52,6 +52,11 @@ def env_config(
     return replace(base, **overrides)
 
 
+def robot_name(suite: str) -> str:
+    """The embodiment name the suite's robot has (a multi-embodiment policy acts as this one in the suite)."""
+    return env_config(suite).embodiment().name
+
+
 def scripted_expert(suite: str, env_cfg: Any, action_noise: float = 0.0, seed: int = 0) -> PolicyLike:
     """The suite's scripted expert (a PolicyLike that reads ``obs.privileged``)."""
     _check(suite)

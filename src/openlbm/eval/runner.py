@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from openlbm.envs.suites import robot_name
 from openlbm.eval.records import (
     CONFIG_FILE,
     EvalSummary,
@@ -235,6 +236,10 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
         from openlbm.serve.client import RemotePolicy
 
         remote = RemotePolicy(cfg.server)
+        robot = robot_name(cfg.suite)
+        if robot != remote.embodiment.name and robot in remote.metadata["embodiments"]:
+            remote.close()  # a multi-embodiment server: drive the embodiment of this suite's robot
+            remote = RemotePolicy(cfg.server, embodiment=robot)
         try:
             yield remote
         finally:
@@ -250,7 +255,7 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
 
     policy_dir = resolve_policy_dir(Path(cfg.policy))
     policy = LBMPolicy.load(policy_dir, device=_pick_device(cfg.device))
-    suite_robot = env_config(cfg, None).embodiment().name
+    suite_robot = robot_name(cfg.suite)
     if suite_robot in policy.specs:  # a multi-embodiment policy acts as this suite's robot
         policy.embodiment = policy.specs[suite_robot]
     policy.eval()

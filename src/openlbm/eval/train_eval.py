@@ -30,6 +30,7 @@ class TrainEvalFn:
         tasks: str | Sequence[str],
         episodes: int,
         *,
+        suite: str = "metaworld",
         seed: int = 0,
         instructions: Literal["train", "heldout"] = "train",
         num_workers: int = 2,
@@ -42,7 +43,8 @@ class TrainEvalFn:
 
         if episodes < 1:
             raise ValueError(f"in-training eval needs episodes >= 1 per task, got {episodes}")
-        self.tasks = resolve_tasks(tasks)
+        self.suite = suite
+        self.tasks = resolve_tasks(tasks, suite=suite)
         self.plan = plan_episodes(self.tasks, episodes, seed, instructions)
         self.num_workers, self.max_steps, self.progress = num_workers, max_steps, progress
         self.noise_seed = noise_seed
@@ -50,17 +52,20 @@ class TrainEvalFn:
         self._runner: Any = None
         self._env_cfg: Any = None
 
-    def _runner_for(self, policy: PolicyLike) -> Any:
-        from dataclasses import replace
+    def _embodiment(self, policy: PolicyLike) -> Any:
+        """The policy's embodiment for this suite's robot (a multi-embodiment policy acts as that one)."""
+        from openlbm.envs.suites import robot_name
 
-        from openlbm.envs.metaworld import MetaWorldConfig, embodiment
+        specs = getattr(policy, "specs", {})
+        return specs.get(robot_name(self.suite), policy.embodiment)
+
+    def _runner_for(self, policy: PolicyLike) -> Any:
         from openlbm.envs.rollout import RolloutRunner
+        from openlbm.envs.suites import env_config
 
         emb = policy.embodiment
-        base = MetaWorldConfig()
-        env_cfg = replace(base, cameras=tuple(emb.cameras), image_size=tuple(emb.image_size),
-                          max_steps=self.max_steps or base.max_steps)
-        check_spec(emb, embodiment(env_cfg))
+        env_cfg = env_config(self.suite, tuple(emb.cameras), tuple(emb.image_size), self.max_steps)
+        check_spec(emb, env_cfg.embodiment())
         if self._runner is None or env_cfg != self._env_cfg:
             self.close()
             self._runner = RolloutRunner(env_cfg, num_workers=min(self.num_workers, len(self.plan)))
@@ -68,6 +73,14 @@ class TrainEvalFn:
         return self._runner
 
     def __call__(self, policy: PolicyLike, step: int) -> dict[str, float]:
+        old_emb = policy.embodiment
+        policy.embodiment = self._embodiment(policy)
+        try:
+            return self._evaluate(policy, step)
+        finally:
+            policy.embodiment = old_emb
+
+    def _evaluate(self, policy: PolicyLike, step: int) -> dict[str, float]:
         import torch
 
         from openlbm.envs.rollout import EpisodeSpec
