@@ -24,7 +24,7 @@ def test_data_group_help_lists_dataset_commands(capsys: pytest.CaptureFixture[st
         main(["data", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("info", "validate", "stats", "view", "generate"):
+    for name in ("info", "validate", "stats", "view", "generate", "image-text"):
         assert name in out
 
 

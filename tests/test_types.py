@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from openlbm.types import EnvFrame, chw_from_hwc, hwc_from_chw, observation_from_frames
+from openlbm.types import EnvFrame, ImageTextBatch, chw_from_hwc, hwc_from_chw, observation_from_frames
 
 
 def test_chw_from_hwc_moves_channels_and_round_trips() -> None:
@@ -25,3 +25,17 @@ def test_observation_from_frames_uses_it() -> None:
     img = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
     obs = observation_from_frames([EnvFrame({"cam": img}, np.zeros(2, np.float32), "x")], "e")
     torch.testing.assert_close(obs.images["cam"][0, 0], chw_from_hwc(img))
+
+
+def test_image_text_batch_validate_names_the_field() -> None:
+    ok = ImageTextBatch(torch.zeros(2, 3, 4, 5, dtype=torch.uint8), ["a", "b"], {"shard": ["s", "s"], "key": ["0", "1"]})
+    ok.validate()
+    assert ok.batch_size == 2 and ok.to("cpu").text == ["a", "b"]
+    bad = {
+        "images": ImageTextBatch(torch.zeros(2, 4, 5, 3, dtype=torch.uint8), ["a", "b"]),
+        "text": ImageTextBatch(torch.zeros(2, 3, 4, 5, dtype=torch.uint8), ["a", " "]),
+        "meta": ImageTextBatch(torch.zeros(2, 3, 4, 5, dtype=torch.uint8), ["a", "b"], {"key": ["0"]}),
+    }
+    for field, batch in bad.items():
+        with pytest.raises(ValueError, match=field):
+            batch.validate()

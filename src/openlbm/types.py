@@ -254,3 +254,36 @@ class PolicyLike(Protocol):
     def select_action(self, obs: Observation) -> Tensor: ...
 
     def reset(self, indices: Sequence[int] | None = None) -> None: ...
+
+
+@dataclass
+class ImageTextBatch:
+    """A batch of image-caption pairs (web-style data without robot state or actions).
+
+    ``images``: uint8 ``[B, 3, Hi, Wi]`` (one image per row, channel-first like every image in a batch);
+    ``text``: ``B`` captions. Objectives that use it (vision-language co-training) read only these two fields.
+    """
+
+    images: Tensor
+    text: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Bookkeeping that models ignore: ``shard`` (file path) and ``key`` (the WebDataset member key) per row, so
+    any row can be traced back to its file."""
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.images.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageTextBatch:
+        return replace(self, images=self.images.to(device, non_blocking=non_blocking))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field if shapes/dtypes break the contract."""
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 [B, 3, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        b = self.batch_size
+        if len(self.text) != b or not all(isinstance(t, str) and t.strip() for t in self.text):
+            raise ValueError(f"text must be {b} non-empty strings, got {len(self.text)} entries")
+        for k in ("shard", "key"):
+            if k in self.meta and len(self.meta[k]) != b:
+                raise ValueError(f"meta[{k!r}] must have {b} entries, got {len(self.meta[k])}")

@@ -56,6 +56,7 @@ def test_video_frames_are_recorded_per_step() -> None:
     assert res.frames.shape == (11, 24, 32, 3) and res.frames.dtype == np.uint8
     assert res.trajectory is not None and res.trajectory["images.gripperPOV"].shape == (10, 24, 32, 3)
     assert res.trajectory["action"].shape == (10, 4) and res.trajectory["success"].shape == (10,)
+    assert res.trajectory["privileged"].shape == (10, 39)  # the full observation, for caption facts
 
 
 class _Saboteur(ScriptedExpert):

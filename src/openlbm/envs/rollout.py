@@ -78,8 +78,9 @@ class EpisodeResult:
     """uint8 ``[T, Hi, Wi, 3]`` of the first camera (initial frame included) when ``record_video`` is on."""
     trajectory: dict[str, np.ndarray] | None = None
     """With ``record_trajectory``: per-step arrays of length ``steps`` (``images.<cam>`` uint8 [T, H, W, 3],
-    ``state`` float32 [T, S], ``action`` float32 [T, A], ``reward`` float32 [T], ``success`` bool [T]); entry t
-    holds the observation before action t and the reward/success after it (LeRobot's ``next.*``)."""
+    ``state`` float32 [T, S], ``action`` float32 [T, A], ``reward`` float32 [T], ``success`` bool [T], and
+    ``privileged`` [T, D] when the env provides it); entry t holds the observation before action t and the
+    reward/success after it (LeRobot's ``next.*``)."""
 
 
 def _worker_main(conn: Connection, env_cfg: Any, cache_size: int = 2) -> None:
@@ -307,6 +308,8 @@ class RolloutRunner:
             for cam, img in frame.images.items():
                 slot.traj.setdefault(f"images.{cam}", []).append(img)
             slot.traj.setdefault("state", []).append(frame.state)
+            if frame.privileged is not None:
+                slot.traj.setdefault("privileged", []).append(frame.privileged)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def run(
