@@ -25,3 +25,25 @@ def test_observation_from_frames_uses_it() -> None:
     img = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
     obs = observation_from_frames([EnvFrame({"cam": img}, np.zeros(2, np.float32), "x")], "e")
     torch.testing.assert_close(obs.images["cam"][0, 0], chw_from_hwc(img))
+
+
+def test_batch_latent_action_fields_are_validated() -> None:
+    from openlbm.types import Batch, Observation
+
+    obs = Observation(images={"cam": torch.zeros(2, 1, 3, 4, 4, dtype=torch.uint8)}, state=torch.zeros(2, 1, 0),
+                      instruction=["a", "b"], embodiment=["video", "video"])
+    pad = torch.ones(2, 5, dtype=torch.bool)
+    batch = Batch(obs, torch.zeros(2, 5, 0), pad, torch.zeros(2, 0, dtype=torch.bool))
+    batch.validate()  # no latent labels: both None
+    assert batch.latent_action is None and batch.to("cpu").latent_is_pad is None
+    batch.latent_action, batch.latent_is_pad = torch.zeros(2, 5, 3), pad.clone()
+    batch.validate()
+    assert batch.to("cpu").latent_action.shape == (2, 5, 3)
+    for lat, lpad, msg in ((torch.zeros(2, 4, 3), pad, r"latent_action must be float32 \[B=2, H=5, L\]"),
+                           (torch.zeros(2, 5, 3, dtype=torch.float64), pad, "latent_action must be float32"),
+                           (torch.zeros(2, 5, 3), pad.float(), "latent_is_pad must be bool"),
+                           (torch.full((2, 5, 3), float("nan")), pad, "latent_action contains NaN"),
+                           (torch.zeros(2, 5, 3), None, "given together")):
+        batch.latent_action, batch.latent_is_pad = lat, lpad
+        with pytest.raises(ValueError, match=msg):
+            batch.validate()
