@@ -242,16 +242,6 @@ def _check_size(s: SourceConfig, emb: EmbodimentSpec) -> EmbodimentSpec:
     return emb
 
 
-def resize_images(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 ``[N, 3, h0, w0]`` -> uint8 ``[N, 3, h, w]`` (bilinear, antialiased; unchanged when already that size).
-    The one image resize of the data layer (mixtures, ``lbm data import-videos``)."""
-    h, w = size
-    if tuple(img.shape[-2:]) == (h, w):
-        return img
-    out = F.interpolate(img.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8)
-
-
 class _SourceView:
     """One source's RobotDataset plus the mapping of its samples onto an embodiment."""
 
@@ -297,7 +287,11 @@ class _SourceView:
         out: dict[str, Any] = {}
         h, w = self.emb.image_size
         for dst, src in self.cams.items():
-            out[dst] = resize_images(raw[src], (h, w))  # [T, 3, h0, w0] -> [T, 3, h, w] uint8
+            img = raw[src]  # [T, 3, h0, w0] uint8
+            if tuple(img.shape[-2:]) != (h, w):
+                img = F.interpolate(img.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+                img = img.round().clamp(0, 255).to(torch.uint8)
+            out[dst] = img
         state = raw[self.state_key] if self.state_key else torch.zeros(self.n_obs, 0)
         action = raw[self.action_key] if self.action_key else torch.zeros(self.horizon, 0)
         out[STATE_KEY] = F.pad(state.float(), (0, self.max_s - state.shape[-1]))  # [T, S] -> [T, S_max]

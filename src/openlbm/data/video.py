@@ -124,6 +124,14 @@ class RGBConverter:
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
+    def resize(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """uint8 ``[H, W, 3]`` -> ``[h, w, 3]`` (``size = (h, w)``) with swscale's area averaging (antialiased when
+        shrinking). Single-threaded and torch-free, so it is safe in the converter's forked workers. Use one
+        converter for decoding and another for resizing: each keeps one swscale context."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        out = self._reformatter.reformat(frame, width=size[1], height=size[0], format="rgb24", interpolation="AREA", threads=1)
+        return out.to_ndarray()
+
 
 def iter_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
     """Every frame of ``path``'s first video stream in presentation order, as ``(seconds, uint8 [H, W, 3] RGB)``

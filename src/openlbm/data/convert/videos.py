@@ -12,8 +12,8 @@ Keys are paths relative to ``SRC`` with ``/``. Each video becomes one episode of
 dataset: task = caption (whitespace stripped), one camera ``observation.images.<camera>``. Frames are resampled to
 ``fps`` (output frame ``i`` = the source frame shown at ``i / fps`` s; default: the first video's frame rate, so
 videos at that rate keep every frame). ``size`` S center-crops every frame to a square and resizes it to S x S
-(bilinear, antialiased: :func:`openlbm.data.mixture.resize_images`); without it every video must have the first
-video's size. Videos are decoded sequentially with PyAV (:func:`openlbm.data.video.iter_frames`); one episode's
+(swscale area averaging, :meth:`openlbm.data.video.RGBConverter.resize`: torch-free, since the driver forks its
+workers and a torch thread pool does not survive a fork); without it every video must have the first video's size. Videos are decoded sequentially with PyAV (:func:`openlbm.data.video.iter_frames`); one episode's
 resized frames are held in memory (``frames x S x S x 3`` bytes per worker).
 """
 
@@ -22,12 +22,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from openlbm.data import layout as L
 from openlbm.data.convert.source import SourceEpisode, SourceError
 from openlbm.types import FeatureSpec, camera_key
+
+if TYPE_CHECKING:
+    from openlbm.data.video import RGBConverter
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 CAPTIONS_JSON = "captions.json"
@@ -154,7 +158,7 @@ class VideoFolderSource:
     def __len__(self) -> int:
         return len(self.videos)
 
-    def _fit(self, img: np.ndarray, path: Path) -> np.ndarray:
+    def _fit(self, img: np.ndarray, path: Path, resizer: RGBConverter) -> np.ndarray:
         """One decoded frame -> the dataset's ``[H, W, 3]`` (center square crop + resize with ``size``)."""
         if self.size is None:
             if img.shape[:2] != self.hw:
@@ -162,21 +166,17 @@ class VideoFolderSource:
                                   f"{self.videos[0]} is {self.hw[0]}x{self.hw[1]}; pass --size S to bring every "
                                   "video to S x S")
             return img
-        from openlbm.data.mixture import resize_images
-        from openlbm.types import chw_from_hwc, hwc_from_chw
-
         h, w = img.shape[:2]
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        square = img[top : top + side, left : left + side]
-        out = resize_images(chw_from_hwc(square[None]), self.hw)  # [1, side, side, 3] -> [1, 3, S, S]
-        return hwc_from_chw(out)[0]  # [1, 3, S, S] -> [S, S, 3]
+        return resizer.resize(img[top : top + side, left : left + side], self.hw)
 
     def _frames(self, path: Path) -> np.ndarray:
         """uint8 ``[N, H, W, 3]``: output frame ``i`` is the source frame shown at ``i / fps`` s (streamed: only the
         output frames are kept)."""
-        from openlbm.data.video import iter_frames, stream_facts
+        from openlbm.data.video import RGBConverter, iter_frames, stream_facts
 
+        resizer = RGBConverter()
         tol = 0.25 / self.fps  # a frame stamped within a quarter output frame of t counts as shown at t
         out: list[np.ndarray] = []
         prev: np.ndarray | None = None
@@ -191,7 +191,7 @@ class VideoFolderSource:
                 while prev is not None and len(out) / self.fps < t - tol:
                     out.append(prev)
                 step = t - last if last is not None else None
-                prev, last = self._fit(img, path), t
+                prev, last = self._fit(img, path, resizer), t
         except L.DatasetError as e:
             raise SourceError(f"undecodable video: {e}") from None
         if prev is None or last is None:
