@@ -6,6 +6,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
@@ -154,9 +155,9 @@ class StripActions:
     """Copy a dataset without its actions (action-less video for latent-action / video objectives); videos are
     hard-linked, not re-encoded."""
 
-    src: tyro.conf.Positional[Path]
+    src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
     """Source v3 dataset."""
-    dst: tyro.conf.Positional[Path]
+    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
     """New dataset folder (must not exist, or be empty)."""
     keep_state: bool = True
     """Keep observation.state (--no-keep-state drops it too: video with neither actions nor proprioception)."""
