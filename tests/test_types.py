@@ -39,3 +39,25 @@ def test_image_text_batch_validate_names_the_field() -> None:
     for field, batch in bad.items():
         with pytest.raises(ValueError, match=field):
             batch.validate()
+
+
+def test_batch_latent_action_fields_are_validated() -> None:
+    from openlbm.types import Batch, Observation
+
+    obs = Observation(images={"cam": torch.zeros(2, 1, 3, 4, 4, dtype=torch.uint8)}, state=torch.zeros(2, 1, 0),
+                      instruction=["a", "b"], embodiment=["video", "video"])
+    pad = torch.ones(2, 5, dtype=torch.bool)
+    batch = Batch(obs, torch.zeros(2, 5, 0), pad, torch.zeros(2, 0, dtype=torch.bool))
+    batch.validate()  # no latent labels: both None
+    assert batch.latent_action is None and batch.to("cpu").latent_is_pad is None
+    batch.latent_action, batch.latent_is_pad = torch.zeros(2, 5, 3), pad.clone()
+    batch.validate()
+    assert batch.to("cpu").latent_action.shape == (2, 5, 3)
+    for lat, lpad, msg in ((torch.zeros(2, 4, 3), pad, r"latent_action must be float32 \[B=2, H=5, L\]"),
+                           (torch.zeros(2, 5, 3, dtype=torch.float64), pad, "latent_action must be float32"),
+                           (torch.zeros(2, 5, 3), pad.float(), "latent_is_pad must be bool"),
+                           (torch.full((2, 5, 3), float("nan")), pad, "latent_action contains NaN"),
+                           (torch.zeros(2, 5, 3), None, "given together")):
+        batch.latent_action, batch.latent_is_pad = lat, lpad
+        with pytest.raises(ValueError, match=msg):
+            batch.validate()

@@ -14,7 +14,10 @@ Conventions (kept everywhere, so no module ever guesses):
   reader and the policy server), and :func:`hwc_from_chw` is its inverse (a client putting images on the wire).
 - State and actions are float32 in *physical* units. Normalization belongs to the policy (it owns its stats) and is
   never applied by the data layer.
-- Feature keys follow the LeRobot v3 names: ``observation.images.<camera>``, ``observation.state``, ``action``.
+- Feature keys follow the LeRobot v3 names: ``observation.images.<camera>``, ``observation.state``, ``action``;
+  ``latent_action`` (float32 ``[L]`` per frame) is the latent-action label a latent action model writes.
+- Data without actions (video) still yields normal batches: its ``action`` rows are zeros with ``action_is_pad``
+  all True, so every action loss ignores them; a source without state has state dim 0 (zeros after padding).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import Tensor
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+LATENT_ACTION_KEY = "latent_action"
 
 
 def camera_key(camera: str) -> str:
@@ -149,6 +153,7 @@ class Batch:
     ``action``: float32 ``[B, H, A]`` (physical units, zero-padded beyond the embodiment's action dim);
     ``action_is_pad``: bool ``[B, H]`` (True past the episode end: excluded from the loss);
     ``action_dim_mask``: bool ``[B, A]`` (True for the embodiment's real action dims: padded dims excluded from the loss).
+    Rows from a dataset without actions have ``action`` zeros and ``action_is_pad`` all True.
     """
 
     obs: Observation
@@ -157,6 +162,13 @@ class Batch:
     action_dim_mask: Tensor
     meta: dict[str, Any] = field(default_factory=dict)
     """Bookkeeping that models ignore: ``episode_index``, ``index``, ``dataset`` (Tensors or lists)."""
+    latent_action: Tensor | None = None
+    """float32 ``[B, H, L]``: the dataset's per-frame ``latent_action`` feature over the same horizon window as
+    ``action`` (same clamping past the episode end); zeros for rows whose dataset lacks the feature. ``None`` when no
+    source of the batch has it."""
+    latent_is_pad: Tensor | None = None
+    """bool ``[B, H]``: True past the episode end and on every step of a row whose dataset lacks ``latent_action``
+    (given exactly when ``latent_action`` is)."""
 
     @property
     def batch_size(self) -> int:
@@ -169,6 +181,8 @@ class Batch:
             action=self.action.to(device, non_blocking=non_blocking),
             action_is_pad=self.action_is_pad.to(device, non_blocking=non_blocking),
             action_dim_mask=self.action_dim_mask.to(device, non_blocking=non_blocking),
+            latent_action=None if self.latent_action is None else self.latent_action.to(device, non_blocking=non_blocking),
+            latent_is_pad=None if self.latent_is_pad is None else self.latent_is_pad.to(device, non_blocking=non_blocking),
         )
 
     def validate(self) -> None:
@@ -186,6 +200,16 @@ class Batch:
             )
         if not torch.isfinite(self.action).all():
             raise ValueError("action contains NaN or inf")
+        if (self.latent_action is None) != (self.latent_is_pad is None):
+            raise ValueError("latent_action and latent_is_pad must be given together (or both None)")
+        if self.latent_action is not None and self.latent_is_pad is not None:
+            lat, pad = self.latent_action, self.latent_is_pad
+            if lat.dtype != torch.float32 or lat.ndim != 3 or tuple(lat.shape[:2]) != (b, h):
+                raise ValueError(f"latent_action must be float32 [B={b}, H={h}, L], got {lat.dtype} {tuple(lat.shape)}")
+            if pad.dtype != torch.bool or tuple(pad.shape) != (b, h):
+                raise ValueError(f"latent_is_pad must be bool [{b}, {h}], got {pad.dtype} {tuple(pad.shape)}")
+            if not torch.isfinite(lat).all():
+                raise ValueError("latent_action contains NaN or inf")
 
 
 @dataclass

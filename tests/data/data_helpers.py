@@ -62,3 +62,31 @@ def make_dataset(root: Path, lengths: Sequence[int] = (5, 8, 6), codec: str = "h
         w.finalize()
     return root
 
+
+
+LATENT = "latent_action"
+
+
+def latent_of(ep: int, t: int) -> np.ndarray:
+    """A 3-D latent label whose first two dims equal :func:`action_of` (windows can be compared to the action's)."""
+    return np.array([ep * 100 + t, -t, 0.25 * ep], np.float32)
+
+
+def make_variant(root: Path, lengths: Sequence[int] = (5, 8, 6), action: bool = True, state: bool = True,
+                 latent: bool = False, robot_type: str = "toy") -> Path:
+    """The ``tiny`` episodes (same images, state, actions and tasks) with features left out or ``latent_action`` added."""
+    feats = {CAM: FEATURES[CAM]}
+    if state:
+        feats["observation.state"] = FEATURES["observation.state"]
+    if action:
+        feats["action"] = FEATURES["action"]
+    if latent:
+        feats[LATENT] = FeatureSpec("float32", (3,))
+    with DatasetWriter.create(root, feats, fps=10.0, robot_type=robot_type) as w:
+        for ep, n in enumerate(lengths):
+            for t in range(n):
+                frame = {CAM: smooth(ep, t), "observation.state": state_of(ep, t), "action": action_of(ep, t),
+                         LATENT: latent_of(ep, t)}
+                w.add_frame({k: v for k, v in frame.items() if k in feats}, task=f"task {ep % 2}")
+            w.save_episode()
+    return root

@@ -14,8 +14,10 @@ def test_info_validate_stats_view(tiny: Path, tmp_path: Path, capsys: pytest.Cap
     assert main(["data", "info", str(tiny), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["episodes"] == 3 and info["frames"] == 19 and info["tasks"] == ["task 0", "task 1"]
+    assert (info["has_action"], info["has_state"], info["latent_dim"]) == (True, True, None)
     assert main(["data", "info", str(tiny)]) == 0
-    assert "observation.state" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "observation.state" in out and "actions: yes, state: yes" in out
     assert main(["data", "validate", str(tiny)]) == 0
     assert "OK" in capsys.readouterr().out
     (tiny / "meta/stats.json").write_text("{}")

@@ -9,7 +9,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from data_helpers import CAM, FEATURES, FIXTURES, action_of, make_dataset, pattern, smooth, state_of
+from data_helpers import (
+    CAM,
+    FEATURES,
+    FIXTURES,
+    LATENT,
+    action_of,
+    latent_of,
+    make_dataset,
+    make_variant,
+    pattern,
+    smooth,
+    state_of,
+)
 
 from openlbm.data.dataset import RobotDataset
 from openlbm.data.writer import DatasetWriter
@@ -94,6 +106,37 @@ def test_windows_pad_at_episode_edges(tiny: Path) -> None:
     assert s["obs_is_pad"].tolist() == [True, False, False]
     with pytest.raises(ValueError, match="multiples of 1/fps"):
         RobotDataset(tiny, delta_timestamps={"action": [0.05]})
+
+
+@pytest.mark.parametrize("state", [True, False])
+def test_action_less_dataset_loads(tmp_path: Path, state: bool) -> None:
+    root = make_variant(tmp_path / "video", action=False, state=state)
+    ds = RobotDataset(root, n_obs_steps=2, horizon=4)
+    assert (ds.meta.has_action, ds.meta.has_state, ds.meta.latent_dim, len(ds)) == (False, state, None, 19)
+    assert ds.meta.contents() == f"actions: no (action-less), state: {'yes' if state else 'no'}"
+    s = ds[5]  # frame 0 of episode 1: the observation window still pads at the episode start
+    assert "action" not in s and "action_is_pad" not in s and ("observation.state" in s) == state
+    assert s["obs_is_pad"].tolist() == [True, False] and s["task"] == "task 1"
+    assert psnr(s[CAM][1].permute(1, 2, 0).numpy(), smooth(1, 0)) >= 35
+    if state:
+        np.testing.assert_array_equal(s["observation.state"].numpy(), np.stack([state_of(1, 0)] * 2))
+    ep = ds.get_episode(2)
+    assert ep[CAM].shape == (6, 32, 32, 3) and "action" not in ep
+
+
+def test_latent_action_is_windowed_exactly_like_action(tmp_path: Path) -> None:
+    root = make_variant(tmp_path / "lat", latent=True)
+    ds = RobotDataset(root, n_obs_steps=2, horizon=4)
+    assert ds.meta.latent_dim == 3 and "latent actions: yes (L=3)" in ds.meta.contents()
+    for i in range(len(ds)):  # every frame, including each episode's last H-1 (clamped + padded)
+        s = ds[i]
+        assert s["latent_is_pad"].tolist() == s["action_is_pad"].tolist()
+        assert torch.equal(s[LATENT][:, :2], s["action"]), i  # latent_of's first dims are action_of
+        ep, frame = s["episode_index"], s["index"] - int(ds.meta.ep_from[s["episode_index"]])
+        n = int(ds.meta.ep_len[ep])
+        want = np.stack([latent_of(ep, min(frame + k, n - 1)) for k in range(4)])
+        np.testing.assert_array_equal(s[LATENT].numpy(), want)
+        assert s["latent_is_pad"].tolist() == [frame + k >= n for k in range(4)]
 
 
 def test_dataloader_workers_and_unfinalized_dataset(tmp_path: Path) -> None:

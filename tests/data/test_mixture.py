@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import CAM, make_dataset
+from data_helpers import CAM, LATENT, make_dataset, make_variant
 
 from openlbm.data.collate import collate_batch
+from openlbm.data.dataset import RobotDataset
 from openlbm.data.mixture import DataConfig, MixtureSampler, SourceConfig, read_sources
 from openlbm.data.writer import DatasetWriter
 from openlbm.types import EmbodimentSpec, FeatureSpec
@@ -197,3 +198,92 @@ def test_merged_stats_are_exact_where_averaging_is_badly_wrong(tmp_path: Path) -
     for name, q in QUANTILES.items():
         np.testing.assert_array_equal(np.asarray(merged[CAM][name]).reshape(3), np.quantile(px, q, axis=0), err_msg=name)
     assert merged[CAM]["count"] == [330]
+
+
+@pytest.fixture(scope="module")
+def no_actions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same 3 episodes as labelled demos, as action-less video with state, as bare video (robot ``bare``), and
+    action-less with a ``latent_action`` label."""
+    base = tmp_path_factory.mktemp("nodata")
+    return {"demos": make_variant(base / "demos"), "video": make_variant(base / "video", action=False),
+            "bare": make_variant(base / "bare", action=False, state=False, robot_type="bare"),
+            "latent": make_variant(base / "latent", action=False, latent=True)}
+
+
+def _same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k, v in a.items():
+        assert torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k], k
+
+
+def test_action_less_rows_are_all_pad_and_labelled_rows_unchanged(no_actions: dict[str, Path]) -> None:
+    demos, video = no_actions["demos"], no_actions["video"]
+    alone = DataConfig(sources=(SourceConfig(demos),), num_workers=0).build(None, 2, 4, batch_size=4, seed=0)
+    mixed = DataConfig(sources=(SourceConfig(demos), SourceConfig(video)), num_workers=0).build(None, 2, 4, 4, 0)
+    assert mixed.embodiments == alone.embodiments and mixed.embodiments[0].action_dim == 2
+    n = len(alone.dataset)
+    for i in range(n):  # labelled rows: exactly what the labelled dataset gives alone
+        _same(alone.dataset[i], mixed.dataset[i])
+    for i in range(n, len(mixed.dataset)):  # action-less rows: zero actions, every step padding, real observations
+        s, ref = mixed.dataset[i], alone.dataset[i - n]
+        assert s["action_is_pad"].tolist() == [True] * 4 and not s["action"].any() and s["action"].shape == (4, 2)
+        assert s["action_dim_mask"].tolist() == [True, True] and s["dataset"] == 1
+        for k in ("observation.state", "obs_is_pad", CAM):
+            assert torch.equal(s[k], ref[k]), k
+    # action stats come from the labelled source only; state stats cover both
+    assert mixed.stats["toy"]["action"] == alone.stats["toy"]["action"]
+    assert mixed.stats["toy"]["observation.state"]["count"] == [2 * n]
+    batch = collate_batch([mixed.dataset[0], mixed.dataset[n]])
+    batch.validate()
+    assert batch.action_is_pad[1].all() and not batch.action_is_pad[0].all() and batch.latent_action is None
+    # the action-less source listed first still gets the embodiment's action dim from the labelled one
+    first = DataConfig(sources=(SourceConfig(video), SourceConfig(demos)), num_workers=0).build(None, 1, 2, 2, 0)
+    assert first.embodiments[0].action_dim == 2 and first.stats["toy"]["action"] == alone.stats["toy"]["action"]
+    for b in islice(iter(first.loader()), 3):
+        b.validate()
+
+
+def test_state_less_video_needs_a_state_less_embodiment(no_actions: dict[str, Path]) -> None:
+    demos, bare = no_actions["demos"], no_actions["bare"]
+    data = DataConfig(sources=(SourceConfig(demos), SourceConfig(bare)), num_workers=0).build(None, 2, 4, 4, 0)
+    toy, video = data.embodiments
+    assert (video.name, video.state_dim, video.action_dim) == ("bare", 0, 0)
+    assert sorted(data.stats["bare"]) == [CAM] and "action" in data.stats["toy"]
+    s = data.dataset[len(data.dataset) - 1]
+    assert s["embodiment"] == "bare" and s["observation.state"].shape == (2, 3) and not s["observation.state"].any()
+    assert s["action_is_pad"].all() and not s["action_dim_mask"].any()
+    collate_batch([data.dataset[0], s]).validate()
+    with pytest.raises(ValueError, match="has no observation.state but embodiment 'toy' has state_dim 3"):
+        DataConfig(sources=(SourceConfig(bare, embodiment="toy"),)).build(EMBS, 1, 1, 2, 0)
+    with pytest.raises(ValueError, match="disagree.*has no observation.state"):
+        DataConfig(sources=(SourceConfig(demos), SourceConfig(bare, embodiment="toy"))).build(None, 1, 1, 2, 0)
+
+
+def test_latent_action_rows_follow_the_contract(no_actions: dict[str, Path]) -> None:
+    demos, latent = no_actions["demos"], no_actions["latent"]
+    data = DataConfig(sources=(SourceConfig(demos), SourceConfig(latent)), num_workers=0).build(None, 2, 4, 4, 0)
+    assert data.latent_dim == 3
+    n, raw = len(RobotDataset(demos)), RobotDataset(latent, n_obs_steps=2, horizon=4)
+    for i in (0, 4, 12):  # demos rows: no latent label -> zeros, all padding; the action is untouched
+        s = data.dataset[i]
+        assert s[LATENT].shape == (4, 3) and not s[LATENT].any() and s["latent_is_pad"].all()
+        assert not s["action_is_pad"].all()
+    for i in (0, 4, 12, 18):  # labelled rows: the dataset's own latent window (18 = last frame: 3 padded steps)
+        s = data.dataset[n + i]
+        assert torch.equal(s[LATENT], raw[i][LATENT]) and torch.equal(s["latent_is_pad"], raw[i]["latent_is_pad"])
+        assert s["action_is_pad"].all()
+    assert data.dataset[n + 18]["latent_is_pad"].tolist() == [False, True, True, True]
+    batch = next(iter(data.loader(num_workers=0)))
+    batch.validate()
+    assert batch.latent_action.shape == (4, 4, 3) and batch.latent_is_pad.shape == (4, 4)
+    # a renamed feature is windowed like the action it was (here the demos' action, L = 2)
+    renamed = DataConfig(sources=(SourceConfig(demos, rename={"action": LATENT}),), num_workers=0).build(None, 1, 4, 2, 0)
+    plain = RobotDataset(demos, horizon=4)
+    for i in (3, 4, 18):
+        s = renamed.dataset[i]
+        assert torch.equal(s[LATENT], plain[i]["action"]) and torch.equal(s["latent_is_pad"], plain[i]["action_is_pad"])
+    # every source with the feature must agree on L; without it batches carry none
+    with pytest.raises(ValueError, match="disagree on the latent_action dim"):
+        DataConfig(sources=(SourceConfig(demos, rename={"action": LATENT}), SourceConfig(latent))).build(None, 1, 1, 2, 0)
+    plain_mix = DataConfig(sources=(SourceConfig(demos),), num_workers=0).build(None, 1, 1, 2, 0)
+    assert plain_mix.latent_dim is None and LATENT not in plain_mix.dataset[0]

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_helpers import CAM, make_dataset
+from data_helpers import CAM, make_dataset, make_variant
 
 from openlbm.data.stats import (
     IMAGE_FRAMES_PER_EPISODE,
@@ -147,6 +147,17 @@ def test_dataset_stats_are_exact_written_and_recomputed(tiny: Path) -> None:
     pixels = np.concatenate([e[CAM][image_frame_indices(len(e[CAM]), IMAGE_FRAMES_PER_EPISODE)] for e in eps])
     _assert_exact(recomputed[CAM], pixels.reshape(-1, 3) / 255.0)
     assert recomputed[CAM]["count"] == [19]
+
+
+def test_action_less_dataset_stats_have_no_action_and_the_same_rest(tiny: Path, tmp_path: Path) -> None:
+    full = compute_stats(tiny)
+    for state in (True, False):
+        video = make_variant(tmp_path / f"video_{state}", action=False, state=state)
+        stats = compute_stats(video, write=True)
+        assert "action" not in stats and ("observation.state" in stats) == state
+        for key in ("timestamp", CAM, *(["observation.state"] if state else [])):
+            assert stats[key] == full[key], key  # the same frames: the same exact numbers
+        assert json.loads((video / "meta/stats.json").read_text()) == stats
 
 
 def test_writer_and_lbm_data_stats_give_the_same_image_stats(tmp_path: Path) -> None:

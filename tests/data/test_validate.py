@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_helpers import CAM, FIXTURES, make_dataset, smooth
+from data_helpers import CAM, FIXTURES, make_dataset, make_variant, smooth
 
 from openlbm.cli import main
 from openlbm.data.dataset import RobotDataset
@@ -110,3 +110,19 @@ def test_fixtures_validate_clean() -> None:
             pytest.skip(f"LeRobot fixtures not found at {FIXTURES}")
         assert validate_dataset(FIXTURES / name) == []
         require_valid([FIXTURES / name])
+
+
+@pytest.mark.parametrize("state", [True, False])
+def test_action_less_datasets_are_valid_and_reported(tmp_path: Path, state: bool,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_variant(tmp_path / "video", action=False, state=state)
+    assert validate_dataset(root) == []
+    require_valid([root])
+    assert main(["data", "validate", str(root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"{root}: OK"
+    assert f"{root}: actions: no (action-less), state: {'yes' if state else 'no'}" in out
+    assert any("action-less: usable for video objectives" in line for line in out)
+    # an action-less dataset is still checked: a planted defect is found
+    (root / "meta/stats.json").write_text("{}")
+    assert any(p.field == CAM for p in validate_dataset(root))

@@ -2,7 +2,8 @@
 
 Samples come from :class:`openlbm.data.mixture.MixtureDataset` (cameras already renamed to the embodiment's names,
 state/action already zero-padded). A camera that a sample's embodiment lacks is filled with zeros and flagged in
-``batch.meta["image_is_pad"][camera]``.
+``batch.meta["image_is_pad"][camera]``. ``latent_action`` / ``latent_is_pad`` are stacked when the samples carry
+them (a mixture gives them to every sample or to none).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from openlbm.types import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, Batch, Observation
+from openlbm.types import ACTION_KEY, IMAGE_PREFIX, LATENT_ACTION_KEY, STATE_KEY, Batch, Observation
 
 
 def collate_dict(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -32,6 +33,12 @@ def collate_dict(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out[cam + ".is_pad"] = torch.tensor([cam not in s for s in samples])
     for key in (STATE_KEY, ACTION_KEY, "obs_is_pad", "action_is_pad", "action_dim_mask"):
         out[key] = torch.stack([s[key] for s in samples])
+    with_latent = sum(LATENT_ACTION_KEY in s for s in samples)
+    if with_latent not in (0, len(samples)):
+        raise ValueError(f"{with_latent} of {len(samples)} samples carry {LATENT_ACTION_KEY}: a batch has it on every row or none")
+    if with_latent:
+        out[LATENT_ACTION_KEY] = torch.stack([s[LATENT_ACTION_KEY] for s in samples])  # [B, H, L]
+        out["latent_is_pad"] = torch.stack([s["latent_is_pad"] for s in samples])  # [B, H]
     for key in ("episode_index", "index", "dataset"):
         out[key] = torch.tensor([int(s.get(key, -1)) for s in samples], dtype=torch.long)
     out["task"] = [str(s["task"]) for s in samples]
@@ -50,7 +57,8 @@ def batch_from_dict(d: dict[str, Any]) -> Batch:
     )
     meta = {k: d[k] for k in ("episode_index", "index", "dataset")}
     meta["image_is_pad"] = {k[len(IMAGE_PREFIX) :]: d[k + ".is_pad"] for k in cams}
-    return Batch(obs=obs, action=d[ACTION_KEY], action_is_pad=d["action_is_pad"], action_dim_mask=d["action_dim_mask"], meta=meta)
+    return Batch(obs=obs, action=d[ACTION_KEY], action_is_pad=d["action_is_pad"], action_dim_mask=d["action_dim_mask"], meta=meta,
+                 latent_action=d.get(LATENT_ACTION_KEY), latent_is_pad=d.get("latent_is_pad"))
 
 
 def collate_batch(samples: Sequence[dict[str, Any]]) -> Batch:

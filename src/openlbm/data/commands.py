@@ -1,4 +1,4 @@
-"""``lbm data info|validate|stats|view|convert``: thin wrappers over the dataset library."""
+"""``lbm data info|validate|stats|view|convert|import-videos|strip-actions``: thin wrappers over the dataset library."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
-from openlbm.data.convert.commands import Convert
+from openlbm.data.convert.commands import Convert, ImportVideos
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Info:
             "root": str(meta.root), "codebase_version": meta.info.get("codebase_version"), "robot_type": meta.robot_type,
             "fps": meta.fps, "episodes": meta.num_episodes, "frames": meta.num_frames, "tasks": meta.tasks,
             "features": {k: {"dtype": f.dtype, "shape": list(f.shape)} for k, f in meta.features.items()},
-            "cameras": meta.camera_keys,
+            "cameras": meta.camera_keys, "has_action": meta.has_action, "has_state": meta.has_state,
+            "latent_dim": meta.latent_dim,
         }
         if self.json:
             print(json.dumps(summary, indent=2))
@@ -46,6 +48,7 @@ class Info:
         console = Console()
         console.print(table)
         console.print(f"fps {meta.fps:g}   episodes {meta.num_episodes}   frames {meta.num_frames}   tasks {len(meta.tasks)}")
+        console.print(meta.contents())
         for i, t in enumerate(meta.tasks[:20]):
             console.print(f"  task {i}: {t}")
         if len(meta.tasks) > 20:
@@ -81,6 +84,12 @@ class Validate:
 
         problems = validate_dataset(self.path, decode=self.decode, allow_empty=self.allow_empty)
         if not problems:
+            from openlbm.data.dataset import DatasetMeta
+
+            meta = DatasetMeta(self.path)
+            print(f"{self.path}: {meta.contents()}")
+            if not meta.has_action:
+                print(f"{self.path}: action-less: usable for video objectives (latent actions), ignored by action losses")
             print(f"{self.path}: OK")
             return 0
         print(f"{self.path}: {len(problems)} problem(s)")
@@ -141,4 +150,32 @@ class View:
         return 0
 
 
-COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View, "convert": Convert}
+@dataclass(frozen=True)
+class StripActions:
+    """Copy a dataset without its actions (action-less video for latent-action / video objectives); videos are
+    hard-linked, not re-encoded."""
+
+    src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
+    """Source v3 dataset."""
+    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
+    """New dataset folder (must not exist, or be empty)."""
+    keep_state: bool = True
+    """Keep observation.state (--no-keep-state drops it too: video with neither actions nor proprioception)."""
+
+    def run(self) -> int:
+        from openlbm.data.derive import strip_actions
+        from openlbm.data.validate import validate_dataset
+
+        out = strip_actions(self.src, self.dst, keep_state=self.keep_state)
+        problems = validate_dataset(out, decode=False)
+        if problems:
+            print(f"{out}: {len(problems)} problem(s)", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p}", file=sys.stderr)
+            return 1
+        print(f"wrote {out} (actions removed{'' if self.keep_state else ', state removed'}): OK")
+        return 0
+
+
+COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View, "convert": Convert,
+                             "import-videos": ImportVideos, "strip-actions": StripActions}

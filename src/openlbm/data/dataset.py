@@ -7,6 +7,9 @@ frames      |  0   1   2  ...  t-1   t   t+1  ...  t+H-1  ...  N-1 |
 obs         |                  [t-T+1 .. t]                        |   images + state, obs_is_pad where < 0
 action      |                        [t .. t+H-1]                  |   action_is_pad where >= N
 ```
+``latent_action`` (when the dataset has it) uses the action window and yields ``latent_is_pad``; ``is_pad`` maps every
+windowed key to its mask. A dataset without ``action`` (action-less video) or without ``observation.state`` simply
+has no such keys in its samples.
 Indices outside the episode are clamped to its first/last frame and flagged in the masks, so a model sees
 repeated edge frames and ignores padded actions in its loss. Any key can instead use its own offsets via
 ``delta_timestamps={key: [seconds, ...]}`` (multiples of ``1 / fps``).
@@ -27,7 +30,7 @@ from torch.utils.data import Dataset
 
 from openlbm.data import layout as L
 from openlbm.data.video import ReaderPool
-from openlbm.types import ACTION_KEY, STATE_KEY, FeatureSpec, chw_from_hwc
+from openlbm.types import ACTION_KEY, LATENT_ACTION_KEY, STATE_KEY, FeatureSpec, chw_from_hwc
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,29 @@ class DatasetMeta:
     @property
     def name(self) -> str:
         return self.root.name
+
+    @property
+    def has_action(self) -> bool:
+        """False for action-less data (e.g. video imported with ``lbm data import-videos``)."""
+        return ACTION_KEY in self.features
+
+    @property
+    def has_state(self) -> bool:
+        return STATE_KEY in self.features
+
+    @property
+    def latent_dim(self) -> int | None:
+        """``L`` of the per-frame ``latent_action`` feature, ``None`` when the dataset has none."""
+        spec = self.features.get(LATENT_ACTION_KEY)
+        return None if spec is None else int(np.prod(spec.shape))
+
+    def contents(self) -> str:
+        """One line on what the frames carry beyond images, e.g. ``"actions: no (action-less), state: no"``."""
+        parts = ["actions: yes" if self.has_action else "actions: no (action-less)",
+                 "state: yes" if self.has_state else "state: no"]
+        if self.latent_dim is not None:
+            parts.append(f"latent actions: yes (L={self.latent_dim})")
+        return ", ".join(parts)
 
     def episode_of(self, index: int) -> int:
         """Episode holding global frame ``index``."""
@@ -209,8 +235,9 @@ class RobotDataset(Dataset):
             raise ValueError(f"{self.root}: unknown camera keys {unknown}; dataset has {self.meta.camera_keys}")
         obs = np.arange(-(n_obs_steps - 1), 1)
         self.offsets: dict[str, np.ndarray] = {k: obs for k in [*self.camera_keys, STATE_KEY] if k in self.meta.features}
-        if ACTION_KEY in self.meta.features:
-            self.offsets[ACTION_KEY] = np.arange(horizon)
+        for key in (ACTION_KEY, LATENT_ACTION_KEY):
+            if key in self.meta.features:
+                self.offsets[key] = np.arange(horizon)
         for key, secs in (delta_timestamps or {}).items():
             if key not in self.meta.features:
                 raise ValueError(f"delta_timestamps key {key!r} is not a feature of {self.root}")
@@ -274,6 +301,9 @@ class RobotDataset(Dataset):
         out["obs_is_pad"] = torch.from_numpy(pads[obs_key]) if obs_key else torch.zeros(self.n_obs_steps, dtype=torch.bool)
         if ACTION_KEY in pads:
             out["action_is_pad"] = torch.from_numpy(pads[ACTION_KEY])
+        if LATENT_ACTION_KEY in pads:
+            out["latent_is_pad"] = torch.from_numpy(pads[LATENT_ACTION_KEY])
+        out["is_pad"] = {k: torch.from_numpy(v) for k, v in pads.items()}  # per windowed key (renamed ones too)
         task_index = int(self.store.get("task_index", np.array([g])).reshape(-1)[0])
         out["task"] = self.meta.tasks[task_index] if 0 <= task_index < len(self.meta.tasks) else ""
         out["episode_index"], out["index"] = ep, g

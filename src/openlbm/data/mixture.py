@@ -8,6 +8,12 @@ Sampling stream: epoch ``e`` draws ``epoch_size`` sources i.i.d. from the normal
 more often than it has frames). Rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of that global stream, so
 ranks see disjoint slices of one stream. The sampler's position is the number of samples the *consumer* has taken
 from the loader (workers' prefetched batches do not count), so ``state_dict()`` resumes exactly.
+
+Sources may lack what others have: a dataset without ``action`` (action-less video) yields rows with zero actions
+and ``action_is_pad`` all True, and takes its embodiment's action dim from the embodiment's other sources (none:
+``action_dim = 0`` and no action stats); a dataset without ``observation.state`` needs an embodiment with
+``state_dim = 0``. When any source has the per-frame ``latent_action`` feature, every row carries
+``latent_action [H, L]`` + ``latent_is_pad [H]`` (zeros + all True where its source lacks it).
 """
 
 from __future__ import annotations
@@ -37,7 +43,15 @@ from openlbm.data.stats import (
     parquet_column,
 )
 from openlbm.jsonio import from_jsonable, read_json
-from openlbm.types import ACTION_KEY, IMAGE_PREFIX, STATE_KEY, Batch, EmbodimentSpec, camera_key
+from openlbm.types import (
+    ACTION_KEY,
+    IMAGE_PREFIX,
+    LATENT_ACTION_KEY,
+    STATE_KEY,
+    Batch,
+    EmbodimentSpec,
+    camera_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +139,9 @@ class DataConfig:
         chosen = [_pick_embodiment(s, m, specs) for s, m in zip(self.sources, metas, strict=True)]
         max_s = max(e.state_dim for e in specs)
         max_a = max(e.action_dim for e in specs)
+        latent_dim = mixture_latent_dim(self.sources, metas)
         parts = [
-            _SourceView(i, s, m, emb, n_obs_steps, horizon, max_s, max_a)
+            _SourceView(i, s, m, emb, n_obs_steps, horizon, max_s, max_a, latent_dim)
             for i, (s, m, emb) in enumerate(zip(self.sources, metas, chosen, strict=True))
         ]
         dataset = MixtureDataset(parts)
@@ -134,13 +149,29 @@ class DataConfig:
         weights = [s.weight * (n if self.scale_weights_by_size else 1) for s, n in zip(self.sources, sizes, strict=True)]
         sampler = MixtureSampler(sizes, weights, seed, rank, world_size, self.epoch_size)
         stats = {e.name: merged_stats(stats_sources(e.name, parts)) for e in specs if any(p.emb.name == e.name for p in parts)}
-        return MixtureData(dataset, sampler, stats, specs, self, batch_size, max_s, max_a)
+        return MixtureData(dataset, sampler, stats, specs, self, batch_size, max_s, max_a, latent_dim)
+
+
+def mixture_latent_dim(sources: Sequence[SourceConfig], metas: Sequence[DatasetMeta]) -> int | None:
+    """``L`` of the ``latent_action`` feature (after ``rename``) shared by every source that has it; ``None`` when
+    none has it. Sources labelled by different latent action models (different ``L``) cannot mix."""
+    dims = {}
+    for s, m in zip(sources, metas, strict=True):
+        for key, spec in m.features.items():
+            if _rename(s, key) == LATENT_ACTION_KEY:
+                dims[str(m.root)] = int(np.prod(spec.shape))
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"sources disagree on the latent_action dim L: {dims}; label every dataset of a mixture with "
+                         "the same latent action model")
+    return next(iter(dims.values()), None)
 
 
 def infer_embodiments(sources: Sequence[SourceConfig], metas: Sequence[DatasetMeta]) -> list[EmbodimentSpec]:
     """One embodiment per distinct name (``source.embodiment`` / robot_type / folder name): the source's cameras
-    and state/action dims after ``rename``, its fps, and ``source.image_size`` (else its first camera's size)."""
+    and state/action dims after ``rename``, its fps, and ``source.image_size`` (else its first camera's size).
+    An action-less source takes the action dim of its embodiment's other sources (0 when none has actions)."""
     out: dict[str, EmbodimentSpec] = {}
+    labelled: set[str] = set()  # embodiments whose action_dim comes from a source with actions
     for s, m in zip(sources, metas, strict=True):
         name = s.embodiment or m.robot_type or m.name
         cams = tuple(_short(_rename(s, k)) for k in m.camera_keys)
@@ -151,10 +182,20 @@ def infer_embodiments(sources: Sequence[SourceConfig], metas: Sequence[DatasetMe
             state_dim=int(np.prod(feats[STATE_KEY].shape)) if STATE_KEY in feats else 0,
             action_dim=int(np.prod(feats[ACTION_KEY].shape)) if ACTION_KEY in feats else 0, fps=m.fps,
         )
-        if name in out and out[name] != spec:
-            raise ValueError(f"datasets named embodiment {name!r} disagree: {out[name]} vs {spec} ({m.root}); "
-                             "set SourceConfig.embodiment to tell them apart")
+        has_action = ACTION_KEY in feats
+        if name in out:
+            prev = out[name]
+            if not has_action:
+                spec = replace(spec, action_dim=prev.action_dim)
+            elif name not in labelled:
+                prev = replace(prev, action_dim=spec.action_dim)
+            if prev != spec:
+                hint = f" ({m.root} has no {STATE_KEY})" if STATE_KEY not in feats else ""
+                raise ValueError(f"datasets named embodiment {name!r} disagree: {prev} vs {spec} ({m.root}){hint}; "
+                                 "set SourceConfig.embodiment to tell them apart")
         out[name] = spec
+        if has_action:
+            labelled.add(name)
     return list(out.values())
 
 
@@ -205,8 +246,9 @@ class _SourceView:
     """One source's RobotDataset plus the mapping of its samples onto an embodiment."""
 
     def __init__(self, i: int, s: SourceConfig, m: DatasetMeta, emb: EmbodimentSpec, n_obs: int, horizon: int,
-                 max_s: int, max_a: int) -> None:
+                 max_s: int, max_a: int, latent_dim: int | None = None) -> None:
         self.index, self.emb, self.max_s, self.max_a, self.source = i, emb, max_s, max_a, s
+        self.latent_dim = latent_dim
         inverse = {_rename(s, k): k for k in m.features}
         self.cams: dict[str, str] = {}  # embodiment camera key -> source key
         for cam in emb.cameras:
@@ -216,15 +258,21 @@ class _SourceView:
                                  f"{[_short(k) for k in m.camera_keys]} (map one with SourceConfig.rename)")
             self.cams[camera_key(cam)] = src
         self.state_key, self.action_key = inverse.get(STATE_KEY), inverse.get(ACTION_KEY)
+        self.latent_key = inverse.get(LATENT_ACTION_KEY)
+        if self.state_key is None and emb.state_dim:
+            raise ValueError(f"{m.root}: has no {STATE_KEY} but embodiment {emb.name!r} has state_dim {emb.state_dim}; "
+                             "give this state-less source its own embodiment (SourceConfig.embodiment) or map a "
+                             f"feature onto {STATE_KEY} with SourceConfig.rename")
         for key, dim, what in ((self.state_key, emb.state_dim, "state"), (self.action_key, emb.action_dim, "action")):
-            have = int(np.prod(m.features[key].shape)) if key else 0
+            have = int(np.prod(m.features[key].shape)) if key else dim  # no action: rows are all padding
             if have != dim:
                 raise ValueError(f"{m.root}: {what} has {have} dims ({key}), embodiment {emb.name!r} expects {dim}")
         delta = {}
         if self.state_key and self.state_key != STATE_KEY:
             delta[self.state_key] = [i / m.fps for i in range(-(n_obs - 1), 1)]
-        if self.action_key and self.action_key != ACTION_KEY:
-            delta[self.action_key] = [i / m.fps for i in range(horizon)]
+        for key, std in ((self.action_key, ACTION_KEY), (self.latent_key, LATENT_ACTION_KEY)):
+            if key and key != std:
+                delta[key] = [i / m.fps for i in range(horizon)]
         if s.episodes is not None:
             bad = [e for e in s.episodes if not 0 <= e < m.num_episodes]
             if bad or not s.episodes:
@@ -250,7 +298,13 @@ class _SourceView:
         out[ACTION_KEY] = F.pad(action.float(), (0, self.max_a - action.shape[-1]))  # [H, A] -> [H, A_max]
         out["action_dim_mask"] = torch.arange(self.max_a) < self.emb.action_dim
         out["obs_is_pad"] = raw["obs_is_pad"]
-        out["action_is_pad"] = raw.get("action_is_pad", torch.zeros(self.horizon, dtype=torch.bool))
+        all_pad = torch.ones(self.horizon, dtype=torch.bool)
+        out["action_is_pad"] = raw["is_pad"][self.action_key] if self.action_key else all_pad
+        if self.latent_dim is not None:
+            have = self.latent_key is not None
+            lat = raw[self.latent_key].float() if have else torch.zeros(self.horizon, self.latent_dim)
+            out[LATENT_ACTION_KEY] = lat.reshape(self.horizon, self.latent_dim)  # [H, *shape] -> [H, L]
+            out["latent_is_pad"] = raw["is_pad"][self.latent_key] if have else all_pad
         out.update(task=raw["task"], episode_index=raw["episode_index"], index=raw["index"], dataset=self.index,
                    embodiment=self.emb.name)
         return out
@@ -414,6 +468,8 @@ class MixtureData:
     batch_size: int
     max_state_dim: int
     max_action_dim: int
+    latent_dim: int | None = None
+    """``L`` of the batches' ``latent_action`` (``None``: no source has the feature, batches carry none)."""
 
     def loader(self, batch_size: int | None = None, num_workers: int | None = None, pin_memory: bool | None = None) -> MixtureLoader:
         """Infinite loader over this rank's stream (persistent workers; pinned memory when CUDA is available)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -122,6 +123,51 @@ class RGBConverter:
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+    def resize(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """uint8 ``[H, W, 3]`` -> ``[h, w, 3]`` (``size = (h, w)``) with swscale's area averaging (antialiased when
+        shrinking). Single-threaded and torch-free, so it is safe in the converter's forked workers. Use one
+        converter for decoding and another for resizing: each keeps one swscale context."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        out = self._reformatter.reformat(frame, width=size[1], height=size[0], format="rgb24", interpolation="AREA", threads=1)
+        return out.to_ndarray()
+
+
+def iter_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
+    """Every frame of ``path``'s first video stream in presentation order, as ``(seconds, uint8 [H, W, 3] RGB)``
+    (sequential decode, for importing foreign videos; training reads go through :class:`VideoReader`). Raises
+    :class:`DatasetError` naming the file when it cannot be opened or decoded."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise DatasetError(f"{where(path)}: cannot open video ({e})") from None
+    try:
+        if not container.streams.video:
+            raise DatasetError(f"{where(path)}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # a whole-file decode: frame threads help and no seek follows
+        rgb = RGBConverter()
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    yield float(frame.pts * stream.time_base), rgb(frame)
+        except av.error.FFmpegError as e:
+            raise DatasetError(f"{where(path)}: decode failed ({e})") from None
+    finally:
+        container.close()
+
+
+def stream_facts(path: Path) -> dict[str, float | int | None]:
+    """``{"width", "height", "fps"}`` of ``path``'s first video stream from its header (``fps`` None if unknown)."""
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise DatasetError(f"{where(path)}: no video stream")
+            s = c.streams.video[0]
+            return {"width": s.codec_context.width, "height": s.codec_context.height,
+                    "fps": float(s.average_rate) if s.average_rate else None}
+    except (av.error.FFmpegError, OSError) as e:
+        raise DatasetError(f"{where(path)}: cannot open video ({e})") from None
 
 
 class VideoReader:

@@ -5,7 +5,9 @@
 ``meanstd``: mean / std. Dims whose spread is ~0 (constant in the data) get scale 1 so they are only shifted.
 Padded dims (beyond an embodiment's native size) normalize to 0 and unnormalize to 0.
 
-A policy never runs without stats: a missing embodiment or key is an error, never an identity fallback. The
+A policy never runs without stats: a missing embodiment or key is an error, never an identity fallback. An
+embodiment whose state or action dim is 0 (action-less video, a camera without proprioception) needs no stats for
+that key: its data never had the feature, so there is nothing to normalize. The
 buffers are non-persistent: ``stats.json`` is the single source of truth in a saved policy (so fine-tuning with
 ``init_from`` keeps the new dataset's stats).
 """
@@ -29,7 +31,8 @@ class MissingStatsError(ValueError):
 
 def _center_scale(stats: dict[str, Any], key: str, dim: int, mode: str, emb: str) -> tuple[Tensor, Tensor]:
     if key not in stats:
-        raise MissingStatsError(f"stats for embodiment {emb!r} lack {key!r} (have {sorted(stats)})")
+        why = " (no dataset of this embodiment has actions: give it a labelled source)" if key == ACTION_KEY else ""
+        raise MissingStatsError(f"stats for embodiment {emb!r} lack {key!r} (have {sorted(stats)}){why}")
     a_name, b_name = STAT_KEYS[mode]
     missing = [n for n in (a_name, b_name) if n not in stats[key]]
     if missing:
@@ -77,7 +80,8 @@ class Normalizer(nn.Module):
             center, scale = torch.zeros(len(embodiments), width), torch.ones(len(embodiments), width)
             for i, e in enumerate(embodiments):
                 dim = getattr(e, attr)
-                center[i, :dim], scale[i, :dim] = _center_scale(stats[e.name], key, dim, mode, e.name)
+                if dim:
+                    center[i, :dim], scale[i, :dim] = _center_scale(stats[e.name], key, dim, mode, e.name)
             mask = torch.arange(width)[None] < torch.tensor([getattr(e, attr) for e in embodiments])[:, None]
             tag = "state" if key == STATE_KEY else "action"
             self.register_buffer(f"{tag}_center", center, persistent=False)

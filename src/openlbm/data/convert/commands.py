@@ -1,17 +1,22 @@
-"""``lbm data convert SRC DST``: a thin CLI over :func:`openlbm.data.convert.driver.convert`."""
+"""``lbm data convert SRC DST`` and ``lbm data import-videos SRC DST``: thin CLIs over
+:func:`openlbm.data.convert.driver.convert`."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tyro
 
 from openlbm.data.convert.formats import Format
+
+if TYPE_CHECKING:
+    from openlbm.data.convert.driver import ConvertOptions
 
 
 @dataclass(frozen=True)
@@ -50,36 +55,92 @@ class Convert:
     """Print one line per converted episode."""
 
     def run(self) -> int:
-        from openlbm.data.convert.driver import ConvertOptions, convert
+        from openlbm.data.convert.driver import ConvertOptions
         from openlbm.data.convert.formats import SourceOptions, open_source
 
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         state_keys = tuple(k.strip() for k in self.state_keys.split(",") if k.strip()) if self.state_keys else None
         src_opts = SourceOptions(keymap=self.keymap, task=self.task, state_keys=state_keys, filter_key=self.filter_key,
                                  fps=self.fps)
         opts = ConvertOptions(workers=self.workers, video_codec=self.video_codec, gop=self.gop, crf=self.crf,
                               max_episodes=self.max_episodes, validate=self.validate)
-
-        def on_episode(done: int, total: int) -> None:
-            if self.progress:
-                print(f"episode {done}/{total}", flush=True)
-
-        try:
-            source, fmt = open_source(self.src, self.format, src_opts)
-            report = convert(source, self.dst, fmt, opts, on_episode=on_episode)
-        except (ValueError, FileNotFoundError, FileExistsError) as e:  # SourceError / DatasetError are ValueErrors
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"converted {report.converted} episodes ({report.episodes} episodes, {report.frames} frames in total) "
-              f"from {fmt} {self.src} to {report.root} in {report.seconds:.1f}s")
-        if report.problems:
-            print(f"{report.root}: validation found {len(report.problems)} problem(s)", file=sys.stderr)
-            for p in report.problems:
-                print(f"  - {p}", file=sys.stderr)
-            return 1
-        if self.validate:
-            print(f"{report.root}: OK")
-        return 0
+        return run_conversion(lambda: open_source(self.src, self.format, src_opts), self.src, self.dst, opts, self.progress)
 
 
-COMMANDS: dict[str, type] = {"convert": Convert}
+def run_conversion(open_it: Callable[[], tuple[Any, str]], src: Path, dst: Path, opts: ConvertOptions, progress: bool) -> int:
+    """Open the source (``open_it() -> (source, format name)``), convert it into ``dst`` and print the outcome:
+    exit 0, 1 (validation problems, listed) or 2 (bad input: one ``error:`` line)."""
+    from openlbm.data.convert.driver import convert
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def on_episode(done: int, total: int) -> None:
+        if progress:
+            print(f"episode {done}/{total}", flush=True)
+
+    try:
+        source, fmt = open_it()
+        report = convert(source, dst, fmt, opts, on_episode=on_episode)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # SourceError / DatasetError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"converted {report.converted} episodes ({report.episodes} episodes, {report.frames} frames in total) "
+          f"from {fmt} {src} to {report.root} in {report.seconds:.1f}s")
+    if report.problems:
+        print(f"{report.root}: validation found {len(report.problems)} problem(s)", file=sys.stderr)
+        for p in report.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    if opts.validate:
+        print(f"{report.root}: OK")
+    return 0
+
+
+@dataclass(frozen=True)
+class ImportVideos:
+    """Import a folder of captioned videos as an action-less, state-less v3 dataset (re-run to resume after a kill).
+
+    Captions: ``clip.txt`` beside ``clip.mp4``, or one ``captions.json`` ({"clip.mp4": "caption"}) or
+    ``captions.jsonl`` ({"video": "clip.mp4", "caption": "..."} per line) in SRC. One episode per video."""
+
+    src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
+    """Folder of video files (.mp4, .webm, .mkv, .mov, .avi, .m4v; subfolders too), one caption each."""
+    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
+    """Output v3 dataset folder (created; an interrupted import into it is resumed)."""
+    fps: float | None = None
+    """Frame rate of the dataset; videos are resampled to it (default: the first video's rate)."""
+    size: int | None = None
+    """Center-crop every frame to a square and resize it to SIZE x SIZE (even); default: keep the size, which every
+    video must then share."""
+    camera: str = "camera"
+    """Camera name: the videos become feature observation.images.<camera>."""
+    embodiment: str = ""
+    """robot_type written to the dataset (the embodiment name a mixture gives it; default: the folder name)."""
+    workers: int = max(1, os.cpu_count() or 1)
+    """Processes decoding and encoding videos (default: one per core)."""
+    max_episodes: int | None = None
+    """Import only the first N videos (sorted by path)."""
+    video_codec: str = "h264"
+    """Codec of the written videos (h264 or av1)."""
+    gop: int = 2
+    """Keyframe interval of the written videos."""
+    crf: int | None = None
+    """Video quality (lower = better; default 18 for h264, 30 for av1)."""
+    validate: bool = True
+    """Check the result with `lbm data validate`'s checks (exit 1 on problems)."""
+    progress: bool = True
+    """Print one line per imported video."""
+
+    def run(self) -> int:
+        from openlbm.data.convert.driver import ConvertOptions
+        from openlbm.data.convert.videos import VideoFolderSource
+
+        opts = ConvertOptions(workers=self.workers, video_codec=self.video_codec, gop=self.gop, crf=self.crf,
+                              max_episodes=self.max_episodes, validate=self.validate)
+
+        def open_it() -> tuple[Any, str]:
+            return VideoFolderSource(self.src, self.fps, self.size, self.camera, self.embodiment), "videos"
+
+        return run_conversion(open_it, self.src, self.dst, opts, self.progress)
+
+
+COMMANDS: dict[str, type] = {"convert": Convert, "import-videos": ImportVideos}

@@ -9,8 +9,9 @@
   columns; videos already on disk) wait for the commit, whatever the size of the source.
 - **Order and resume**: episodes are committed in source order, so after a kill the dataset holds source episodes
   ``0..N-1`` exactly; re-running the same command opens the writer (which drops any half-written episode) and
-  continues at source episode ``N``. ``meta/conversion.json`` records what was converted with which options, and a
-  re-run with a different source or options is refused instead of mixing two conversions.
+  continues at source episode ``N``. ``meta/conversion.json`` records what was converted with which options (and
+  the fps and features the source produces), and a re-run with a different source or options is refused instead of
+  mixing two conversions.
 - **Where the encode happens**: in the workers (:func:`openlbm.data.writer.prepare_episode`), with the image
   stats. Profiling a 1-worker conversion of raw-image HDF5 showed reading at ~5500 frames/s but the writer's video
   encode + image stats at >80% of the time, so reading in parallel alone gave 1.1x with 2 workers, this 1.55-2.0x
@@ -187,8 +188,9 @@ class _Reader:
 
 # --------------------------------------------------------------------------------------------- main side
 def _conversion_record(source: Source, fmt: str, opts: ConvertOptions) -> dict[str, Any]:
+    feats = {k: [f.dtype, list(f.shape)] for k, f in source.features().items()}
     return {"format": fmt, "source": str(Path(source.root).resolve()), "source_episodes": len(source),
-            "options": opts.identity()}
+            "options": opts.identity(), "fps": source.fps, "features": feats}
 
 
 def _open_writer(source: Source, dst: Path, record: dict[str, Any], opts: ConvertOptions) -> Any:
@@ -197,7 +199,7 @@ def _open_writer(source: Source, dst: Path, record: dict[str, Any], opts: Conver
     rec_path = dst / CONVERSION_FILE
     if (dst / L.INFO_PATH).exists():
         if not rec_path.exists():
-            raise SourceError(f"{dst}: an existing dataset not made by `lbm data convert`; choose another destination")
+            raise SourceError(f"{dst}: an existing dataset not made by `lbm data convert` or `import-videos`; choose another destination")
         previous = json.loads(rec_path.read_text())
         if previous != record:
             diff = {k: (previous.get(k), v) for k, v in record.items() if previous.get(k) != v}
