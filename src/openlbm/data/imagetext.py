@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from openlbm.data.layout import DatasetError
+from openlbm.data.mixture import resize_images, worker_context
 from openlbm.types import ImageTextBatch, chw_from_hwc
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,9 @@ class ImageTextConfig:
         stream = ImageTextStream(self, tuple(str(s) for s in shards), rank, world_size, start_batch)
         if self.num_workers == 0:
             return stream
-        from openlbm.data.mixture import _worker_context
 
         return DataLoader(stream, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
-                          persistent_workers=False, multiprocessing_context=_worker_context())
+                          persistent_workers=False, multiprocessing_context=worker_context())
 
 
 def expand_shards(patterns: Sequence[str | os.PathLike]) -> list[Path]:
@@ -200,11 +199,7 @@ def decode_image(data: bytes, size: tuple[int, int], crop: str, where: str) -> t
     if crop == "center":
         rgb = _center_crop(rgb, w / h)
     img = chw_from_hwc(rgb)  # [h0, w0, 3] -> [3, h0, w0]
-    if tuple(img.shape[-2:]) != (h, w):
-        # [3, h0, w0] -> [1, 3, h0, w0] -> [1, 3, h, w] -> [3, h, w]
-        img = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-        img = img.round().clamp(0, 255).to(torch.uint8)
-    return img
+    return resize_images(img, (h, w))
 
 
 def _center_crop(rgb: np.ndarray, aspect: float) -> np.ndarray:

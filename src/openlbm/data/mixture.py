@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from openlbm.data import layout as L
@@ -54,6 +55,16 @@ from openlbm.types import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 ``[..., 3, h0, w0]`` -> uint8 ``[..., 3, h, w]`` (bilinear, antialiased): how every dataset and image-text
+    source is brought to its embodiment's image size. Unchanged when already that size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    flat = images.reshape(-1, *images.shape[-3:]).float()  # [..., 3, h0, w0] -> [N, 3, h0, w0]
+    out = F.interpolate(flat, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).reshape(*images.shape[:-2], *size)  # [N, 3, h, w] -> [..., 3, h, w]
 
 
 @dataclass(frozen=True)
@@ -288,10 +299,7 @@ class _SourceView:
         h, w = self.emb.image_size
         for dst, src in self.cams.items():
             img = raw[src]  # [T, 3, h0, w0] uint8
-            if tuple(img.shape[-2:]) != (h, w):
-                img = F.interpolate(img.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-                img = img.round().clamp(0, 255).to(torch.uint8)
-            out[dst] = img
+            out[dst] = resize_images(img, (h, w))
         state = raw[self.state_key] if self.state_key else torch.zeros(self.n_obs, 0)
         action = raw[self.action_key] if self.action_key else torch.zeros(self.horizon, 0)
         out[STATE_KEY] = F.pad(state.float(), (0, self.max_s - state.shape[-1]))  # [T, S] -> [T, S_max]
@@ -486,11 +494,11 @@ class MixtureData:
             drop_last=True,
             # fork() copies locks held by FFmpeg/dav1d/jemalloc threads of this process and can deadlock a worker;
             # forkserver workers start from a clean single-threaded process
-            multiprocessing_context=_worker_context() if workers > 0 else None,
+            multiprocessing_context=worker_context() if workers > 0 else None,
         )
 
 
-def _worker_context() -> str | None:
+def worker_context() -> str | None:
     import multiprocessing as mp
 
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else None
