@@ -169,6 +169,9 @@ class Batch:
     latent_is_pad: Tensor | None = None
     """bool ``[B, H]``: True past the episode end and on every step of a row whose dataset lacks ``latent_action``
     (given exactly when ``latent_action`` is)."""
+    image_text: ImageTextBatch | None = None
+    """Image-caption pairs trained in the same step (the trainer attaches one batch of its image-text stream to each
+    micro-batch when ``TrainConfig.image_text`` is set); ``None`` otherwise."""
 
     @property
     def batch_size(self) -> int:
@@ -183,6 +186,7 @@ class Batch:
             action_dim_mask=self.action_dim_mask.to(device, non_blocking=non_blocking),
             latent_action=None if self.latent_action is None else self.latent_action.to(device, non_blocking=non_blocking),
             latent_is_pad=None if self.latent_is_pad is None else self.latent_is_pad.to(device, non_blocking=non_blocking),
+            image_text=None if self.image_text is None else self.image_text.to(device, non_blocking=non_blocking),
         )
 
     def validate(self) -> None:
@@ -210,6 +214,8 @@ class Batch:
                 raise ValueError(f"latent_is_pad must be bool [{b}, {h}], got {pad.dtype} {tuple(pad.shape)}")
             if not torch.isfinite(lat).all():
                 raise ValueError("latent_action contains NaN or inf")
+        if self.image_text is not None:
+            self.image_text.validate()
 
 
 @dataclass

@@ -117,7 +117,7 @@ def test_policy_with_vit_builds_trains_and_round_trips(tmp_path: Path) -> None:
     cfg = replace(preset("debug"), vision=vision)
     torch.manual_seed(0)
     policy = cfg.build([ARM], {"arm": make_stats(ARM)})
-    loss, _ = policy.compute_loss(make_batch([ARM], cfg.horizon))
+    loss = policy.compute_loss(make_batch([ARM], cfg.horizon))[0]["action"]
     assert torch.isfinite(loss)
     loss.backward()
     assert policy.model.vision.backbone.blocks[0].attn.qkv.weight.grad is not None

@@ -68,3 +68,9 @@ def randomize_zero_init(module: nn.Module, seed: int = 0) -> nn.Module:
                 if m.bias is not None and not m.bias.any():
                     m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
     return module
+
+
+def action_loss(policy: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy's action objective (``compute_loss`` returns one loss per objective) and its metrics."""
+    losses, metrics = policy.compute_loss(batch)
+    return losses["action"], metrics

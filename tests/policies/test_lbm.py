@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from policy_helpers import ARM, ROVER, make_batch, make_obs, make_stats, randomize_zero_init
+from policy_helpers import ARM, ROVER, action_loss, make_batch, make_obs, make_stats, randomize_zero_init
 
 from openlbm.configs.presets import policy_preset as preset
 from openlbm.policies.config import PolicyConfig
@@ -24,7 +24,7 @@ def seeded(batch, seed: int = 0):
 
 def test_shapes_and_debug_size(debug_policy: LBMPolicy) -> None:
     h = debug_policy.config.horizon
-    loss, metrics = debug_policy.compute_loss(make_batch([ARM] * 3, h))
+    loss, metrics = action_loss(debug_policy, make_batch([ARM] * 3, h))
     assert loss.ndim == 0 and torch.isfinite(loss) and metrics["loss"] == pytest.approx(loss.item())
     loss.backward()
     chunk = debug_policy.eval().predict_chunk(make_obs([ARM] * 3))
@@ -40,7 +40,7 @@ def test_padded_dims_and_steps_do_not_affect_loss(debug_policy: LBMPolicy, monke
     base = seeded(make_batch([ARM] * 2, h))
     base.action_is_pad[:, h // 2 :] = True
     base.action_dim_mask[:, 2] = False
-    loss0, _ = debug_policy.compute_loss(base)
+    loss0, _ = action_loss(debug_policy, base)
     inner = debug_policy.model.loss
 
     def poisoned(*args: object, at: tuple = (slice(None), slice(h // 2, None))) -> torch.Tensor:
@@ -50,10 +50,10 @@ def test_padded_dims_and_steps_do_not_affect_loss(debug_policy: LBMPolicy, monke
         return err
 
     monkeypatch.setattr(debug_policy.model, "loss", poisoned)
-    loss1, _ = debug_policy.compute_loss(base)
+    loss1, _ = action_loss(debug_policy, base)
     assert torch.equal(loss0, loss1)
     monkeypatch.setattr(debug_policy.model, "loss", lambda *a: poisoned(*a, at=(slice(None), 0, 0)))
-    loss2, _ = debug_policy.compute_loss(base)  # a real element does count
+    loss2, _ = action_loss(debug_policy, base)  # a real element does count
     assert not torch.equal(loss0, loss2)
 
 
@@ -68,8 +68,8 @@ def test_sample_seeds_make_loss_independent_of_batch_split(debug_policy: LBMPoli
         part.obs.embodiment = part.obs.embodiment[sl]
         part.action, part.action_is_pad, part.action_dim_mask = part.action[sl], part.action_is_pad[sl], part.action_dim_mask[sl]
         part.meta["sample_seed"] = full.meta["sample_seed"][sl]
-        halves.append(debug_policy.compute_loss(part)[0])
-    assert debug_policy.compute_loss(full)[0].item() == pytest.approx(((halves[0] + halves[1]) / 2).item(), rel=1e-5)
+        halves.append(action_loss(debug_policy, part)[0])
+    assert action_loss(debug_policy, full)[0].item() == pytest.approx(((halves[0] + halves[1]) / 2).item(), rel=1e-5)
 
 
 def overfit(head: str, n_samples: int, steps: int, lr: float) -> tuple[float, float, float]:
@@ -87,11 +87,11 @@ def overfit(head: str, n_samples: int, steps: int, lr: float) -> tuple[float, fl
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
     def eval_loss() -> float:  # fixed noise draws, so the curve is comparable across steps
-        return sum(policy.compute_loss(seeded(batch, 1000 + 2 * k))[0].item() for k in range(4)) / 4
+        return sum(action_loss(policy, seeded(batch, 1000 + 2 * k))[0].item() for k in range(4)) / 4
 
     start = eval_loss()
     for step in range(steps):
-        loss, _ = policy.compute_loss(seeded(batch, 2 * step))
+        loss, _ = action_loss(policy, seeded(batch, 2 * step))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -196,7 +196,7 @@ def test_bad_inputs_give_clear_errors(debug_policy: LBMPolicy) -> None:
     batch = make_batch([ARM], debug_policy.config.horizon)
     batch.action = batch.action.double()
     with pytest.raises(ValueError, match="action must be float32"):
-        debug_policy.compute_loss(batch)
+        action_loss(debug_policy, batch)
 
 
 def test_multi_embodiment_batch_and_init_from(tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ def test_multi_embodiment_batch_and_init_from(tmp_path: Path) -> None:
     cfg = preset("debug")
     both = cfg.build([ARM, ROVER], {"arm": make_stats(ARM), "rover": make_stats(ROVER)})
     batch = make_batch([ARM, ROVER, ARM], cfg.horizon)
-    loss, _ = both.compute_loss(batch)
+    loss, _ = action_loss(both, batch)
     loss.backward()
     assert both.model.action_out["rover"].weight.grad.abs().sum() > 0
     chunk = both.eval().predict_chunk(batch.obs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from policy_helpers import ARM, make_batch, make_stats, randomize_zero_init
+from policy_helpers import ARM, action_loss, make_batch, make_stats, randomize_zero_init
 
 from openlbm.configs.presets import policy_preset as preset
 from openlbm.policies.normalize import MissingStatsError, Normalizer
@@ -42,13 +42,13 @@ def test_action_less_rows_add_nothing_to_the_action_loss() -> None:
     arm = Batch(Observation({k: v[:1] for k, v in obs.images.items()}, obs.state[:1], obs.instruction[:1],
                             obs.embodiment[:1]),
                 mixed.action[:1], mixed.action_is_pad[:1], mixed.action_dim_mask[:1], {"sample_seed": torch.tensor([7])})
-    loss, _ = policy.compute_loss(mixed)
-    alone, _ = policy.compute_loss(arm)
+    loss, _ = action_loss(policy, mixed)
+    alone, _ = action_loss(policy, arm)
     assert torch.isfinite(loss) and loss.item() > 0
     torch.testing.assert_close(loss, alone)
     loss.backward()
     assert policy.model.action_out["arm"].weight.grad.abs().sum() > 0
     only_video = make_batch([VIDEO], cfg.horizon)
     only_video.action_is_pad[:] = True
-    zero, _ = policy.compute_loss(only_video)  # an all-pad batch: a zero loss, not NaN
+    zero, _ = action_loss(policy, only_video)  # an all-pad batch: a zero loss, not NaN
     assert zero.item() == 0.0

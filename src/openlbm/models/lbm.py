@@ -6,6 +6,15 @@ one proprio token (per-embodiment state projection), each plus a learned step em
 and one learned embodiment token. Action tokens: the per-embodiment input projection of the noisy chunk (native
 action dims only) plus a position embedding; the trunk's output goes through the per-embodiment output projection.
 
+Two auxiliary objectives share these parts (:mod:`openlbm.policies.lbm` computes their losses):
+
+- **latent actions** (``latent_dim > 0``): the same trunk and head denoise a chunk of latent actions (codes a latent
+  action model inferred from video, ``[B, H, L]``) through one embodiment-independent input/output projection
+  pair, so video without robot actions trains everything but the action projections;
+- **image-text alignment**: :meth:`LBMModel.image_text_logits` scores every image of an image-text batch against
+  every caption, with the camera encoder's image token on one side and the language projection of the caption's
+  frozen embedding (the same projection instructions go through) on the other.
+
 Everything here works in normalized units on tensors; normalization, text encoding and validation belong to the
 policy (:mod:`openlbm.policies.lbm`).
 """
@@ -71,6 +80,8 @@ class LBMModel(nn.Module):
         n_obs_steps: int,
         horizon: int,
         text_dim: int,
+        latent_dim: int = 0,
+        image_text_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         d = trunk.dim
@@ -88,6 +99,13 @@ class LBMModel(nn.Module):
         for out in self.action_out.values():
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
+        self.latent_dim = latent_dim
+        if latent_dim > 0:
+            self.latent_in = nn.Linear(latent_dim, d)
+            self.latent_out = nn.Linear(d, latent_dim)
+            nn.init.zeros_(self.latent_out.weight)
+            nn.init.zeros_(self.latent_out.bias)
+        self.image_text_temperature = image_text_temperature
         self.trunk = DiT(trunk, horizon)
         self.head: FlowHead | DiffusionHead = FlowHead(head) if isinstance(head, FlowConfig) else DiffusionHead(head)
 
@@ -141,8 +159,13 @@ class LBMModel(nn.Module):
         return ObsEncoding(ctx=self.trunk.prepare(tokens, mask), groups=groups, batch_size=batch)
 
     # -- actions ----------------------------------------------------------------------------------------------
-    def denoise(self, enc: ObsEncoding, x: Tensor, t: Tensor) -> Tensor:
-        """Noisy normalized chunk ``[B, H, A_max]`` + time ``[B]`` -> head prediction ``[B, H, A_max]``."""
+    def denoise(self, enc: ObsEncoding, x: Tensor, t: Tensor, latent: bool = False) -> Tensor:
+        """Noisy normalized chunk ``[B, H, A_max]`` + time ``[B]`` -> head prediction ``[B, H, A_max]``; with
+        ``latent``, a noisy latent-action chunk ``[B, H, L]`` -> ``[B, H, L]`` (shared projections)."""
+        if latent:
+            if self.latent_dim == 0:
+                raise ValueError("this model has no latent-action head (latent_dim = 0)")
+            return self.latent_out(self.trunk(self.latent_in(x), t, enc.ctx))
 
         def project_in(name: str, idx: Tensor | None) -> Tensor:
             xs = x if idx is None else x[idx]
@@ -164,10 +187,19 @@ class LBMModel(nn.Module):
         dims = torch.tensor([self.specs[e].action_dim for e in embodiment], device=device)
         return torch.arange(width, device=device)[None] < dims[:, None]
 
-    def loss(self, enc: ObsEncoding, action: Tensor, noise: Tensor, u: Tensor) -> Tensor:
-        """Elementwise squared error ``[B, H, A]`` of the head's target for normalized ``action``."""
+    def loss(self, enc: ObsEncoding, action: Tensor, noise: Tensor, u: Tensor, latent: bool = False) -> Tensor:
+        """Elementwise squared error ``[B, H, A]`` of the head's target for normalized ``action`` (or, with
+        ``latent``, for a latent-action chunk ``[B, H, L]``)."""
         x_t, t, target = self.head.training_pair(action, noise, u)
-        return (self.denoise(enc, x_t, t) - target).pow(2)
+        return (self.denoise(enc, x_t, t, latent) - target).pow(2)
+
+    def image_text_logits(self, images: Tensor, text: Tensor) -> Tensor:
+        """Cosine similarities / temperature ``[N, N]`` of uint8 images ``[N, 3, H, W]`` (camera encoder, center crop)
+        and frozen caption embeddings ``[N, E]`` (the instruction's language projection): row ``i`` scores image
+        ``i`` against every caption."""
+        img = nn.functional.normalize(self.vision(images, None), dim=-1)  # [N, D]
+        txt = nn.functional.normalize(self.language(text), dim=-1)  # [N, D]
+        return img @ txt.T / self.image_text_temperature
 
     def sample(self, enc: ObsEncoding, noise: Tensor, num_steps: int | None = None) -> Tensor:
         """Normalized action chunk ``[B, H, A]`` from ``noise`` (reusing ``enc`` at every step)."""

@@ -63,6 +63,14 @@ class PolicyConfig:
     normalization: Literal["quantile", "minmax", "meanstd"] = "quantile"
     """State/action normalization: ``quantile`` maps q01..q99 to [-1, 1], ``minmax`` maps min..max to [-1, 1],
     ``meanstd`` standardizes."""
+    latent_dim: int = 0
+    """Width ``L`` of the latent actions the policy can also be trained to predict (the code vectors a latent action
+    model gives, written by ``lbm data label-latent``): adds the latent head's input/output projections on the
+    shared trunk, so video without robot actions trains the policy. 0 = no latent head. Must equal the width of the
+    training data's ``latent_action`` feature when it has one."""
+    image_text_temperature: float = 0.1
+    """Softmax temperature of the image-text alignment objective (cosine similarity / temperature); used only when
+    training with image-text batches (``TrainConfig.image_text``)."""
     temporal_ensemble: float | None = None
     """ACT temporal ensembling coefficient ``m`` (weights ``exp(-m * i)``, ``i = 0`` the oldest prediction): when
     set, a chunk is predicted every step and overlapping predictions are averaged; None = execute
@@ -73,6 +81,9 @@ class PolicyConfig:
             raise ValueError(f"n_obs_steps and horizon must be >= 1, got {self.n_obs_steps}, {self.horizon}")
         if not 1 <= self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps must be in [1, horizon={self.horizon}], got {self.n_action_steps}")
+        if self.latent_dim < 0 or not self.image_text_temperature > 0:
+            raise ValueError(f"latent_dim must be >= 0 and image_text_temperature > 0, got {self.latent_dim}, "
+                             f"{self.image_text_temperature}")
         if self.head not in ("flow", "diffusion"):
             raise ValueError(f"head must be 'flow' or 'diffusion', got {self.head!r}")
 

@@ -71,7 +71,8 @@ class LBMPolicy(nn.Module):
         self.text_encoder = build_text_encoder(config.language)
         head = config.flow if config.head == "flow" else config.diffusion
         self.model = LBMModel(
-            self.embodiments, config.vision, config.trunk, head, config.n_obs_steps, config.horizon, self.text_encoder.dim
+            self.embodiments, config.vision, config.trunk, head, config.n_obs_steps, config.horizon, self.text_encoder.dim,
+            latent_dim=config.latent_dim, image_text_temperature=config.image_text_temperature,
         )
         if load_pretrained and config.vision.pretrained is not None:
             load_vision_weights(self.model.vision, config.vision.pretrained)
@@ -187,8 +188,27 @@ class LBMPolicy(nn.Module):
         width = max(self.specs[e].action_dim for e in obs.embodiment)
         return chunk[..., :width]
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Masked head loss over real action steps and dims; per-sample noise from ``meta["sample_seed"]``."""
+    def loss_weight(self, batch: Batch) -> dict[str, Tensor]:
+        """Per objective, the number of elements its loss in :meth:`compute_loss` is a mean over (the trainer weights
+        micro-batches by these to get exact global-batch means): valid action steps x real action dims; valid
+        latent steps x ``L``; image-text rows and columns."""
+        counts = {"action": ((~batch.action_is_pad).sum(dim=1) * batch.action_dim_mask.sum(dim=1)).sum()}
+        if batch.latent_action is not None and batch.latent_is_pad is not None:
+            counts["latent"] = (~batch.latent_is_pad).sum() * batch.latent_action.shape[-1]
+        if batch.image_text is not None:
+            counts["image_text"] = torch.tensor(2 * batch.image_text.batch_size)
+        return {k: v.to(torch.float64) for k, v in counts.items()}
+
+    def compute_loss(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Per-objective losses, each a mean over its :meth:`loss_weight` elements; per-sample noise from
+        ``meta["sample_seed"]``.
+
+        ``action``: the head's masked loss over real action steps and dims (rows without actions are all pad).
+        ``latent`` (when the batch has latent-action labels): the same head on the latent chunk, each step's vector
+        scaled to unit RMS (a latent action model's codes are unit vectors per group, far smaller than the noise).
+        ``image_text`` (when the batch carries image-text pairs): symmetric InfoNCE over the batch's image-caption
+        similarities, every pair with the same caption counted as a positive.
+        """
         batch.validate()
         self.check_observation(batch.obs)
         obs = batch.obs
@@ -206,9 +226,44 @@ class LBMPolicy(nn.Module):
         err = self.model.loss(enc, action, noise, u)  # [B, H, A_max]
         dim_mask = dim_mask & self.model.native_dim_mask(obs.embodiment, a_max, err.device)
         mask = (~batch.action_is_pad)[:, :, None] & dim_mask[:, None, :]  # [B, H, 1] & [B, 1, A] -> [B, H, A]
-        denom = mask.sum().clamp(min=1)
-        loss = (err * mask).sum() / denom
-        return loss, {"loss": float(loss.detach()), "valid_frac": float(denom) / mask.numel()}
+        denom = mask.sum()
+        losses = {"action": (err * mask).sum() / denom.clamp(min=1)}
+        metrics = {"valid_frac": float(denom) / mask.numel()}
+        if batch.latent_action is not None:
+            losses["latent"] = self._latent_loss(batch, enc, rng)
+        if batch.image_text is not None:
+            losses["image_text"], metrics["image_text_acc"] = self._image_text_loss(batch)
+        metrics.update({f"loss/{k}": float(v.detach()) for k, v in losses.items()})
+        return losses, metrics
+
+    def _latent_loss(self, batch: Batch, enc: ObsEncoding, rng: SampleRNG) -> Tensor:
+        assert batch.latent_action is not None and batch.latent_is_pad is not None
+        width = batch.latent_action.shape[-1]
+        if width != self.config.latent_dim:
+            raise ValueError(
+                f"the data's latent actions are {width} wide but the policy's latent head is "
+                f"{self.config.latent_dim} (set --policy.latent-dim {width})"
+            )
+        lat = batch.latent_action
+        lat = lat / lat.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp(min=1e-6)  # unit RMS per step
+        b, h = lat.shape[:2]
+        err = self.model.loss(enc, lat, rng.randn((b, h, width)), rng.rand((b,)), latent=True)  # [B, H, L]
+        valid = (~batch.latent_is_pad)[:, :, None]  # [B, H] -> [B, H, 1]
+        return (err * valid).sum() / (valid.sum() * width).clamp(min=1)
+
+    def _image_text_loss(self, batch: Batch) -> tuple[Tensor, float]:
+        it = batch.image_text
+        assert it is not None
+        text = self.text_encoder.encode(it.text).to(self.device)  # [N, E]
+        logits = self.model.image_text_logits(it.images.to(self.device), text)  # [N, N]
+        ids = {t: i for i, t in enumerate(dict.fromkeys(it.text))}
+        label = torch.tensor([ids[t] for t in it.text], device=logits.device)
+        same = label[:, None] == label[None, :]  # [N, N]: pairs with the same caption are all positives
+        neg_inf = torch.finfo(logits.dtype).min
+        rows = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~same, neg_inf), 1)
+        cols = torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~same, neg_inf), 0)
+        acc = float(same[torch.arange(len(label)), logits.detach().argmax(1)].float().mean())
+        return (rows.sum() + cols.sum()) / (2 * len(label)), acc
 
     @staticmethod
     def _fit_width(x: Tensor, width: int) -> Tensor:
