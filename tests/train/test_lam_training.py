@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from openlbm.cli import main
 from openlbm.configs.presets import preset
@@ -79,3 +83,21 @@ def test_the_loop_weights_micro_batches_by_the_models_own_count(tiny_dataset: Pa
     monkeypatch.setattr(LAM, "loss_weight", spy)
     train(cfg)
     assert calls == [4] * cfg.steps
+
+
+def test_two_ddp_processes_keep_one_codebook_equal_to_a_single_process(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The codebook's moving averages are summed over ranks: 2 ranks x 4 samples give the codebook and weights of
+    1 process x 8 (restarts off: a restart draws its candidates from rank 0's rows, not the whole batch)."""
+    flags = ["--dataset", str(tiny_dataset), "--steps", "3", "--batch-size", "8", "--checkpoint.every", "0",
+             "--optim.warmup-steps", "0", "--policy.model.dead-after", "0"]
+    assert main(["train", "lam-debug", *flags, "--run-dir", str(tmp_path / "single")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "openlbm.cli",
+           "train", "lam-debug", *flags, "--run-dir", str(tmp_path / "ddp")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    a = load_file(str(tmp_path / "single" / "checkpoints" / "step_00000003" / "model.safetensors"))
+    b = load_file(str(tmp_path / "ddp" / "checkpoints" / "step_00000003" / "model.safetensors"))
+    assert a.keys() == b.keys() and "model.quantizer.codebook" in a
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+    assert not torch.allclose(a["model.quantizer.cluster_size"], torch.zeros(()))  # the averages did move
