@@ -167,6 +167,28 @@ def _copy_rest(src: Path, out: Path) -> None:
             shutil.copy2(p, out / rel)
 
 
+def provenance(lam_path: Path, lam_dir: Path, lam: LAM, cameras: dict[str, str], src: Path, frames: int) -> dict[str, Any]:
+    """The ``meta/latent_action.json`` record: which model (dir, weights hash, config) labelled which dataset, how."""
+    import openlbm
+
+    return {
+        "lam_dir": str(lam_dir.resolve()),
+        "lam_source": str(lam_path.resolve()),
+        "weights_sha256": sha256_file(lam_dir / "model.safetensors"),
+        "config": lam.config.to_dict(),
+        "frame_gap": lam.config.frame_gap,
+        "latent_dim": lam.config.model.latent_dim,
+        "groups": lam.config.model.groups,
+        "codebook_size": lam.config.model.codebook_size,
+        "cameras": cameras,
+        "pairing": "frame t: (o_t, o_min(t+k, N-1)), N the episode length",
+        "source_dataset": str(src.resolve()),
+        "frames": frames,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "openlbm_version": openlbm.__version__,
+    }
+
+
 def label_dataset(lam_path: Path, src: Path, out: Path, batch_size: int = 256, cameras: tuple[str, ...] = (),
                   device: str = "cpu") -> dict[str, Any]:
     """Write ``out`` = dataset ``src`` + latent action labels from the model at ``lam_path`` (run, checkpoint or LAM
@@ -174,7 +196,6 @@ def label_dataset(lam_path: Path, src: Path, out: Path, batch_size: int = 256, c
     the model's own camera names)."""
     import numpy as np
 
-    import openlbm
     from openlbm.data import layout as L
     from openlbm.data.dataset import DatasetMeta
     from openlbm.data.stats import array_source, exact_stats
@@ -212,22 +233,7 @@ def label_dataset(lam_path: Path, src: Path, out: Path, batch_size: int = 256, c
         stats[LATENT_KEY] = exact_stats([array_source(codes)])
         stats[LATENT_INDEX_KEY] = exact_stats([array_source(indices)])
         L.write_json_atomic(out / L.STATS_PATH, stats)
-        record = {
-            "lam_dir": str(lam_dir.resolve()),
-            "lam_source": str(Path(lam_path).resolve()),
-            "weights_sha256": sha256_file(lam_dir / "model.safetensors"),
-            "config": lam.config.to_dict(),
-            "frame_gap": lam.config.frame_gap,
-            "latent_dim": lam.config.model.latent_dim,
-            "groups": lam.config.model.groups,
-            "codebook_size": lam.config.model.codebook_size,
-            "cameras": cam_map,
-            "pairing": "frame t: (o_t, o_min(t+k, N-1)), N the episode length",
-            "source_dataset": str(src.resolve()),
-            "frames": int(meta.num_frames),
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "openlbm_version": openlbm.__version__,
-        }
+        record = provenance(Path(lam_path), lam_dir, lam, cam_map, src, int(meta.num_frames))
         L.write_json_atomic(out / PROVENANCE_PATH, record)
         info = dict(meta.info)
         info["features"] = {**meta.info["features"],

@@ -55,6 +55,13 @@ def test_lam_trains_through_lbm_train_its_reconstruction_falls_and_it_resumes(ti
     resumed = LAM.load(resolve_policy_dir(run)).state_dict()
     assert any(not torch.equal(resumed[k], v) for k, v in step40.items())
 
+    # a new run can start from the trained LAM (e.g. to adapt it to other video): weights and codebook loaded
+    cfg = with_datasets(replace(preset("lam-debug"), run_dir=tmp_path / "adapt", init_from=run), (tiny_dataset,))
+    data = cfg.data.build(None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=4, seed=0)
+    adapted = build_policy(cfg, data, torch.device("cpu"), report_dir=tmp_path / "adapt").state_dict()
+    assert all(torch.equal(adapted[k], v) for k, v in resumed.items())
+    assert json.loads((tmp_path / "adapt" / "init_report.json").read_text())["new"] == []
+
 
 def test_the_loop_weights_micro_batches_by_the_models_own_count(tiny_dataset: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,8 +68,7 @@ class LAMConfig:
         """Action window the trainer asks the data for: one step (the LAM never reads actions)."""
         return 1
 
-    def build(self, embodiments: Sequence[EmbodimentSpec], stats: dict[str, Any] | None = None,
-              load_pretrained: bool = True) -> LAM:
+    def build(self, embodiments: Sequence[EmbodimentSpec], stats: dict[str, Any] | None = None) -> LAM:
         """A freshly initialised LAM for the cameras of ``embodiments`` (``stats`` unused: frames need none)."""
         return LAM(self, embodiments)
 
