@@ -19,8 +19,9 @@ from collections.abc import Sequence
 def _data_commands() -> dict[str, type]:
     from openlbm.data.commands import COMMANDS as data
     from openlbm.envs.commands import COMMANDS as envs
+    from openlbm.label_latent import COMMANDS as latent
 
-    return {**data, **envs}
+    return {**data, **envs, **latent}
 
 
 def _study_commands() -> dict[str, type]:

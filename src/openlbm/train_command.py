@@ -24,16 +24,18 @@ from typing import Annotated, Any, Union
 import tyro
 
 from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS
-from openlbm.configs.train import TrainConfig
+from openlbm.configs.train import LAMTrainConfig, TrainConfig
 from openlbm.data.mixture import SourceConfig, read_sources
 from openlbm.envs.suites import Suite
 
 
 def _choices(presets: dict) -> object:
+    # each preset's own config class (TrainConfig, or LAMTrainConfig whose model is a latent action model)
     return Union[  # noqa: UP007 -- tyro needs a runtime Union of annotated subcommands
         tuple(
-            Annotated[TrainConfig, tyro.conf.subcommand(name, default=make(), description=(make.__doc__ or "").strip())]
+            Annotated[type(cfg), tyro.conf.subcommand(name, default=cfg, description=(make.__doc__ or "").strip())]
             for name, make in presets.items()
+            for cfg in (make(),)
         )
     ]
 
@@ -73,7 +75,8 @@ def train_with_eval(
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)
 @dataclass(frozen=True)
 class Train:
-    """Train a policy. Pick a preset (debug, small, quickstart, base, large), then override any field."""
+    """Train a policy. Pick a preset (debug, small, quickstart, base, large; lam, lam-debug train a latent action
+    model), then override any field."""
 
     config: tyro.conf.OmitSubcommandPrefixes[Annotated[_PresetChoice, tyro.conf.arg(name="")]]
     """The training config, starting from the chosen preset."""
@@ -108,6 +111,9 @@ class Train:
             raise UserError("no dataset given; pass --dataset PATH (repeatable) or --mixture FILE")
         if cfg.eval_every > 0 and self.eval_tasks is None:
             raise UserError("--eval-every needs --eval-tasks (e.g. --eval-tasks quickstart)")
+        if cfg.eval_every > 0 and isinstance(cfg, LAMTrainConfig):
+            raise UserError("--eval-every: a latent action model is not a policy and cannot be rolled out; label a "
+                            "dataset with it instead (lbm data label-latent)")
         run_dir = train_with_eval(cfg, self.eval_tasks, self.eval_episodes, eval_seed=cfg.seed + 1,
                                   allow_config_change=self.allow_config_change, suite=self.eval_suite)
         if os.environ.get("RANK", "0") == "0":

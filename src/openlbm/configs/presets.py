@@ -20,6 +20,11 @@ line. Datasets are never part of a preset (pass ``--dataset`` or ``--data.source
 | ``quickstart`` | small | 2 000   | 64    | ``lbm quickstart``: 5 Meta-World tasks, 64 px, ~17 min on CPU |
 | ``base``     | base    | 200 000 | 256   | ~100M-parameter multitask pretraining on GPU (bf16)         |
 | ``large``    | large   | 400 000 | 1024  | ~300M+ parameters, FSDP2 over many GPUs                     |
+| ``lam``      | (LAM)   | 6 000   | 64    | a latent action model on video (docs/latent-actions.md)     |
+| ``lam-debug``| (LAM)   | 4       | 4     | tests and smoke runs of the latent action model             |
+
+The ``lam`` presets are :class:`~openlbm.configs.train.LAMTrainConfig`: the same loop trains a latent action model
+(:class:`~openlbm.policies.latent_action.LAMConfig`) instead of a policy; it reads frames only.
 
 Fine-tuning presets (:data:`FINETUNE_PRESETS`, ``preset(name, finetune=True)``; ``lbm finetune <preset>
 --init-from PRETRAINED --dataset NEW``) start from the training preset of the same name with a lower peak learning
@@ -34,12 +39,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from openlbm.configs.train import CheckpointConfig, EMAConfig, LogConfig, OptimConfig, TrainConfig
+from openlbm.configs.train import (
+    CheckpointConfig,
+    EMAConfig,
+    LAMTrainConfig,
+    LogConfig,
+    OptimConfig,
+    TrainConfig,
+)
 from openlbm.data.mixture import DataConfig
 from openlbm.models.heads import DiffusionConfig, FlowConfig
+from openlbm.models.latent_action import LatentActionConfig
 from openlbm.models.trunk import TrunkConfig
 from openlbm.models.vision import VisionConfig
 from openlbm.policies.config import LanguageConfig, PolicyConfig
+from openlbm.policies.latent_action import LAMConfig
 
 T = TypeVar("T")
 
@@ -178,6 +192,41 @@ def large() -> TrainConfig:
     )
 
 
+def lam() -> LAMTrainConfig:
+    """A latent action model on video (frames only; actions and state are ignored): ~1 M parameters, CPU-trainable
+    at 64 px. Label datasets with it afterwards: ``lbm data label-latent --lam RUN``."""
+    return LAMTrainConfig(
+        policy=LAMConfig(frame_gap=8),
+        data=replace(DataConfig(), num_workers=2),
+        run_dir=Path("runs/lam"),
+        steps=6_000,
+        batch_size=64,
+        optim=OptimConfig(lr=3e-4, warmup_steps=200, weight_decay=1e-4),
+        # the codebook is a moving average of the live encoder: label with the live weights, not a weight EMA
+        ema=EMAConfig(enabled=False),
+        checkpoint=CheckpointConfig(every=1_000, keep_last_k=2),
+        log=LogConfig(every=50),
+    )
+
+
+def lam_debug() -> LAMTrainConfig:
+    """Tiny latent action model, a few steps: tests and smoke runs."""
+    model = LatentActionConfig(groups=2, codebook_size=4, code_dim=4, encoder_widths=(8, 16), encoder_hidden=32,
+                               pool_size=2, decoder_widths=(8, 16), decoder_blocks=1, group_size=4, ema_decay=0.9)
+    return LAMTrainConfig(
+        policy=LAMConfig(frame_gap=2, model=model),
+        data=replace(DataConfig(), num_workers=0),
+        run_dir=Path("runs/lam-debug"),
+        steps=4,
+        batch_size=4,
+        optim=OptimConfig(lr=1e-3, warmup_steps=1, weight_decay=0.0),
+        ema=EMAConfig(enabled=False),
+        checkpoint=CheckpointConfig(every=2, keep_last_k=2),
+        log=LogConfig(every=1, tensorboard=False, progress=False),
+        device="cpu",
+    )
+
+
 def finetune_debug() -> TrainConfig:
     """Fine-tune with the debug sizes (tests, smoke runs)."""
     return replace(debug(), run_dir=Path("runs/finetune-debug"), optim=OptimConfig(lr=5e-4, warmup_steps=1, weight_decay=0.0))
@@ -216,6 +265,8 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "quickstart": quickstart,
     "base": base,
     "large": large,
+    "lam": lam,
+    "lam-debug": lam_debug,
 }
 """Preset name -> function building it."""
 

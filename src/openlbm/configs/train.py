@@ -14,6 +14,7 @@ from typing import Any, Literal
 from openlbm.data.mixture import DataConfig, SourceConfig
 from openlbm.jsonio import to_jsonable, write_json
 from openlbm.policies.config import PolicyConfig
+from openlbm.policies.latent_action import LAMConfig
 
 
 @dataclass(frozen=True)
@@ -217,3 +218,13 @@ class TrainConfig:
 
     def save(self, path: Path) -> None:
         write_json(path, self)
+
+
+@dataclass(frozen=True)
+class LAMTrainConfig(TrainConfig):
+    """A training run of a latent action model (``lbm train lam``): the same loop and fields as any run, with a
+    :class:`~openlbm.policies.latent_action.LAMConfig` as the model. The loop reads only what both configs have:
+    ``build(embodiments, stats)``, ``n_obs_steps`` and ``horizon`` (what the data windows must hold)."""
+
+    policy: LAMConfig  # type: ignore[assignment]
+    """The latent action model and its frame gap (``--policy.frame-gap``, ``--policy.model.codebook-size``...)."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import tyro
 
 from openlbm.data.convert.commands import Convert, ImportVideos
+from openlbm.data.latent_report import PhaseProxy as LatentPhase
 
 
 @dataclass(frozen=True)
@@ -177,5 +178,47 @@ class StripActions:
         return 0
 
 
+@dataclass(frozen=True)
+class LatentReport:
+    """Do a labelled dataset's latent action codes mean something? Codebook use over all frames, and the normalized
+    mutual information between codes and a motion-phase proxy from observation.state, against shuffled codes."""
+
+    path: tyro.conf.Positional[Path]
+    """A dataset labelled by ``lbm data label-latent``."""
+    phase: LatentPhase = field(default_factory=LatentPhase)
+    """Which ``observation.state`` dims make the phase proxy (defaults: Meta-World's hand xyz and gripper)."""
+    frame_gap: int | None = None
+    """``k`` of the phase proxy's frame pairs; default: the labelling model's (``meta/latent_action.json``)."""
+    permutations: int = 20
+    """Shuffles of the codes for the chance-level NMI."""
+    json: bool = False
+    """Print the report as JSON."""
+
+    def run(self) -> int:
+        from openlbm.data.latent_report import latent_report
+
+        r = latent_report(self.path, self.phase, self.frame_gap, self.permutations)
+        if self.json:
+            print(json.dumps(r, indent=2))
+            return 0
+        print(f"{r['dataset']}: {r['frames']} frames, k = {r['frame_gap']}, {len(r['groups'])} group(s) of "
+              f"{r['codebook_size']} codes")
+        for g, st in enumerate(r["groups"]):
+            print(f"  group {g}: {st['codes_used']}/{r['codebook_size']} codes used, perplexity {st['perplexity']:.2f}")
+        j = r["joint"]
+        print(f"  joint code: {j['codes_used']}/{j['possible']} used, perplexity {j['perplexity']:.2f}")
+        ph = r["phase"]
+        if ph is None:
+            print("  no observation.state: no motion-phase comparison")
+            return 0
+        print(f"  NMI(code, motion phase) = {ph['nmi']:.3f} over {ph['phases']} proxy phases; shuffled codes "
+              f"{ph['nmi_chance_mean']:.3f} (max {ph['nmi_chance_max']:.3f} of {ph['permutations']})")
+        for row in ph["table"]:
+            print(f"    {row['phase']:<22} {row['frames']:>7} frames  top code {row['top_code']:>4} "
+                  f"({100 * row['top_code_share']:.0f}%)")
+        return 0
+
+
 COMMANDS: dict[str, type] = {"info": Info, "validate": Validate, "stats": Stats, "view": View, "convert": Convert,
-                             "import-videos": ImportVideos, "strip-actions": StripActions}
+                             "import-videos": ImportVideos, "strip-actions": StripActions,
+                             "latent-report": LatentReport}

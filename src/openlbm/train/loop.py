@@ -2,10 +2,13 @@
 
 Single process (``lbm train ...``) or one process per device under torchrun; only rank 0 logs and writes files.
 
-Loss averaging: every rank's micro-batch loss is a masked mean over its own valid action elements. To get the
-mean over the *global* batch (so that N ranks x M micro-batches give exactly the gradient of one big batch), each
-micro-batch loss is weighted by ``its valid-element count * world_size / global valid-element count`` before
-backward; DDP/FSDP then average the gradients over ranks.
+What it trains is whatever ``cfg.policy.build(embodiments, stats)`` returns (:class:`Trainable`): the LBM policy
+(``lbm train debug|small|...``) or a latent action model (``lbm train lam``), through the same steps.
+
+Loss averaging: every rank's micro-batch loss is a mean over its own elements (for the policy: a masked mean over
+its valid action elements, :func:`loss_weight`). To get the mean over the *global* batch (so that N ranks x M
+micro-batches give exactly the gradient of one big batch), each micro-batch loss is weighted by ``its element
+count * world_size / global element count`` before backward; DDP/FSDP then average the gradients over ranks.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +51,20 @@ class EvalFn(Protocol):
     """
 
     def __call__(self, policy: nn.Module, step: int) -> dict[str, float]: ...
+
+
+class Trainable(Protocol):
+    """What the loop trains (an ``nn.Module``; ``LBMPolicy``, ``LAM``), built by ``cfg.policy.build``.
+
+    Optionally ``loss_weight(batch) -> Tensor``: the number of elements its loss is a mean over, for the
+    global-batch weighting above; without it, :func:`loss_weight` (valid action elements) is used.
+    """
+
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]: ...
+
+    def param_groups(self, weight_decay: float, encoder_lr_mult: float | None = None) -> list[dict[str, Any]]: ...
+
+    def save(self, directory: str | Path) -> Path: ...
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -99,14 +116,16 @@ def train_step(
     cfg: TrainConfig,
     step: int,
     autocast: contextlib.AbstractContextManager | None = None,
+    weight_fn: Callable[[Batch], Tensor] = loss_weight,
 ) -> dict[str, float]:
     """One optimizer step over this rank's micro-batches; returns metrics averaged over the global batch.
+    ``weight_fn(batch)``: the element count each micro-batch's loss is a mean over (the model's ``loss_weight``).
 
     Raises :class:`NonFiniteLossError` (naming the step and the batch's episode/frame indices) before touching
     the weights when the loss or the gradient norm is not finite.
     """
     world = dist_utils.world_size()
-    weights = [loss_weight(b) for b in micro_batches]
+    weights = [weight_fn(b) for b in micro_batches]
     total = dist_utils.all_reduce_sum(torch.stack(weights).sum().to(micro_batches[0].action.device))
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), dtype=torch.float64, device=total.device)
@@ -269,6 +288,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     if cfg.precision == "bf16" and info.device.type == "cuda":
         autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     export = ema.module if ema is not None else policy
+    weight_fn = getattr(policy, "loss_weight", loss_weight)
     meter, step = Meter(), state.step
     checked = False
 
@@ -287,7 +307,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
             if not checked:
                 _validate_first(batches[0])
                 checked = True
-            metrics = train_step(model, batches, optimizer, cfg, step, autocast)
+            metrics = train_step(model, batches, optimizer, cfg, step, autocast, weight_fn)
             if ema is not None:
                 ema.update(policy, step)
             step += 1
@@ -357,4 +377,4 @@ def _run_eval(eval_fn: EvalFn, policy: nn.Module, step: int, logger: Any, info: 
     dist_utils.barrier()
 
 
-__all__ = ["EvalFn", "LossModule", "NonFiniteLossError", "loss_weight", "train", "train_step"]
+__all__ = ["EvalFn", "LossModule", "NonFiniteLossError", "Trainable", "loss_weight", "train", "train_step"]
