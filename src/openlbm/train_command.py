@@ -25,6 +25,7 @@ import tyro
 
 from openlbm.configs.presets import FINETUNE_PRESETS, PRESETS
 from openlbm.configs.train import LAMTrainConfig, TrainConfig
+from openlbm.data.imagetext import ImageTextConfig
 from openlbm.data.mixture import SourceConfig, read_sources
 from openlbm.envs.suites import Suite
 
@@ -51,6 +52,23 @@ def with_datasets(cfg: TrainConfig, datasets: tuple[Path, ...], mixture: Path | 
     if not extra:
         return cfg
     return replace(cfg, data=replace(cfg.data, sources=(*cfg.data.sources, *extra)))
+
+
+def camera_size(cfg: TrainConfig) -> tuple[int, int]:
+    """The image size the first dataset of the mixture is trained at (its ``image_size``, else its cameras')."""
+    from openlbm.data.dataset import DatasetMeta
+    from openlbm.errors import UserError
+
+    if not cfg.data.sources:
+        raise UserError("--image-text needs the robot data too (--dataset or --mixture): its cameras set the size")
+    src = cfg.data.sources[0]
+    if src.image_size is not None:
+        return tuple(src.image_size)  # type: ignore[return-value]
+    meta = DatasetMeta(src.root)
+    if not meta.camera_keys:
+        raise UserError(f"{src.root}: no camera in this dataset, so no image size for --image-text")
+    h, w = meta.features[meta.camera_keys[0]].shape[:2]
+    return int(h), int(w)
 
 
 def train_with_eval(
@@ -87,6 +105,12 @@ class Train:
     fields of ``SourceConfig``; the shape of ``data.sources`` in a run's config.json; relative roots are relative to
     the file): to name a dataset's embodiment, map its cameras and keys, resize its images. Combines with
     ``--dataset``."""
+    image_text: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
+    """WebDataset image-caption shards (path, glob, brace pattern or folder; repeatable) to co-train on: sets
+    ``image_text`` with these shards at the cameras' image size (vision-language alignment, weighted by
+    ``--objectives.image-text``)."""
+    image_text_batch_size: int = 32
+    """Image-caption pairs per micro-batch with ``--image-text``."""
     eval_tasks: str | None = None
     """Tasks of ``--eval-suite`` (set name or comma list) rolled out every ``--eval-every`` steps; logged as
     ``eval/*``."""
@@ -126,8 +150,12 @@ class Train:
         return False
 
     def resolved(self) -> TrainConfig:
-        """The preset with the command's ``--mixture`` and ``--dataset`` flags applied."""
-        return with_datasets(self.config, self.dataset, self.mixture)
+        """The preset with the command's ``--mixture``, ``--dataset`` and ``--image-text`` flags applied."""
+        cfg = with_datasets(self.config, self.dataset, self.mixture)
+        if not self.image_text:
+            return cfg
+        return replace(cfg, image_text=ImageTextConfig(
+            shards=self.image_text, image_size=camera_size(cfg), batch_size=self.image_text_batch_size, seed=cfg.seed))
 
 
 @tyro.conf.configure(tyro.conf.CascadeSubcommandArgs)

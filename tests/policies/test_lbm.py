@@ -25,7 +25,7 @@ def seeded(batch, seed: int = 0):
 def test_shapes_and_debug_size(debug_policy: LBMPolicy) -> None:
     h = debug_policy.config.horizon
     loss, metrics = action_loss(debug_policy, make_batch([ARM] * 3, h))
-    assert loss.ndim == 0 and torch.isfinite(loss) and metrics["loss"] == pytest.approx(loss.item())
+    assert loss.ndim == 0 and torch.isfinite(loss) and 0 < metrics["valid_frac"] <= 1
     loss.backward()
     chunk = debug_policy.eval().predict_chunk(make_obs([ARM] * 3))
     assert chunk.shape == (3, h, ARM.action_dim) and chunk.dtype == torch.float32

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from openlbm.data.imagetext import ImageTextConfig
 from openlbm.data.mixture import DataConfig, SourceConfig
 from openlbm.jsonio import to_jsonable, write_json
 from openlbm.policies.config import PolicyConfig
@@ -145,6 +146,28 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class ObjectiveWeights:
+    """How the training objectives are summed. Each objective is first averaged over the global batch on its own
+    (over the elements that have it: rows with actions, rows with latent labels, image-text pairs); the step's loss
+    is the weighted sum. An objective absent from a global batch contributes nothing to that step."""
+
+    action: float = 1.0
+    """Action chunks (rows of datasets with actions)."""
+    latent: float = 1.0
+    """Latent-action chunks (rows of datasets labelled by ``lbm data label-latent``; needs ``policy.latent_dim``)."""
+    image_text: float = 0.1
+    """Image-caption alignment (batches of ``TrainConfig.image_text``)."""
+
+    def __post_init__(self) -> None:
+        if min(self.action, self.latent, self.image_text) < 0:
+            raise ValueError(f"objective weights must be >= 0, got {self}")
+
+    def weight(self, name: str) -> float:
+        """The weight of objective ``name``; 1 for a model's single unnamed ``loss``."""
+        return float(getattr(self, name)) if name in ("action", "latent", "image_text") else 1.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training run: policy, data, optimisation, checkpointing, logging and hardware settings."""
 
@@ -189,6 +212,13 @@ class TrainConfig:
     """Fine-tuning knobs: frozen parts, per-part learning-rate multipliers, replay of pretraining data."""
     eval_every: int = 0
     """Call the evaluation hook every this many steps (0 = never); its metrics are logged as ``eval/<name>``."""
+    image_text: ImageTextConfig | None = None
+    """Image-caption pairs (WebDataset shards) trained in the same steps as the robot data: each micro-batch gets
+    one batch of ``image_text.batch_size`` pairs from this stream (split over ranks), and the policy aligns its
+    camera encoder with the captions (``objectives.image_text``). ``image_text.image_size`` must be the policy's
+    camera image size. None = no image-text co-training."""
+    objectives: ObjectiveWeights = field(default_factory=ObjectiveWeights)
+    """Weights of the action, latent-action and image-text objectives in the step's loss."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:

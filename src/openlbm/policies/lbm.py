@@ -37,6 +37,8 @@ FORMAT = "openlbm.policy"
 VERSION = 1
 PER_EMBODIMENT = ("state_in", "camera_emb", "embodiment_token", "action_in", "action_out")
 """``model.<these>.<embodiment>.*`` parameters belong to one embodiment (new ones may be reinitialised)."""
+AUXILIARY_HEADS = ("latent_in", "latent_out")
+"""``model.<these>.*``: the latent-action head, only trained on latent labels; a source without it leaves it new."""
 
 
 def chunk_noise_seed(noise_seed: int, episode_key: int, chunk_index: int) -> int:
@@ -233,7 +235,6 @@ class LBMPolicy(nn.Module):
             losses["latent"] = self._latent_loss(batch, enc, rng)
         if batch.image_text is not None:
             losses["image_text"], metrics["image_text_acc"] = self._image_text_loss(batch)
-        metrics.update({f"loss/{k}": float(v.detach()) for k, v in losses.items()})
         return losses, metrics
 
     def _latent_loss(self, batch: Batch, enc: ObsEncoding, rng: SampleRNG) -> Tensor:
@@ -358,7 +359,8 @@ class LBMPolicy(nn.Module):
     def init_from(self, directory: str | Path) -> InitReport:
         """Copy weights from another policy dir for fine-tuning; returns what was loaded, new and dropped.
 
-        Parameters of embodiments the source lacks stay freshly initialised ("new"); the source's tensors this policy
+        Parameters of embodiments the source lacks, and an auxiliary head (:data:`AUXILIARY_HEADS`) it lacks, stay
+        freshly initialised ("new"); the source's tensors this policy
         has no place for (e.g. heads of embodiments not fine-tuned) are "dropped". Every other key must exist with
         the same shape (else a ValueError lists all mismatches). Normalization stats stay this policy's own: they
         come from the fine-tuning data, never from the source."""
@@ -373,7 +375,8 @@ class LBMPolicy(nn.Module):
         for k, v in own.items():
             parts = k.split(".")
             if k not in src:
-                is_new_head = len(parts) > 2 and parts[1] in PER_EMBODIMENT and parts[2] not in src_names
+                is_new_head = (len(parts) > 2 and parts[1] in PER_EMBODIMENT and parts[2] not in src_names) or (
+                    len(parts) > 1 and parts[1] in AUXILIARY_HEADS)
                 (new_keys if is_new_head else missing).append(k)
             elif src[k].shape != v.shape:
                 shapes.append(f"{k}: ours {tuple(v.shape)} vs {d.name} {tuple(src[k].shape)}")

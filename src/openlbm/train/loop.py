@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from openlbm.configs.train import EMAConfig, TrainConfig
+from openlbm.data.imagetext import ImageTextConfig
 from openlbm.data.validate import require_valid
 from openlbm.errors import UserError
 from openlbm.locking import lock_dir
@@ -38,7 +39,10 @@ from openlbm.train import finetune
 from openlbm.train.ema import EMA
 from openlbm.train.metrics import Meter, MetricsLogger, NullLogger
 from openlbm.train.optim import build_optimizer, set_lr
-from openlbm.types import Batch
+from openlbm.types import Batch, ImageTextBatch
+
+IMAGE_TEXT_STATE = "image_text_batches"
+"""Key of the image-text batches this rank has taken, in the checkpoint's sampler state."""
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +113,19 @@ def _batch_where(batch: Batch) -> str:
     return ", ".join(parts) or "(batch.meta has no indices)"
 
 
+def model_weight_fn(model: nn.Module) -> Callable[[Batch], Tensor | dict[str, Tensor]]:
+    """The trained model's own ``loss_weight`` (through DDP's ``.module`` and :class:`LossModule`), else
+    :func:`loss_weight` (valid action elements)."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "policy", inner)
+    return getattr(inner, "loss_weight", loss_weight)
+
+
+def _terms(x: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
+    """A model's loss (or element count): one tensor, or one per objective (``{"action": ..., "latent": ...}``)."""
+    return dict(x) if isinstance(x, dict) else {"loss": x}
+
+
 def train_step(
     model: nn.Module,
     micro_batches: list[Batch],
@@ -116,19 +133,28 @@ def train_step(
     cfg: TrainConfig,
     step: int,
     autocast: contextlib.AbstractContextManager | None = None,
-    weight_fn: Callable[[Batch], Tensor] = loss_weight,
+    weight_fn: Callable[[Batch], Tensor | dict[str, Tensor]] | None = None,
 ) -> dict[str, float]:
     """One optimizer step over this rank's micro-batches; returns metrics averaged over the global batch.
-    ``weight_fn(batch)``: the element count each micro-batch's loss is a mean over (the model's ``loss_weight``).
+
+    The model's loss is one tensor or one per objective, each a mean over ``weight_fn(batch)`` elements (the
+    model's ``loss_weight``; one count per objective). Each objective is averaged over the *global* batch on its
+    own (an objective absent from the whole global batch, e.g. no row with actions, contributes nothing), then
+    the objectives are summed with ``cfg.objectives`` weights. Metrics: ``loss`` (the weighted sum) and, with
+    several objectives, ``loss/<objective>``.
 
     Raises :class:`NonFiniteLossError` (naming the step and the batch's episode/frame indices) before touching
-    the weights when the loss or the gradient norm is not finite.
+    the weights when a loss or the gradient norm is not finite.
     """
     world = dist_utils.world_size()
-    weights = [weight_fn(b) for b in micro_batches]
-    total = dist_utils.all_reduce_sum(torch.stack(weights).sum().to(micro_batches[0].action.device))
+    device = micro_batches[0].action.device
+    weight_fn = weight_fn or model_weight_fn(model)
+    weights = [{k: v.to(device, torch.float64) for k, v in _terms(weight_fn(b)).items()} for b in micro_batches]
+    names = sorted({k for w in weights for k in w})
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    totals = dist_utils.all_reduce_sum(torch.stack([sum((w.get(k, zero) for w in weights), zero) for k in names]))
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=total.device)
+    loss_sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     metric_sums: dict[str, float] = {}
     for i, (batch, w) in enumerate(zip(micro_batches, weights, strict=True)):
         last = i == len(micro_batches) - 1
@@ -136,15 +162,25 @@ def train_step(
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast or contextlib.nullcontext():
-                loss, metrics = model(batch)
-            if not torch.isfinite(loss.detach()).all():
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at step {step} (micro-batch {i}, rank {dist_utils.rank()}); batch: "
-                    f"{_batch_where(batch)}. Stopped before the optimizer step; the last good checkpoint is kept."
-                )
-            scale = (w.to(total.device) * world / total).to(loss.dtype)
-            (loss * scale).backward()
-        loss_sum += loss.detach().to(torch.float64) * w.to(total.device)
+                out, metrics = model(batch)
+            losses = _terms(out)
+            if set(losses) - set(names):
+                raise RuntimeError(f"the model returned losses {sorted(losses)} but element counts for {names}")
+            objective = sum(losses.values()) * 0.0  # keeps every output in the graph (DDP expects all to be used)
+            for j, k in enumerate(names):
+                loss = losses.get(k)
+                if loss is None or not bool(w.get(k, zero) > 0):
+                    continue
+                if not torch.isfinite(loss.detach()).all():
+                    raise NonFiniteLossError(
+                        f"loss{'' if k == 'loss' else ' ' + k} is {loss.item()} at step {step} (micro-batch {i}, rank "
+                        f"{dist_utils.rank()}); batch: {_batch_where(batch)}. Stopped before the optimizer step; the "
+                        "last good checkpoint is kept."
+                    )
+                scale = (w[k] * world / totals[j]).to(loss.dtype) * cfg.objectives.weight(k)
+                objective = objective + loss * scale
+                loss_sums[j] += loss.detach().to(torch.float64) * w[k]
+            objective.backward()
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / len(micro_batches)
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
@@ -157,8 +193,12 @@ def train_step(
             + ". Stopped before the optimizer step; the last good checkpoint is kept."
         )
     optimizer.step()
-    loss_global = dist_utils.all_reduce_sum(loss_sum) / total
-    return {**metric_sums, "loss": float(loss_global), "grad_norm": float(grad_norm)}
+    means = dist_utils.all_reduce_sum(loss_sums) / totals.clamp(min=1)
+    per = {k: float(m) for k, m, t in zip(names, means, totals, strict=True) if t > 0}
+    out = {**metric_sums, "loss": sum(cfg.objectives.weight(k) * v for k, v in per.items()), "grad_norm": float(grad_norm)}
+    if names != ["loss"]:
+        out.update({f"loss/{k}": v for k, v in per.items()})
+    return out
 
 
 def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo, allow_config_change: bool = False) -> Path | None:
@@ -217,12 +257,48 @@ def sample_seeds(seed: int, consumed: int, batch_size: int, rank: int, world_siz
     return torch.from_numpy((z & np.uint64(2**63 - 1)).astype(np.int64))
 
 
-def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dist_utils.DistInfo) -> tuple[list[Batch], float]:
-    """Next ``n`` micro-batches on the device (tagged with per-sample seeds) and the seconds spent waiting."""
+class ImageTextFeed:
+    """This rank's stream of ``TrainConfig.image_text`` batches and how many it has taken (saved with the sampler
+    state, so a resumed run continues with the very next batch)."""
+
+    def __init__(self, cfg: ImageTextConfig, info: dist_utils.DistInfo, start: int) -> None:
+        self.consumed = int(start)
+        self._it = iter(cfg.build(rank=info.rank, world_size=info.world_size, start_batch=self.consumed))
+
+    def next(self) -> ImageTextBatch:
+        batch = next(self._it)
+        self.consumed += 1
+        return batch
+
+
+def _check_objectives(cfg: TrainConfig, data: Any) -> None:
+    """Refuse, before step 1, objectives the policy cannot train: latent labels without a latent head of their
+    width, image-text pairs at another size than the cameras."""
+    latent_dim = getattr(cfg.policy, "latent_dim", None)
+    if latent_dim is not None and data.latent_dim and data.latent_dim != latent_dim:
+        raise UserError(
+            f"the training data has latent actions {data.latent_dim} wide (lbm data label-latent) but "
+            f"policy.latent_dim is {latent_dim}: pass --policy.latent-dim {data.latent_dim}"
+        )
+    if cfg.image_text is not None:
+        sizes = sorted({tuple(e.image_size) for e in data.embodiments})
+        if tuple(cfg.image_text.image_size) not in sizes:
+            raise UserError(
+                f"image_text.image_size {tuple(cfg.image_text.image_size)} is not the cameras' image size "
+                f"({', '.join(f'{h}x{w}' for h, w in sizes)}): pass --image-text.image-size H W"
+            )
+
+
+def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dist_utils.DistInfo,
+             feed: ImageTextFeed | None = None) -> tuple[list[Batch], float]:
+    """Next ``n`` micro-batches on the device (tagged with per-sample seeds, each with its image-text batch when
+    co-training) and the seconds spent waiting."""
     out, waited = [], 0.0
     for _ in range(n):
         t0 = time.perf_counter()
         batch = next(it)
+        if feed is not None:
+            batch.image_text = feed.next()
         waited += time.perf_counter() - t0
         batch.meta["sample_seed"] = sample_seeds(
             cfg.seed, data.sampler.consumed, batch.batch_size, info.rank, info.world_size
@@ -262,6 +338,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
         None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=micro_bs, seed=cfg.seed,
         rank=info.rank, world_size=info.world_size,
     )
+    _check_objectives(cfg, data)
     policy = build_policy(cfg, data, info.device, resume_from is not None, cfg.run_dir if info.is_main else None)
     # FSDP shards the live weights, so the exported (saved/evaluated) copy must be a separate whole module.
     ema_cfg = cfg.ema if cfg.ema.enabled else (EMAConfig(decay=0.0) if cfg.distributed == "fsdp" else None)
@@ -274,10 +351,11 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     state = ckpt.TrainState(step=0)
     if resume_from is not None:
         state = ckpt.load_checkpoint(resume_from, policy, optimizer, ema)
-        data.sampler.load_state_dict(state.sampler)
+        data.sampler.load_state_dict({k: v for k, v in state.sampler.items() if k != IMAGE_TEXT_STATE})
         log.info("resuming from %s (step %d)", resume_from, state.step)
     loader = data.loader()
     it = iter(loader)
+    feed = ImageTextFeed(cfg.image_text, info, state.sampler.get(IMAGE_TEXT_STATE, 0)) if cfg.image_text else None
     if resume_from is not None:
         ckpt.restore_rng(resume_from)
     else:
@@ -288,12 +366,12 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     if cfg.precision == "bf16" and info.device.type == "cuda":
         autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     export = ema.module if ema is not None else policy
-    weight_fn = getattr(policy, "loss_weight", loss_weight)
+    weight_fn = model_weight_fn(policy)
     meter, step = Meter(), state.step
     checked = False
 
     def save() -> Path:
-        state.step, state.sampler = step, _sampler_state(data)
+        state.step, state.sampler = step, _sampler_state(data, feed)
         return ckpt.save_checkpoint(
             cfg.run_dir / "checkpoints", state, policy, optimizer,
             ema.state_dict() if ema is not None else None, export, cfg.checkpoint.keep_last_k,
@@ -303,7 +381,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     try:
         while step < cfg.steps:
             lr = set_lr(optimizer, step, cfg.optim, cfg.steps)
-            batches, waited = _batches(it, cfg.grad_accum, data, cfg, info)
+            batches, waited = _batches(it, cfg.grad_accum, data, cfg, info, feed)
             if not checked:
                 _validate_first(batches[0])
                 checked = True
@@ -362,8 +440,9 @@ def _validate_first(batch: Batch) -> None:
         raise ValueError(f"the first training batch breaks the Batch contract (openlbm.types.Batch): {e}") from e
 
 
-def _sampler_state(data: Any) -> dict[str, Any]:
-    return data.sampler.state_dict()
+def _sampler_state(data: Any, feed: ImageTextFeed | None) -> dict[str, Any]:
+    state = data.sampler.state_dict()
+    return state if feed is None else {**state, IMAGE_TEXT_STATE: feed.consumed}
 
 
 def _run_eval(eval_fn: EvalFn, policy: nn.Module, step: int, logger: Any, info: dist_utils.DistInfo) -> None:

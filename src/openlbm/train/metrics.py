@@ -113,6 +113,7 @@ class Meter:
         self.samples = 0
         self.steps = 0
         self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}  # per metric: an objective absent from a step has no value there
 
     def add(self, metrics: dict[str, float], samples: int, data_s: float) -> None:
         self.steps += 1
@@ -120,10 +121,11 @@ class Meter:
         self.data_s += data_s
         for k, v in metrics.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def summary(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out = {k: v / self.counts[k] for k, v in self.sums.items()}
         out["samples_per_s"] = self.samples / elapsed
         out["data_wait_frac"] = self.data_s / elapsed
         return out
