@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli_helpers import assert_one_line_error
 from openlbm.data.writer import DatasetWriter
 from openlbm.types import EmbodimentSpec, FeatureSpec
 
@@ -104,12 +105,7 @@ def _lbm(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
 def test_mistake_is_one_line_error(world: Path, tmp_path: Path, mistake: str) -> None:
     build, must_name = MISTAKES[mistake]
     proc = _lbm(build(world, tmp_path))
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr
-    for text in must_name:
-        assert text in errors[0], f"{text!r} not in {errors[0]!r}"
+    assert_one_line_error(proc, must_name)
 
 
 def test_debug_flag_shows_the_traceback(world: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import assert_one_line_error
 from openlbm.data.imagetext import ImageTextConfig
 from openlbm.envs.expert import ScriptedExpert
 from openlbm.envs.generate import episode_seed
@@ -146,26 +147,17 @@ MISTAKES: dict[str, tuple[list[str], tuple[str, ...]]] = {
 def test_cli_mistakes_are_one_line(tmp_path: Path, mistake: str) -> None:
     extra, must_name = MISTAKES[mistake]
     proc = _lbm(["data", "image-text", "--out", str(tmp_path / "o"), *extra])
-    _assert_one_line(proc, must_name)
+    assert_one_line_error(proc, must_name)
     assert not (tmp_path / "o" / MANIFEST).exists()
 
 
 def test_cli_refuses_a_foreign_or_differently_made_folder(shards: Path, tmp_path: Path) -> None:
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
-    _assert_one_line(_lbm(_flags(tmp_path / "foreign")), ("foreign", "not empty", MANIFEST))
+    assert_one_line_error(_lbm(_flags(tmp_path / "foreign")), ("foreign", "not empty", MANIFEST))
     changed = _flags(shards)
     changed[changed.index("--size") + 1] = "16"
-    _assert_one_line(_lbm(changed), ("different settings", "size"))
-
-
-def _assert_one_line(proc: subprocess.CompletedProcess[str], must_name: tuple[str, ...]) -> None:
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr
-    for text in must_name:
-        assert text in errors[0], f"{text!r} not in {errors[0]!r}"
+    assert_one_line_error(_lbm(changed), ("different settings", "size"))
 
 
 def test_image_is_never_step_zero_and_keys_are_webdataset_keys(shards: Path) -> None:

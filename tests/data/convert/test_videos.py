@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from convert_helpers import MIN_PSNR_DB, psnr
 
+from cli_helpers import assert_one_line_error
 from openlbm.cli import main
 from openlbm.data.collate import collate_batch
 from openlbm.data.convert.source import SourceError
@@ -163,11 +164,7 @@ def test_mistakes_are_one_line_errors_and_a_fixed_folder_resumes(tmp_path: Path,
             (src / "b.txt").write_text("second")
     proc = lbm("data", "import-videos", str(src), str(out), "--workers", "1")
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and errors[0] == proc.stderr.strip().splitlines()[-1], proc.stderr
-    for text in MISTAKES[mistake]:
-        assert text in errors[0], errors[0]
+    assert_one_line_error(proc, MISTAKES[mistake])
     if mistake != "undecodable video":
         return
     assert RobotDataset(out).meta.num_episodes == 1  # the good video before the bad one stays committed
