@@ -230,7 +230,7 @@ class LBMPolicy(nn.Module):
         mask = (~batch.action_is_pad)[:, :, None] & dim_mask[:, None, :]  # [B, H, 1] & [B, 1, A] -> [B, H, A]
         denom = mask.sum()
         losses = {"action": (err * mask).sum() / denom.clamp(min=1)}
-        metrics = {"valid_frac": float(denom) / mask.numel()}
+        metrics = {"valid_frac": float(denom) / max(mask.numel(), 1)}
         if batch.latent_action is not None:
             losses["latent"] = self._latent_loss(batch, enc, rng)
         if batch.image_text is not None:
@@ -359,7 +359,8 @@ class LBMPolicy(nn.Module):
     def init_from(self, directory: str | Path) -> InitReport:
         """Copy weights from another policy dir for fine-tuning; returns what was loaded, new and dropped.
 
-        Parameters of embodiments the source lacks, and an auxiliary head (:data:`AUXILIARY_HEADS`) it lacks, stay
+        Parameters of embodiments the source lacks, an auxiliary head (:data:`AUXILIARY_HEADS`) it lacks, and an
+        embodiment's projections that are 0 wide there (it was pretrained on video without actions or state) stay
         freshly initialised ("new"); the source's tensors this policy
         has no place for (e.g. heads of embodiments not fine-tuned) are "dropped". Every other key must exist with
         the same shape (else a ValueError lists all mismatches). Normalization stats stay this policy's own: they
@@ -370,15 +371,21 @@ class LBMPolicy(nn.Module):
             log.warning("init_from %s: text encoder differs (%s vs %s)", d, src_cfg.language, self.config.language)
         src = load_weights(d / "model.safetensors")
         src_names = {e.name for e in src_embs}
+        # an embodiment seen only in data without actions (or state) has 0-wide projections there: fresh here
+        dimless = {e.name for e in src_embs if e.action_dim == 0 or e.state_dim == 0}
         own = self.state_dict()
         new_keys, missing, shapes = [], [], []
         for k, v in own.items():
             parts = k.split(".")
+            per_emb = len(parts) > 2 and parts[1] in PER_EMBODIMENT
             if k not in src:
-                is_new_head = (len(parts) > 2 and parts[1] in PER_EMBODIMENT and parts[2] not in src_names) or (
-                    len(parts) > 1 and parts[1] in AUXILIARY_HEADS)
+                is_new_head = (per_emb and parts[2] not in src_names) or (len(parts) > 1 and parts[1] in AUXILIARY_HEADS)
                 (new_keys if is_new_head else missing).append(k)
             elif src[k].shape != v.shape:
+                if per_emb and parts[2] in dimless and 0 in src[k].shape:
+                    new_keys.append(k)
+                    src.pop(k)
+                    continue
                 shapes.append(f"{k}: ours {tuple(v.shape)} vs {d.name} {tuple(src[k].shape)}")
         if missing or shapes:
             raise ValueError(
