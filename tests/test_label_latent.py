@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from openlbm import label_latent
+from openlbm.data import derive
 from openlbm.data.dataset import RobotDataset
 from openlbm.data.validate import validate_dataset
 from openlbm.data.writer import DatasetWriter
 from openlbm.errors import LockedError
-from openlbm.label_latent import LATENT_INDEX_KEY, LATENT_KEY, PARTIAL_MARKER, PROVENANCE_PATH, label_dataset
+from openlbm.label_latent import LATENT_INDEX_KEY, LATENT_KEY, PROVENANCE_PATH, label_dataset
 from openlbm.models.latent_action import LatentActionConfig
 from openlbm.policies.latent_action import LAM, LAMConfig
 from openlbm.types import EmbodimentSpec, FeatureSpec
@@ -84,7 +84,7 @@ def test_labels_equal_the_model_on_independently_decoded_pairs(src: Path, tmp_pa
     info = json.loads((out / "meta/info.json").read_text())
     assert info["features"][LATENT_KEY]["dtype"] == "float32" and info["features"][LATENT_KEY]["shape"] == [6]
     assert info["features"][LATENT_INDEX_KEY] == {"dtype": "int64", "shape": [2], "names": None}
-    assert info["total_frames"] == 21 and not (out / PARTIAL_MARKER).exists()
+    assert info["total_frames"] == 21 and not list(tmp_path.glob(".*partial"))
 
     lam = LAM.load(lam_dir)
     labelled, orig = RobotDataset(out), RobotDataset(src)
@@ -128,7 +128,7 @@ def test_cameras_flag_maps_dataset_cameras_onto_the_models(src: Path, tmp_path: 
 def test_refusals_lock_and_restart_after_a_crash(src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lam_dir = make_lam(tmp_path / "lam")
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="outside the input dataset"):
+    with pytest.raises(ValueError, match="outside the source dataset"):
         label_dataset(lam_dir, src, src)
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
@@ -139,21 +139,21 @@ def test_refusals_lock_and_restart_after_a_crash(src: Path, tmp_path: Path, monk
     def crash(*args: object) -> None:
         raise RuntimeError("killed mid-way")
 
-    monkeypatch.setattr(label_latent, "_copy_rest", crash)
+    monkeypatch.setattr(derive, "_link_or_copy", crash)  # dies while copying videos, after the data files
     with pytest.raises(RuntimeError, match="killed"):
         label_dataset(lam_dir, src, out)
-    assert (out / PARTIAL_MARKER).exists() and not (out / "meta/info.json").exists()
-    assert validate_dataset(out)  # no reader takes the partial folder for a dataset
+    assert not out.exists() and (tmp_path / ".out.partial" / "data").is_dir()  # out appears whole or not at all
     monkeypatch.undo()
-    label_dataset(lam_dir, src, out)  # the rerun clears the partial output and finishes
-    assert validate_dataset(out) == []
-    with pytest.raises(FileExistsError, match="already holds a dataset"):
+    label_dataset(lam_dir, src, out)  # the rerun clears the leftover and finishes
+    assert validate_dataset(out) == [] and not (tmp_path / ".out.partial").exists()
+    with pytest.raises(FileExistsError, match="not empty"):
         label_dataset(lam_dir, src, out)
     with pytest.raises(ValueError, match="already has feature"):
         label_dataset(lam_dir, out, tmp_path / "twice")
 
     held = tmp_path / "held"
-    code = f"from openlbm.locking import lock_dir; l = lock_dir({str(held)!r}, 'a test'); print('ready', flush=True); input()"
+    staging = tmp_path / ".held.partial"  # where another label-latent writing `held` would be assembling it
+    code = f"from openlbm.locking import lock_dir; l = lock_dir({str(staging)!r}, 'a test'); print('ready', flush=True); input()"
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
