@@ -101,7 +101,7 @@ def provenance(lam_path: Path, lam_dir: Path, lam: LAM, cameras: dict[str, str],
     }
 
 
-def label_dataset(lam_path: Path, src: Path, out: Path, batch_size: int = 256, cameras: tuple[str, ...] = (),
+def label_dataset(lam_path: Path, src: Path, out: Path, batch_size: int = 64, cameras: tuple[str, ...] = (),
                   device: str = "cpu") -> dict[str, Any]:
     """Write ``out`` = dataset ``src`` + latent action labels from the model at ``lam_path`` (run, checkpoint or LAM
     dir); returns the provenance record. ``cameras``: the dataset cameras fed to the model, in its order (default:
@@ -152,8 +152,8 @@ class LabelLatent:
     """The dataset to label (LeRobot v3; left unchanged)."""
     out: Path
     """The new labelled dataset's folder (must not exist, or be empty, or be an interrupted label-latent output)."""
-    batch_size: int = 256
-    """Frame pairs per forward pass."""
+    batch_size: int = 64
+    """Frame pairs per forward pass (memory grows with it: ~0.6 GB at 64 for two 64 px cameras)."""
     cameras: tuple[str, ...] = ()
     """The dataset's cameras fed to the model, in the model's camera order; default: the model's own camera names."""
     device: str = "cpu"
