@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openlbm.types import LATENT_ACTION_KEY
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LATENT_KEY = "latent_action"
+LATENT_KEY = LATENT_ACTION_KEY  # the feature a mixture windows into Batch.latent_action
 LATENT_INDEX_KEY = "latent_action_index"
 PROVENANCE_PATH = "meta/latent_action.json"
 
