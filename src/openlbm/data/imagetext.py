@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from openlbm.data.images import resize_images
 from openlbm.data.layout import DatasetError
-from openlbm.data.mixture import resize_images, worker_context
+from openlbm.data.mixture import worker_context
 from openlbm.types import ImageTextBatch, chw_from_hwc
 
 log = logging.getLogger(__name__)

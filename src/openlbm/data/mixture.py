@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from openlbm.data import layout as L
 from openlbm.data.collate import batch_from_dict, collate_dict
 from openlbm.data.dataset import DatasetMeta, RobotDataset
+from openlbm.data.images import resize_images
 from openlbm.data.stats import (
     IMAGE_FRAMES_PER_EPISODE,
     ChunkSource,
@@ -55,16 +55,6 @@ from openlbm.types import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """uint8 ``[..., 3, h0, w0]`` -> uint8 ``[..., 3, h, w]`` (bilinear, antialiased): how every dataset and image-text
-    source is brought to its embodiment's image size. Unchanged when already that size."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    flat = images.reshape(-1, *images.shape[-3:]).float()  # [..., 3, h0, w0] -> [N, 3, h0, w0]
-    out = F.interpolate(flat, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round().clamp(0, 255).to(torch.uint8).reshape(*images.shape[:-2], *size)  # [N, 3, h, w] -> [..., 3, h, w]
 
 
 @dataclass(frozen=True)
