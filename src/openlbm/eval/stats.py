@@ -10,6 +10,7 @@ library; Clopper-Pearson, Barnard's, Fisher's and the exact McNemar test use Sci
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -180,7 +181,14 @@ def barnard_pvalue(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
     if (n_a + 1) * (n_b + 1) > BARNARD_MAX_CELLS:
         return fisher_pvalue(k_a, n_a, k_b, n_b)
     # Rows: success/failure, columns: policy A/B (scipy conditions on column totals).
-    res = _scipy_stats().barnard_exact([[k_a, k_b], [n_a - k_a, n_b - k_b]], alternative="two-sided")
+    # scipy's optimiser (shgo) logs its bounds on the root logger at INFO on every call: keep it out of our output
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        res = _scipy_stats().barnard_exact([[k_a, k_b], [n_a - k_a, n_b - k_b]], alternative="two-sided")
+    finally:
+        root.setLevel(level)
     p = float(res.pvalue)
     return 1.0 if math.isnan(p) else min(1.0, p)
 
