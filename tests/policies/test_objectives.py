@@ -125,3 +125,27 @@ def test_image_text_alignment_is_learnable(debug_policy) -> None:
         first = loss.item() if first is None else first
         last = loss.item()
     assert last < 0.5 * first, (first, last)
+
+
+def test_a_latent_head_changes_nothing_for_action_only_training() -> None:
+    """Same seed, with and without the latent head: the shared weights start equal, and on action-only data the
+    latent head gets no gradient, so the two train identically (a study may share its scratch runs across them)."""
+    torch.manual_seed(0)
+    plain = preset("debug").build([ARM], {"arm": make_stats(ARM)})
+    torch.manual_seed(0)
+    latent = replace(preset("debug"), latent_dim=L).build([ARM], {"arm": make_stats(ARM)})
+    shared = plain.state_dict()
+    assert set(shared) < set(latent.state_dict())
+    for name, value in latent.state_dict().items():
+        if name in shared:
+            assert torch.equal(value, shared[name]), name
+    batch = make_batch([ARM] * 3, plain.config.horizon)
+    batch.meta["sample_seed"] = torch.tensor([1, 2, 3])
+    for policy in (plain, latent):
+        policy.compute_loss(batch)[0]["action"].backward()
+    grads = {n: p.grad for n, p in plain.named_parameters()}
+    for name, p in latent.named_parameters():
+        if name in grads:
+            assert (p.grad is None) == (grads[name] is None) and (p.grad is None or torch.equal(p.grad, grads[name]))
+        else:
+            assert p.grad is None, name

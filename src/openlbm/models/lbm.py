@@ -99,15 +99,17 @@ class LBMModel(nn.Module):
         for out in self.action_out.values():
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
+        self.image_text_temperature = image_text_temperature
+        self.trunk = DiT(trunk, horizon)
+        self.head: FlowHead | DiffusionHead = FlowHead(head) if isinstance(head, FlowConfig) else DiffusionHead(head)
+        # Auxiliary heads come last so that adding one leaves every other initial weight as it was: trained on
+        # actions alone, a policy with and without them is the same run (a study can share its scratch arm).
         self.latent_dim = latent_dim
         if latent_dim > 0:
             self.latent_in = nn.Linear(latent_dim, d)
             self.latent_out = nn.Linear(d, latent_dim)
             nn.init.zeros_(self.latent_out.weight)
             nn.init.zeros_(self.latent_out.bias)
-        self.image_text_temperature = image_text_temperature
-        self.trunk = DiT(trunk, horizon)
-        self.head: FlowHead | DiffusionHead = FlowHead(head) if isinstance(head, FlowConfig) else DiffusionHead(head)
 
     # -- observation ------------------------------------------------------------------------------------------
     def _group_tokens(
