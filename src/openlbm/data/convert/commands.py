@@ -20,17 +20,43 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Convert:
+class _WriteV3:
+    """What every command writing a v3 dataset through the convert driver takes: SRC, DST and the output flags."""
+
+    src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
+    """The source (see the command)."""
+    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
+    """Output v3 dataset folder (created; an interrupted run into it is resumed)."""
+    workers: int = max(1, os.cpu_count() or 1)
+    """Processes reading, decoding and encoding source episodes (default: one per core)."""
+    max_episodes: int | None = None
+    """Write only the first N source episodes."""
+    video_codec: str = "h264"
+    """Codec of the written videos (h264 or av1)."""
+    gop: int = 2
+    """Keyframe interval of the written videos."""
+    crf: int | None = None
+    """Video quality (lower = better; default 18 for h264, 30 for av1)."""
+    validate: bool = True
+    """Check the result with `lbm data validate`'s checks (exit 1 on problems)."""
+    progress: bool = True
+    """Print one line per written episode."""
+
+    def options(self) -> ConvertOptions:
+        from openlbm.data.convert.driver import ConvertOptions
+
+        return ConvertOptions(workers=self.workers, video_codec=self.video_codec, gop=self.gop, crf=self.crf,
+                              max_episodes=self.max_episodes, validate=self.validate)
+
+
+@dataclass(frozen=True)
+class Convert(_WriteV3):
     """Convert a LeRobot v2.1, RLDS/TFDS or robomimic HDF5 dataset to LeRobot v3 (re-run to resume after a kill)."""
 
     src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
     """Source dataset: a folder (LeRobot v2.1, RLDS/TFDS) or a .hdf5 file (robomimic)."""
-    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
-    """Output v3 dataset folder (created; an interrupted conversion into it is resumed)."""
     format: Format = "auto"
     """Source format; ``auto`` detects it from the files."""
-    workers: int = max(1, os.cpu_count() or 1)
-    """Processes reading and decoding source episodes (default: one per core)."""
     keymap: Path | None = None
     """RLDS: JSON rename table extending the built-in Open X-Embodiment key map."""
     task: str | None = None
@@ -41,29 +67,15 @@ class Convert:
     """robomimic: convert only the demos in mask/<filter_key> (e.g. train)."""
     fps: float | None = None
     """robomimic: frames per second (default: env_kwargs.control_freq, else 20)."""
-    max_episodes: int | None = None
-    """Convert only the first N episodes."""
-    video_codec: str = "h264"
-    """Codec for camera videos (h264 or av1)."""
-    gop: int = 2
-    """Keyframe interval of the written videos."""
-    crf: int | None = None
-    """Video quality (lower = better; default 18 for h264, 30 for av1)."""
-    validate: bool = True
-    """Check the result with `lbm data validate`'s checks (exit 1 on problems)."""
-    progress: bool = True
-    """Print one line per converted episode."""
 
     def run(self) -> int:
-        from openlbm.data.convert.driver import ConvertOptions
         from openlbm.data.convert.formats import SourceOptions, open_source
 
         state_keys = tuple(k.strip() for k in self.state_keys.split(",") if k.strip()) if self.state_keys else None
         src_opts = SourceOptions(keymap=self.keymap, task=self.task, state_keys=state_keys, filter_key=self.filter_key,
                                  fps=self.fps)
-        opts = ConvertOptions(workers=self.workers, video_codec=self.video_codec, gop=self.gop, crf=self.crf,
-                              max_episodes=self.max_episodes, validate=self.validate)
-        return run_conversion(lambda: open_source(self.src, self.format, src_opts), self.src, self.dst, opts, self.progress)
+        return run_conversion(lambda: open_source(self.src, self.format, src_opts), self.src, self.dst, self.options(),
+                              self.progress)
 
 
 def run_conversion(open_it: Callable[[], tuple[Any, str]], src: Path, dst: Path, opts: ConvertOptions, progress: bool) -> int:
@@ -96,7 +108,7 @@ def run_conversion(open_it: Callable[[], tuple[Any, str]], src: Path, dst: Path,
 
 
 @dataclass(frozen=True)
-class ImportVideos:
+class ImportVideos(_WriteV3):
     """Import a folder of captioned videos as an action-less, state-less v3 dataset (re-run to resume after a kill).
 
     Captions: ``clip.txt`` beside ``clip.mp4``, or one ``captions.json`` ({"clip.mp4": "caption"}) or
@@ -104,8 +116,6 @@ class ImportVideos:
 
     src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="SRC")]]
     """Folder of video files (.mp4, .webm, .mkv, .mov, .avi, .m4v; subfolders too), one caption each."""
-    dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="DST")]]
-    """Output v3 dataset folder (created; an interrupted import into it is resumed)."""
     fps: float | None = None
     """Frame rate of the dataset; videos are resampled to it (default: the first video's rate)."""
     size: int | None = None
@@ -115,32 +125,14 @@ class ImportVideos:
     """Camera name: the videos become feature observation.images.<camera>."""
     embodiment: str = ""
     """robot_type written to the dataset (the embodiment name a mixture gives it; default: the folder name)."""
-    workers: int = max(1, os.cpu_count() or 1)
-    """Processes decoding and encoding videos (default: one per core)."""
-    max_episodes: int | None = None
-    """Import only the first N videos (sorted by path)."""
-    video_codec: str = "h264"
-    """Codec of the written videos (h264 or av1)."""
-    gop: int = 2
-    """Keyframe interval of the written videos."""
-    crf: int | None = None
-    """Video quality (lower = better; default 18 for h264, 30 for av1)."""
-    validate: bool = True
-    """Check the result with `lbm data validate`'s checks (exit 1 on problems)."""
-    progress: bool = True
-    """Print one line per imported video."""
 
     def run(self) -> int:
-        from openlbm.data.convert.driver import ConvertOptions
         from openlbm.data.convert.videos import VideoFolderSource
-
-        opts = ConvertOptions(workers=self.workers, video_codec=self.video_codec, gop=self.gop, crf=self.crf,
-                              max_episodes=self.max_episodes, validate=self.validate)
 
         def open_it() -> tuple[Any, str]:
             return VideoFolderSource(self.src, self.fps, self.size, self.camera, self.embodiment), "videos"
 
-        return run_conversion(open_it, self.src, self.dst, opts, self.progress)
+        return run_conversion(open_it, self.src, self.dst, self.options(), self.progress)
 
 
 COMMANDS: dict[str, type] = {"convert": Convert, "import-videos": ImportVideos}
