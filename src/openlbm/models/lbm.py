@@ -21,6 +21,7 @@ policy (:mod:`openlbm.policies.lbm`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,6 +69,14 @@ def per_group(groups: dict[str, Tensor], batch: int, fn: Callable[[str, Tensor |
     return out
 
 
+def _linear(d_in: int, d_out: int) -> nn.Linear:
+    """``nn.Linear``; 0-wide for an embodiment without actions or state (action-less video), where torch's "zero-element
+    tensor" init warning would only alarm the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return nn.Linear(d_in, d_out)
+
+
 class LBMModel(nn.Module):
     """Vision/language/proprio encoders + DiT trunk + flow or diffusion head, for a fixed set of embodiments."""
 
@@ -91,11 +100,11 @@ class LBMModel(nn.Module):
         self.vision = vision.build(d)
         self.language = LanguageProjection(text_dim, d)
         self.step_pos = nn.Parameter(torch.randn(n_obs_steps, d) * 0.02)
-        self.state_in = nn.ModuleDict({e.name: nn.Linear(e.state_dim, d) for e in embodiments})
+        self.state_in = nn.ModuleDict({e.name: _linear(e.state_dim, d) for e in embodiments})
         self.camera_emb = nn.ParameterDict({e.name: nn.Parameter(torch.randn(len(e.cameras), d) * 0.02) for e in embodiments})
         self.embodiment_token = nn.ParameterDict({e.name: nn.Parameter(torch.randn(d) * 0.02) for e in embodiments})
-        self.action_in = nn.ModuleDict({e.name: nn.Linear(e.action_dim, d) for e in embodiments})
-        self.action_out = nn.ModuleDict({e.name: nn.Linear(d, e.action_dim) for e in embodiments})
+        self.action_in = nn.ModuleDict({e.name: _linear(e.action_dim, d) for e in embodiments})
+        self.action_out = nn.ModuleDict({e.name: _linear(d, e.action_dim) for e in embodiments})
         for out in self.action_out.values():
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
