@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from openlbm.eval.stats import holm, mcnemar_exact_pvalue
-from openlbm.study.analysis import count_tests, data_multiplier, one_sided_mcnemar, pool
+from openlbm.study.analysis import control_multiplier, count_tests, data_multiplier, one_sided_mcnemar, pool
 
 
 def outcomes(successes: dict[str, list[bool]], seed: int = 0) -> dict:
@@ -61,3 +61,16 @@ def test_data_multiplier_rule() -> None:
     zero = outcomes({"a": [False] * n})
     m4 = data_multiplier({30: zero}, {3: zero, 30: zero}, alpha=0.05)
     assert m4 is not None and m4.multiplier is None and "no episode" in m4.note
+
+
+def test_control_multiplier_judges_scratch_by_the_same_rule() -> None:
+    n = 12
+    ref = outcomes({"a": [True] * 10 + [False] * 2})
+    # scratch@10 matches scratch@30, scratch@3 fails it: scratch alone earns 3x, so a fine-tuned 3x buys nothing
+    scratch = {3: outcomes({"a": [False] * n}), 10: outcomes({"a": [True] * 9 + [False] * 3}), 30: ref}
+    c = control_multiplier(scratch, alpha=0.05)
+    assert c is not None and [r["not_worse"] for r in c.rows] == [False, True, True]
+    assert c.smallest_count == 10 and c.multiplier == pytest.approx(3.0)
+    # scratch that needs all its demos: the control is 1x
+    c2 = control_multiplier({3: scratch[3], 10: outcomes({"a": [False] * n}), 30: ref}, alpha=0.05)
+    assert c2 is not None and c2.multiplier == pytest.approx(1.0)

@@ -106,10 +106,11 @@ def check_finished_study(out: Path, tmp_path: Path) -> None:
     m = res["multiplier"]
     assert m["reference_count"] == 2 and "McNemar" in res["multiplier_rule"] and len(m["rows"]) == 2
     assert (m["multiplier"] is None) == (m["reference"]["successes"] == 0 or m["smallest_count"] is None)
+    assert res["multiplier_control"]["reference_count"] == 2 and len(res["multiplier_control"]["rows"]) == 2
     assert [p["label"] for p in res["scale"]["points"]] == ["scratch (no pretraining)", "4 steps", "2 steps"]
     assert all(p["rate"]["n"] == 4 for p in res["scale"]["points"])
     page = (out / "report.html").read_text()
-    assert "Data multiplier" in page and "Pretraining scale" in page and "http://" not in page
+    assert "Data multiplier" in page and "Control: scratch" in page and "Pretraining scale" in page and "http://" not in page
     _check_chromium(out / "report.html", tmp_path)
 
 

@@ -15,6 +15,10 @@ not worse at ``n*`` and at every larger count; the multiplier is ``N / n*`` (``N
 scratch@N succeeds on no episode: "not worse than 0%" says nothing). A test
 that does not reject is weak evidence when episodes are few: the report shows the discordant-pair counts and the
 rates with their intervals beside it, so a multiplier from too few episodes is visible as such.
+
+Control. The same rule applied to scratch itself (scratch@n in place of fine-tuned@n) gives scratch's own
+"multiplier": with few episodes "not worse" is easy to pass, so scratch with fewer demos often passes too. Only a
+fine-tuned multiplier above this control is evidence of what pretraining buys; the report shows both.
 """
 
 from __future__ import annotations
@@ -155,6 +159,11 @@ def data_multiplier(scratch: Mapping[int, Pooled], finetuned: Mapping[int, Poole
     mult = top / smallest if smallest is not None else None
     note = "" if smallest is not None else f"fine-tuned is worse than scratch with {top} demos/task at every count"
     return Multiplier(top, rate(ref), rows, smallest, mult, rule, note)
+
+
+def control_multiplier(scratch: Mapping[int, Pooled], alpha: float) -> Multiplier | None:
+    """The rule applied to scratch@n against scratch@max (see the module docstring's "Control")."""
+    return data_multiplier(scratch, scratch, alpha)
 
 
 def curve(runs: Mapping[int, Pooled], tasks: Sequence[str]) -> dict[int, dict[str, Any]]:

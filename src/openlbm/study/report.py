@@ -57,7 +57,9 @@ def analyse(cfg: StudyConfig) -> dict[str, Any]:
     main_counts = set(cfg.counts)
     scratch_main = {n: o for n, o in scratch.items() if n in main_counts}
     pre_main = {n: o for n, o in pre0.items() if n in main_counts}
-    mult = A.data_multiplier(scratch_main, pre_main, cfg.alpha) if max(cfg.counts) in scratch_main else None
+    complete = max(cfg.counts) in scratch_main
+    mult = A.data_multiplier(scratch_main, pre_main, cfg.alpha) if complete else None
+    control = A.control_multiplier(scratch_main, cfg.alpha) if complete else None
     scale = None
     if len(cfg.pretrained) > 1:
         n = cfg.scale_at
@@ -73,6 +75,7 @@ def analyse(cfg: StudyConfig) -> dict[str, Any]:
         "tests": [t.to_dict() for t in A.count_tests(scratch_main, pre_main, cfg.alpha)],
         "multiplier": mult.to_dict() if mult is not None else None,
         "multiplier_rule": A.RULE.format(alpha=cfg.alpha),
+        "multiplier_control": control.to_dict() if control is not None else None,
         "scale": scale,
     }
 
@@ -179,8 +182,18 @@ def _multiplier_section(res: dict[str, Any]) -> str:
         f"{r['pairs']}</td><td>{r['p_one_sided']:.3g}</td><td>{'yes' if r['not_worse'] else 'no'}</td></tr>"
         for r in m["rows"]
     )
-    return (head + rule + "<table><tr><th>fine-tuned demos/task</th><th>fine-tuned</th><th>Wilson 95%</th>"
+    return (head + _control_line(res.get("multiplier_control")) + rule + "<table><tr><th>fine-tuned demos/task</th><th>fine-tuned</th><th>Wilson 95%</th>"
             "<th>only scratch@max / only fine-tuned</th><th>one-sided p</th><th>not worse</th></tr>" + rows + "</table>")
+
+
+def _control_line(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return ""
+    value = f"{c['multiplier']:.3g}×" if c["multiplier"] else "none"
+    passing = ", ".join(f"{r['count']} (p {r['p_one_sided']:.3g})" for r in c["rows"] if r["not_worse"])
+    return (f"<p><b>Control: scratch's own multiplier by the same rule: {value}</b> (scratch@n not worse than "
+            f"scratch@{c['reference_count']} at n = {html.escape(passing or 'none')}). Only a data multiplier above "
+            "this control is evidence of what pretraining buys.</p>")
 
 
 def _runs_table(res: dict[str, Any], cfg: StudyConfig) -> str:
