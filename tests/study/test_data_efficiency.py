@@ -20,7 +20,13 @@ from openlbm.configs.presets import debug
 from openlbm.data.mixture import SourceConfig
 from openlbm.envs.generate import GenerateConfig, generate_demos
 from openlbm.envs.metaworld import EMBODIMENT_NAME
-from openlbm.study.data_efficiency import StudyConfig, episodes_by_task, parse_shard, plan_runs
+from openlbm.study.data_efficiency import (
+    StudyConfig,
+    check_identity,
+    episodes_by_task,
+    parse_shard,
+    plan_runs,
+)
 from openlbm.train.loop import train
 
 TASKS = "button-press-topdown-v3,drawer-close-v3"
@@ -52,6 +58,18 @@ def test_plan_and_shards() -> None:
     assert parse_shard("1/4") == (1, 4)
     with pytest.raises(ValueError, match="i/n"):
         parse_shard("1-4")
+
+
+def test_pretrained_policies_may_be_appended_to_a_study(tmp_path: Path) -> None:
+    cfg = StudyConfig(pretrained=(Path("a"),), out=tmp_path / "study", counts=(3, 10))
+    check_identity(cfg)
+    check_identity(replace(cfg, counts=(3, 10, 30)))  # more counts: fine
+    bigger = replace(cfg, pretrained=(Path("a"), Path("b")))
+    check_identity(bigger)  # a scale point appended: recorded
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["pretrained"] == ["a", "b"]
+    for other in (cfg, replace(cfg, pretrained=(Path("b"), Path("a"))), replace(bigger, steps=7)):
+        with pytest.raises(ValueError, match="other settings"):  # dropped, reordered, or another budget
+            check_identity(other)
 
 
 def test_study_end_to_end_with_kill_and_resume(pretrained: Path, tmp_path: Path) -> None:

@@ -297,15 +297,22 @@ def execute_run(cfg: StudyConfig, run: Run, policy_cfg: Any, dataset: Path, epis
     evaluate(eval_config(cfg, run))
 
 
-def _check_identity(cfg: StudyConfig) -> None:
+def check_identity(cfg: StudyConfig) -> None:
+    """Refuse a folder holding a study with other settings. Pretrained policies may be appended (a new scale point
+    reuses the finished runs); the ones there keep their order, since run names ``pre<i>`` index them."""
     path = cfg.out / "study.json"
     ident = cfg.identity()
     if path.is_file():
         old = json.loads(path.read_text())
-        changed = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        before = old.get("pretrained") or []
+        changed = {k: (old.get(k), v) for k, v in ident.items() if k != "pretrained" and old.get(k) != v}
+        if ident["pretrained"][: len(before)] != before:
+            changed["pretrained"] = (before, ident["pretrained"])
         if changed:
-            raise ValueError(f"{cfg.out} holds a study with other settings {changed} (old, new); use another --out")
-        return
+            raise ValueError(f"{cfg.out} holds a study with other settings {changed} (old, new); use another --out "
+                             "(pretrained policies may only be appended)")
+        if len(ident["pretrained"]) == len(before):
+            return
     cfg.out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".study.json.{os.getpid()}")
     tmp.write_text(json.dumps(ident, indent=1) + "\n")
@@ -318,7 +325,7 @@ def run_study(cfg: StudyConfig) -> Path:
     from openlbm.study.report import write_study_report
 
     shard = parse_shard(cfg.shard)
-    _check_identity(cfg)
+    check_identity(cfg)
     if not cfg.report_only:
         if cfg.shard is None and shard[1] > 1:
             # torchrun ranks are shards here: each trains its own runs in one process, not one DDP job
