@@ -129,7 +129,7 @@ def test_image_text_alignment_is_learnable(debug_policy) -> None:
 
 def test_a_latent_head_changes_nothing_for_action_only_training() -> None:
     """Same seed, with and without the latent head: the shared weights start equal, and on action-only data the
-    latent head gets no gradient, so the two train identically (a study may share its scratch runs across them)."""
+    latent head gets no gradient and the shared weights get the same one."""
     torch.manual_seed(0)
     plain = preset("debug").build([ARM], {"arm": make_stats(ARM)})
     torch.manual_seed(0)

@@ -111,8 +111,8 @@ class LBMModel(nn.Module):
         self.image_text_temperature = image_text_temperature
         self.trunk = DiT(trunk, horizon)
         self.head: FlowHead | DiffusionHead = FlowHead(head) if isinstance(head, FlowConfig) else DiffusionHead(head)
-        # Auxiliary heads come last so that adding one leaves every other initial weight as it was: trained on
-        # actions alone, a policy with and without them is the same run (a study can share its scratch arm).
+        # Auxiliary heads come last so that adding one leaves every other initial weight as it was: on actions
+        # alone, a policy with and without them starts from the same weights and gets the same gradients.
         self.latent_dim = latent_dim
         if latent_dim > 0:
             self.latent_in = nn.Linear(latent_dim, d)
