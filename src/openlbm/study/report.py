@@ -172,7 +172,7 @@ def _multiplier_section(res: dict[str, Any]) -> str:
     rule = f"<p class=muted>Rule: {html.escape(res['multiplier_rule'])}.</p>"
     if m is None:
         return "<p>Not available yet: scratch at the largest count has not finished.</p>" + rule
-    value = f"{m['multiplier']:.3g}×" if m["multiplier"] else "none"
+    value = _times(m)
     why = (f"fine-tuned with {m['smallest_count']} demos/task is not worse than scratch with {m['reference_count']}"
            if m["smallest_count"] else m["note"])
     head = (f"<p><b>Data multiplier: {value}</b> — {html.escape(why)} (scratch@{m['reference_count']}: "
@@ -182,14 +182,19 @@ def _multiplier_section(res: dict[str, Any]) -> str:
         f"{r['pairs']}</td><td>{r['p_one_sided']:.3g}</td><td>{'yes' if r['not_worse'] else 'no'}</td></tr>"
         for r in m["rows"]
     )
-    return (head + _control_line(res.get("multiplier_control")) + rule + "<table><tr><th>fine-tuned demos/task</th><th>fine-tuned</th><th>Wilson 95%</th>"
+    return (head + _control_line(res.get("multiplier_control")) + rule
+            + "<table><tr><th>fine-tuned demos/task</th><th>fine-tuned</th><th>Wilson 95%</th>"
             "<th>only scratch@max / only fine-tuned</th><th>one-sided p</th><th>not worse</th></tr>" + rows + "</table>")
+
+
+def _times(m: dict[str, Any]) -> str:
+    return f"{m['multiplier']:.3g}×" if m["multiplier"] else "none"
 
 
 def _control_line(c: dict[str, Any] | None) -> str:
     if c is None:
         return ""
-    value = f"{c['multiplier']:.3g}×" if c["multiplier"] else "none"
+    value = _times(c)
     passing = ", ".join(f"{r['count']} (p {r['p_one_sided']:.3g})" for r in c["rows"] if r["not_worse"])
     return (f"<p><b>Control: scratch's own multiplier by the same rule: {value}</b> (scratch@n not worse than "
             f"scratch@{c['reference_count']} at n = {html.escape(passing or 'none')}). Only a data multiplier above "
