@@ -18,6 +18,7 @@ from browser import render_in_chromium
 from openlbm.cli import main
 from openlbm.configs.presets import debug
 from openlbm.data.mixture import SourceConfig
+from openlbm.envs.aloha import EMBODIMENT_NAME as ALOHA
 from openlbm.envs.generate import GenerateConfig, generate_demos
 from openlbm.envs.metaworld import EMBODIMENT_NAME
 from openlbm.study.data_efficiency import (
@@ -96,6 +97,45 @@ def test_study_end_to_end_with_kill_and_resume(pretrained: Path, tmp_path: Path)
     assert (first / "train" / "checkpoints" / "latest").stat().st_mtime_ns == first_ckpt
 
     check_finished_study(out, tmp_path)
+
+
+def test_a_study_on_a_new_embodiment(pretrained: Path, tmp_path: Path) -> None:
+    """Meta-World-pretrained -> ALOHA: the fine-tuned arm keeps the shared weights and starts ALOHA's projections
+    fresh, both arms share the architecture, demos and evaluation are ALOHA's."""
+    out = tmp_path / "study"
+    args = ["study", "data-efficiency", "--pretrained", str(pretrained), "--out", str(out), "--suite", "aloha",
+            "--tasks", "transfer-cube", "--cameras", "top", "--image-size", "32", "--counts", "1", "--preset", "debug",
+            "--steps", "2", "--batch-size", "4", "--eval-episodes-per-task", "1", "--workers", "1", "--device", "cpu"]
+    assert main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["run"] for r in res["runs"]] == ["scratch-n001-s0", "pre0-n001-s0"] and all(r["done"] for r in res["runs"])
+    report = json.loads((out / "runs" / "pre0-n001-s0" / "train" / "init_report.json").read_text())
+    assert report["source_embodiments"] == [EMBODIMENT_NAME] and report["stats_from"] == {ALOHA: [str(out / "data")]}
+    assert report["loaded"] and report["new"] and all(ALOHA in k for k in report["new"])
+    assert report["dropped"] and all(EMBODIMENT_NAME in k for k in report["dropped"])
+    scratch = json.loads((out / "runs" / "scratch-n001-s0" / "train" / "config.json").read_text())
+    finetuned = json.loads((out / "runs" / "pre0-n001-s0" / "train" / "config.json").read_text())
+    assert scratch["policy"] == finetuned["policy"]
+    for run in ("scratch-n001-s0", "pre0-n001-s0"):
+        ev = json.loads((out / "runs" / run / "eval" / "eval_config.json").read_text())
+        assert ev["suite"] == "aloha" and ev["max_steps"] == 400
+    assert json.loads((out / "study.json").read_text())["suite"] == "aloha"
+    with pytest.raises(ValueError, match="other settings"):  # the same folder cannot switch suites
+        check_identity(StudyConfig(pretrained=(pretrained,), out=out, tasks="transfer-cube", cameras=("top",),
+                                   image_size=32, preset="debug", steps=2, batch_size=4, eval_episodes_per_task=1))
+
+
+def test_a_folder_from_before_the_suite_option_still_resumes(tmp_path: Path) -> None:
+    cfg = StudyConfig(pretrained=(Path("a"),), out=tmp_path / "study")
+    check_identity(cfg)
+    legacy = json.loads((cfg.out / "study.json").read_text())
+    assert legacy["max_steps"] == 200  # Meta-World's default, resolved
+    for key in ("suite", "cameras", "image_size"):
+        legacy.pop(key)
+    (cfg.out / "study.json").write_text(json.dumps(legacy))
+    check_identity(replace(cfg, max_steps=200))
+    with pytest.raises(ValueError, match="other settings"):
+        check_identity(replace(cfg, suite="aloha", tasks="aloha"))
 
 
 def check_finished_study(out: Path, tmp_path: Path) -> None:

@@ -48,7 +48,17 @@ class StudyConfig:
     out: Path = Path("runs/study")
     """The study folder (see the module docstring); re-running with the same folder continues."""
     tasks: str = "ml45_test"
-    """Fine-tuning tasks (a task set such as ``ml45_test`` / ``easy_heldout``, or comma-separated names)."""
+    """Fine-tuning tasks (a task set such as ``ml45_test`` / ``easy_heldout`` / ``aloha``, or comma-separated names),
+    all of ``suite``."""
+    suite: Literal["metaworld", "aloha"] = "metaworld"
+    """Simulation suite of the fine-tuning tasks. When the pretrained policy has no embodiment of this suite's
+    robot, the study measures transfer to a new embodiment: the fine-tuned arm's projections for it start fresh (as
+    in ``lbm finetune``), and both arms share the pretrained policy's architecture."""
+    cameras: tuple[str, ...] | None = None
+    """Cameras of the fine-tuning demos; ``None`` = the pretrained policy's for this suite's robot, else the
+    suite's defaults."""
+    image_size: int | None = None
+    """Square image size of the fine-tuning demos; ``None`` = as ``cameras``."""
     counts: tuple[int, ...] = (3, 10, 30)
     """Demonstrations per task; the subsets are nested."""
     seeds: tuple[int, ...] = (0,)
@@ -71,8 +81,8 @@ class StudyConfig:
     """Base seed of the evaluation's initial states (``openlbm.eval.runner.episode_seed``)."""
     demo_seed: int = 0
     """Base seed of the scripted demonstrations."""
-    max_steps: int = 200
-    """Episode time limit (demos and evaluation)."""
+    max_steps: int | None = None
+    """Episode time limit (demos and evaluation); ``None`` = the suite's default (200 Meta-World, 400 ALOHA)."""
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     """Simulator worker processes for demo generation and evaluation."""
     device: str = "auto"
@@ -111,9 +121,16 @@ class StudyConfig:
         """What a re-run of the same folder must agree on (more seeds or counts may be added)."""
         from openlbm.jsonio import to_jsonable
 
-        keep = ("pretrained", "tasks", "dataset", "preset", "steps", "batch_size", "eval_episodes_per_task",
-                "eval_seed", "demo_seed", "max_steps")
-        return {k: to_jsonable(getattr(self, k)) for k in keep}
+        keep = ("pretrained", "tasks", "suite", "cameras", "image_size", "dataset", "preset", "steps", "batch_size",
+                "eval_episodes_per_task", "eval_seed", "demo_seed")
+        return {**{k: to_jsonable(getattr(self, k)) for k in keep}, "max_steps": self.episode_steps}
+
+    @property
+    def episode_steps(self) -> int:
+        """``max_steps``, or the suite's default."""
+        from openlbm.envs.suites import env_config
+
+        return self.max_steps if self.max_steps is not None else int(env_config(self.suite).max_steps)
 
 
 @dataclass(frozen=True)
@@ -193,22 +210,30 @@ def pretrained_policy(cfg: StudyConfig, index: int) -> Path:
     return resolve_policy_dir(cfg.pretrained[index])
 
 
-def _reference_spec(cfg: StudyConfig) -> tuple[Any, Any]:
-    """The main pretrained policy's config and (single) embodiment; the others must share the embodiment."""
+def _reference_spec(cfg: StudyConfig) -> tuple[Any, tuple[str, ...], int]:
+    """The main pretrained policy's config, and the fine-tuning demos' cameras and image size (see
+    ``StudyConfig.cameras``). The other pretrained policies (the scale curve) must have the same embodiments."""
+    from openlbm.envs.suites import env_config, robot_name
     from openlbm.policies.lbm import LBMPolicy
 
     pol_cfg, embs, _ = LBMPolicy.read_dir(pretrained_policy(cfg, 0))
-    if len(embs) != 1:
-        raise ValueError(f"{cfg.pretrained[0]}: the study fine-tunes single-embodiment Meta-World policies, this "
-                         f"one has {[e.name for e in embs]}")
     for i in range(1, len(cfg.pretrained)):
         _, other, _ = LBMPolicy.read_dir(pretrained_policy(cfg, i))
-        if [e.to_dict() for e in other] != [embs[0].to_dict()]:
-            raise ValueError(f"{cfg.pretrained[i]}: embodiment {other} differs from {cfg.pretrained[0]}'s {embs[0]}")
-    return pol_cfg, embs[0]
+        if [e.to_dict() for e in other] != [e.to_dict() for e in embs]:
+            raise ValueError(f"{cfg.pretrained[i]}: embodiments {[e.name for e in other]} differ from "
+                             f"{cfg.pretrained[0]}'s {[e.name for e in embs]} (a scale curve compares like with like)")
+    robot = robot_name(cfg.suite)
+    known = next((e for e in embs if e.name == robot), None)
+    default = env_config(cfg.suite) if known is None else known
+    cameras = tuple(cfg.cameras) if cfg.cameras is not None else tuple(default.cameras)
+    height, width = default.image_size
+    if cfg.image_size is None and height != width:
+        raise ValueError(f"the {robot} images are {default.image_size}; demo generation makes square images "
+                         "(pass --image-size)")
+    return pol_cfg, cameras, cfg.image_size if cfg.image_size is not None else int(height)
 
 
-def prepare_data(cfg: StudyConfig, emb: Any, shard: tuple[int, int]) -> Path:
+def prepare_data(cfg: StudyConfig, cameras: tuple[str, ...], size: int, shard: tuple[int, int]) -> Path:
     """The fine-tuning dataset: ``cfg.dataset``, or generated into ``out/data`` by shard 0 (others wait for it)."""
     if cfg.dataset is not None:
         return cfg.dataset
@@ -222,12 +247,9 @@ def prepare_data(cfg: StudyConfig, emb: Any, shard: tuple[int, int]) -> Path:
         return root
     from openlbm.envs.generate import GenerateConfig, generate_demos
 
-    if emb.image_size[0] != emb.image_size[1]:
-        raise ValueError(f"the pretrained policy's images are {emb.image_size}; demo generation makes square images")
     generate_demos(GenerateConfig(
-        out=root, tasks=cfg.tasks, episodes_per_task=cfg.max_count, cameras=tuple(emb.cameras),
-        size=int(emb.image_size[0]), max_steps=cfg.max_steps, workers=cfg.workers, seed=cfg.demo_seed,
-        progress=False,
+        out=root, tasks=cfg.tasks, episodes_per_task=cfg.max_count, cameras=cameras, size=size,
+        max_steps=cfg.episode_steps, workers=cfg.workers, seed=cfg.demo_seed, suite=cfg.suite, progress=False,
     ))
     marker.write_text(json.dumps({"root": str(root)}) + "\n")
     return root
@@ -262,9 +284,9 @@ def eval_config(cfg: StudyConfig, run: Run) -> Any:
     from openlbm.eval.runner import EvalConfig
 
     return EvalConfig(
-        policy=str(cfg.out / "runs" / run.name / "train"), out=cfg.out / "runs" / run.name / "eval", tasks=cfg.tasks,
-        episodes_per_task=cfg.eval_episodes_per_task, seed=cfg.eval_seed, num_workers=cfg.workers,
-        max_steps=cfg.max_steps, device=cfg.device, record_video=False, rank=0, world_size=1, progress=False,
+        policy=str(cfg.out / "runs" / run.name / "train"), out=cfg.out / "runs" / run.name / "eval", suite=cfg.suite,
+        tasks=cfg.tasks, episodes_per_task=cfg.eval_episodes_per_task, seed=cfg.eval_seed, num_workers=cfg.workers,
+        max_steps=cfg.episode_steps, device=cfg.device, record_video=False, rank=0, world_size=1, progress=False,
         report=False,
     )
 
@@ -297,13 +319,17 @@ def execute_run(cfg: StudyConfig, run: Run, policy_cfg: Any, dataset: Path, epis
     evaluate(eval_config(cfg, run))
 
 
+_ADDED_IDENTITY: dict[str, Any] = {"suite": "metaworld", "cameras": None, "image_size": None}
+"""Identity keys a study folder written before they existed lacks, with the value that folder ran with."""
+
+
 def check_identity(cfg: StudyConfig) -> None:
     """Refuse a folder holding a study with other settings. Pretrained policies may be appended (a new scale point
     reuses the finished runs); the ones there keep their order, since run names ``pre<i>`` index them."""
     path = cfg.out / "study.json"
     ident = cfg.identity()
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = {**_ADDED_IDENTITY, **json.loads(path.read_text())}
         before = old.get("pretrained") or []
         changed = {k: (old.get(k), v) for k, v in ident.items() if k != "pretrained" and old.get(k) != v}
         if ident["pretrained"][: len(before)] != before:
@@ -331,9 +357,9 @@ def run_study(cfg: StudyConfig) -> Path:
             # torchrun ranks are shards here: each trains its own runs in one process, not one DDP job
             for key in ("WORLD_SIZE", "RANK"):
                 os.environ[key] = {"WORLD_SIZE": "1", "RANK": "0"}[key]
-        tasks = resolve_tasks(cfg.tasks)
-        policy_cfg, emb = _reference_spec(cfg)
-        dataset = prepare_data(cfg, emb, shard)
+        tasks = resolve_tasks(cfg.tasks, suite=cfg.suite)  # a typo or another suite's task fails here, not later
+        policy_cfg, cameras, size = _reference_spec(cfg)
+        dataset = prepare_data(cfg, cameras, size, shard)
         by_task = episodes_by_task(dataset)
         mine = [r for j, r in enumerate(plan_runs(cfg)) if j % shard[1] == shard[0]]
         for k, run in enumerate(mine, 1):
