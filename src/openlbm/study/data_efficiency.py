@@ -213,7 +213,7 @@ def pretrained_policy(cfg: StudyConfig, index: int) -> Path:
 def _reference_spec(cfg: StudyConfig) -> tuple[Any, tuple[str, ...], int]:
     """The main pretrained policy's config, and the fine-tuning demos' cameras and image size (see
     ``StudyConfig.cameras``). The other pretrained policies (the scale curve) must have the same embodiments."""
-    from openlbm.envs.suites import env_config, robot_name
+    from openlbm.envs.suites import env_config
     from openlbm.policies.lbm import LBMPolicy
 
     pol_cfg, embs, _ = LBMPolicy.read_dir(pretrained_policy(cfg, 0))
@@ -222,13 +222,12 @@ def _reference_spec(cfg: StudyConfig) -> tuple[Any, tuple[str, ...], int]:
         if [e.to_dict() for e in other] != [e.to_dict() for e in embs]:
             raise ValueError(f"{cfg.pretrained[i]}: embodiments {[e.name for e in other]} differ from "
                              f"{cfg.pretrained[0]}'s {[e.name for e in embs]} (a scale curve compares like with like)")
-    robot = robot_name(cfg.suite)
-    known = next((e for e in embs if e.name == robot), None)
-    default = env_config(cfg.suite) if known is None else known
+    fresh = env_config(cfg.suite).embodiment()
+    default = next((e for e in embs if e.name == fresh.name), fresh)
     cameras = tuple(cfg.cameras) if cfg.cameras is not None else tuple(default.cameras)
     height, width = default.image_size
     if cfg.image_size is None and height != width:
-        raise ValueError(f"the {robot} images are {default.image_size}; demo generation makes square images "
+        raise ValueError(f"the {default.name} images are {default.image_size}; demo generation makes square images "
                          "(pass --image-size)")
     return pol_cfg, cameras, cfg.image_size if cfg.image_size is not None else int(height)
 
