@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from openlbm.eval.stats import holm, mcnemar_exact_pvalue
-from openlbm.study.analysis import control_multiplier, count_tests, data_multiplier, one_sided_mcnemar, pool
+from openlbm.study.analysis import (
+    control_multiplier,
+    count_tests,
+    data_multiplier,
+    one_sided_mcnemar,
+    paired_vs_scratch,
+    pool,
+)
 
 
 def outcomes(successes: dict[str, list[bool]], seed: int = 0) -> dict:
@@ -74,3 +81,12 @@ def test_control_multiplier_judges_scratch_by_the_same_rule() -> None:
     # scratch that needs all its demos: the control is 1x
     c2 = control_multiplier({3: scratch[3], 10: outcomes({"a": [False] * n}), 30: ref}, alpha=0.05)
     assert c2 is not None and c2.multiplier == pytest.approx(1.0)
+
+
+def test_scale_point_is_paired_with_scratch_by_initial_state() -> None:
+    scratch = outcomes({"a": [True, False, False, True], "b": [False, False]})
+    point = outcomes({"a": [False, True, True, True], "b": [True, False]})
+    t = paired_vs_scratch(scratch, point)
+    assert t is not None and (t["pairs"], t["scratch_only"], t["finetuned_only"]) == (6, 1, 3)
+    assert t["p_value"] == pytest.approx(mcnemar_exact_pvalue(1, 3))
+    assert paired_vs_scratch(None, point) is None and paired_vs_scratch(scratch, {}) is None

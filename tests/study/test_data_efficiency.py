@@ -167,8 +167,10 @@ def check_finished_study(out: Path, tmp_path: Path) -> None:
     assert res["multiplier_control"]["reference_count"] == 2 and len(res["multiplier_control"]["rows"]) == 2
     assert [p["label"] for p in res["scale"]["points"]] == ["scratch (no pretraining)", "4 steps", "2 steps"]
     assert all(p["rate"]["n"] == 4 for p in res["scale"]["points"])
+    assert [p["vs_scratch"]["pairs"] for p in res["scale"]["points"][1:]] == [4, 4]
     page = (out / "report.html").read_text()
     assert "Data multiplier" in page and "Control: scratch" in page and "Pretraining scale" in page and "http://" not in page
+    assert "two-sided exact McNemar, uncorrected" in page
     _check_chromium(out / "report.html", tmp_path)
 
 

@@ -95,6 +95,16 @@ def count_tests(scratch: Mapping[int, Pooled], finetuned: Mapping[int, Pooled], 
     return out
 
 
+def paired_vs_scratch(scratch: Pooled | None, other: Pooled | None) -> dict[str, Any] | None:
+    """A scale point against scratch at the same count: discordant pairs and the two-sided exact McNemar p (not
+    corrected: the scale curve is read as a whole, and each point is its own question). ``None`` until both ran."""
+    if not scratch or not other:
+        return None
+    pairs, s_only, o_only = discordant(scratch, other)
+    return {"pairs": pairs, "scratch_only": s_only, "finetuned_only": o_only,
+            "p_value": mcnemar_exact_pvalue(s_only, o_only)}
+
+
 def _per_task(a: Pooled, b: Pooled, alpha: float) -> list[dict[str, Any]]:
     def by_task(x: Pooled) -> dict[str, dict[int, bool]]:
         out: dict[str, dict[int, bool]] = {}

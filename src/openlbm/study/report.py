@@ -65,7 +65,9 @@ def analyse(cfg: StudyConfig) -> dict[str, Any]:
         n = cfg.scale_at
         points = [{"label": "scratch (no pretraining)", "arm": "scratch", **_maybe_rate(scratch.get(n))}]
         for i, label in enumerate(cfg.labels()):
-            points.append({"label": label, "arm": f"pre{i}", **_maybe_rate(pooled.get(f"pre{i}", {}).get(n))})
+            outcomes = pooled.get(f"pre{i}", {}).get(n)
+            points.append({"label": label, "arm": f"pre{i}", **_maybe_rate(outcomes),
+                           "vs_scratch": A.paired_vs_scratch(scratch.get(n), outcomes)})
         scale = {"count": n, "points": points}
     return {
         "config": {**cfg.identity(), "counts": list(cfg.counts), "seeds": list(cfg.seeds), "alpha": cfg.alpha},
@@ -132,6 +134,19 @@ def _scale_plot(scale: dict[str, Any]) -> str:
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
+def _scale_table(scale: dict[str, Any]) -> str:
+    rows = []
+    for p in scale["points"]:
+        t = p.get("vs_scratch")
+        test = (f"<td>{t['pairs']}</td><td>{t['scratch_only']} / {t['finetuned_only']}</td><td>{t['p_value']:.3g}</td>"
+                if t else "<td>–</td><td>–</td><td>–</td>")
+        rows.append(f"<tr><td>{html.escape(p['label'])}</td>{_rate_cell(p['rate'])}{test}</tr>")
+    return ("<p class=muted>Each point against scratch at the same count, episodes paired by training seed, task and "
+            "initial state; two-sided exact McNemar, uncorrected.</p><table><tr><th>pretraining</th><th>success</th>"
+            "<th>Wilson 95%</th><th>pairs</th><th>discordant (scratch only / fine-tuned only)</th><th>p</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def _rate_cell(d: dict[str, Any] | None) -> str:
     if not d or not d["n"]:
         return "<td>–</td><td>–</td>"
@@ -243,7 +258,8 @@ def render(cfg: StudyConfig, res: dict[str, Any]) -> str:
         sections.append("<h2>Per task</h2>" + _per_task_tables(res))
     if res["scale"] is not None:
         sections.append(f"<h2>Pretraining scale (fine-tuned at {res['scale']['count']} demos/task)</h2>"
-                        + (_scale_plot(res["scale"]) or "<p class=muted>No scale run finished yet.</p>"))
+                        + (_scale_plot(res["scale"]) or "<p class=muted>No scale run finished yet.</p>")
+                        + _scale_table(res["scale"]))
     curves = _curves_of_largest(cfg)
     if curves:
         sections.append("<h2>Training curves</h2>" + curves)
