@@ -138,12 +138,12 @@ def _scale_table(scale: dict[str, Any]) -> str:
     rows = []
     for p in scale["points"]:
         t = p.get("vs_scratch")
-        test = (f"<td>{t['pairs']}</td><td>{t['scratch_only']} / {t['finetuned_only']}</td><td>{t['p_value']:.3g}</td>"
-                if t else "<td>–</td><td>–</td><td>–</td>")
+        test = (f"<td>{t['scratch_only']}/{t['finetuned_only']} of {t['pairs']}</td><td>{t['p_value']:.3g}</td>"
+                if t else "<td>–</td><td>–</td>")
         rows.append(f"<tr><td>{html.escape(p['label'])}</td>{_rate_cell(p['rate'])}{test}</tr>")
     return ("<p class=muted>Each point against scratch at the same count, episodes paired by training seed, task and "
             "initial state; two-sided exact McNemar, uncorrected.</p><table><tr><th>pretraining</th><th>success</th>"
-            "<th>Wilson 95%</th><th>pairs</th><th>discordant (scratch only / fine-tuned only)</th><th>p</th></tr>"
+            "<th>Wilson 95%</th><th>only scratch / only fine-tuned</th><th>p (exact McNemar)</th></tr>"
             + "".join(rows) + "</table>")
 
 
