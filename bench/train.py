@@ -1,11 +1,19 @@
-"""Training throughput: samples/s of a preset on this machine with real batches, and the data-wait share.
+"""Training throughput of the camera encoders side by side: samples/s, data-wait share, model FLOPs per sample
+(torch's FLOP counter over one forward + backward) and the achieved GFLOP/s against this machine's measured fp32
+matmul peak at the same thread count.
 
-    python bench/train.py                      # small preset, 2 loader workers, 2 cams at 96 px
-    python bench/train.py --preset debug --steps 20 --workers 0 2
+    python bench/train.py                          # small preset, 2 cams at 128 px, the three encoders below
+    python bench/train.py --steps 60 --workers 0   # longer, loading in the main process
 
-Generates a synthetic dataset with the DATA writer (random-ish images: moving gradients + noise, so the video codec
-does real work), then runs ``openlbm.train.loop.train`` for each worker count and reads ``metrics.jsonl``. The
-first logged window (warm-up) is excluded. Target: data-wait share < 10% with 2 workers.
+Encoders (each the ``small`` preset's policy with only ``policy.vision`` changed):
+- ``resnet-maxpool``: the former default, a GroupNorm ResNet (32..256) whose stem max-pools (4x4 map at 128 px,
+  2x2 at 64 px, which is now refused);
+- ``resnet-fixed-grid``: the same ResNet without the stem max-pool and with three stages (16x16 at 128 px);
+- ``effnet-frozen-cached``: ImageNet EfficientNet-Lite0 to block 5, frozen, trained on its feature cache (the new
+  default; the cache build is timed separately and its FLOPs are not part of the per-step count).
+
+Generates a synthetic dataset with the DATA writer (moving gradients + noise, so the video codec does real work).
+The first logged window (warm-up) is excluded. Samples/s use the threads the trainer picks (the free cores).
 """
 
 from __future__ import annotations
@@ -19,13 +27,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from openlbm.configs.presets import preset
+from openlbm.configs.presets import preset, small_vision
 from openlbm.configs.train import CheckpointConfig, LogConfig
 from openlbm.data.writer import DatasetWriter
-from openlbm.train.loop import train
+from openlbm.models.vision import VisionConfig
+from openlbm.train.features import attach_feature_caches
+from openlbm.train.loop import build_policy, cpu_threads, sample_seeds, train
 from openlbm.train_command import with_datasets
 from openlbm.types import FeatureSpec
+
+ENCODERS: dict[str, VisionConfig] = {
+    "resnet-maxpool": VisionConfig(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), stem_width=32, stem_pool=True),
+    "resnet-fixed-grid": VisionConfig(widths=(32, 64, 128), depths=(1, 1, 1), stem_width=32, stem_pool=False),
+    "effnet-frozen-cached": small_vision(),
+}
 
 
 def make_dataset(root: Path, episodes: int, frames: int, size: int, cameras: tuple[str, ...]) -> Path:
@@ -51,15 +69,44 @@ def make_dataset(root: Path, episodes: int, frames: int, size: int, cameras: tup
     return root
 
 
+def matmul_peak_gflops(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
+    """Best fp32 ``n x n`` matmul rate at ``threads`` threads (a practical peak, not the datasheet's)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    torch.set_num_threads(old)
+    return best
+
+
+def flops_per_sample(cfg, cached: bool) -> float:  # noqa: ANN001
+    """Model FLOPs of one forward + backward of the training loss, per sample (the backbone excluded when cached)."""
+    data = cfg.data.build(None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=8, seed=0)
+    policy = build_policy(cfg, data, torch.device("cpu"))
+    if cached:
+        attach_feature_caches(data, policy.model.vision, cfg.feature_cache)
+    batch = next(iter(data.loader(num_workers=0)))
+    batch.meta["sample_seed"] = sample_seeds(0, data.sampler.consumed, batch.batch_size, 0, 1)
+    with FlopCounterMode(display=False) as fc:
+        sum(policy.compute_loss(batch)[0].values()).backward()
+    return fc.get_total_flops() / batch.batch_size
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    ap.add_argument("--workers", type=int, nargs="+", default=[2])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS))
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--frames", type=int, default=60)
-    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--size", type=int, default=128)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -68,27 +115,39 @@ def main() -> None:
         data = make_dataset(Path(tmp) / "data", args.episodes, args.frames, args.size, ("corner2", "gripperPOV"))
         print(f"dataset: {args.episodes} episodes x {args.frames} frames, 2 cams {args.size}px "
               f"(written in {time.perf_counter() - t0:.1f}s)")
+        threads = cpu_threads()
+        peak = matmul_peak_gflops(threads)
         base = preset(args.preset)
         log_every = max(1, args.steps // 3)
         rows = []
-        for workers in args.workers:
+        for name in args.encoders:
+            vision = ENCODERS[name]
             cfg = replace(
-                base, run_dir=Path(tmp) / f"run_w{workers}", steps=args.steps, device="cpu",
-                batch_size=args.batch_size or base.batch_size, grad_accum=1,
-                checkpoint=CheckpointConfig(every=0, keep_last_k=1),
+                base, policy=replace(base.policy, vision=vision), run_dir=Path(tmp) / f"run_{name}", steps=args.steps,
+                device="cpu", batch_size=args.batch_size or base.batch_size, grad_accum=1,
+                checkpoint=CheckpointConfig(every=0, keep_last_k=1), feature_cache=Path(tmp) / "features",
                 log=LogConfig(every=log_every, tensorboard=False, progress=False),
-                data=replace(base.data, num_workers=workers),
+                data=replace(base.data, num_workers=args.workers),
             )
-            train(with_datasets(cfg, (data,)))
+            cfg = with_datasets(cfg, (data,))
+            t_cache = time.perf_counter()
+            flops = flops_per_sample(cfg, cached=vision.cacheable)  # builds the cache when frozen
+            t_cache = time.perf_counter() - t_cache
+            train(cfg)
             logged = [json.loads(r) for r in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
             steady = logged[1:] or logged  # the first window includes worker start-up and lazy init
             sps = float(np.mean([r["samples_per_s"] for r in steady]))
             wait = float(np.mean([r["data_wait_frac"] for r in steady]))
-            rows.append((workers, cfg.batch_size, sps, wait))
-        print(f"\npreset={args.preset} steps={args.steps} (first {log_every} steps excluded)")
-        print(f"{'workers':>8} {'batch':>6} {'samples/s':>10} {'data-wait':>10} {'vs first':>9}")
-        for workers, bs, sps, wait in rows:
-            print(f"{workers:>8} {bs:>6} {sps:>10.1f} {100 * wait:>9.1f}% {sps / rows[0][2]:>8.2f}x")
+            grid = "x".join(map(str, vision.feature_grid((args.size, args.size))))
+            rows.append((name, grid, sps, wait, flops / 1e9, sps * flops / 1e9, t_cache if vision.cacheable else None))
+        print(f"\npreset={args.preset} steps={args.steps} batch={cfg.batch_size} workers={args.workers} "
+              f"threads={threads}; fp32 matmul peak at {threads} thread(s): {peak:.1f} GFLOP/s")
+        print(f"{'encoder':>22} {'grid':>6} {'samples/s':>10} {'vs first':>9} {'data-wait':>10} {'GFLOP/sample':>13} "
+              f"{'GFLOP/s':>8} {'of peak':>8} {'cache s':>8}")
+        for name, grid, sps, wait, gfs, rate, t_cache in rows:
+            cache = f"{t_cache:8.1f}" if t_cache is not None else f"{'-':>8}"
+            print(f"{name:>22} {grid:>6} {sps:>10.1f} {sps / rows[0][2]:>8.2f}x {100 * wait:>9.1f}% {gfs:>13.3f} "
+                  f"{rate:>8.1f} {100 * rate / peak:>7.1f}% {cache}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def train_config(cfg: Quickstart, dataset: Path):  # noqa: ANN201 - TrainConfig 
         seed=cfg.seed,
         resume=(run_dir / "checkpoints" / "latest").exists(),
         eval_every=cfg.eval_every,
+        feature_cache=cfg.out / "features",
     )
     return tc
 
@@ -184,6 +185,9 @@ def report_stage(cfg: Quickstart) -> Path:
 def run_quickstart(cfg: Quickstart) -> Path:
     """Run (or resume) all four stages; returns the report path."""
     cfg = cfg.resolved()
+    from openlbm.configs.presets import preset
+
+    preset(cfg.preset).policy.vision.check_image_size((cfg.size, cfg.size))  # before anything is written
     cfg.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     dataset = generate_stage(cfg)

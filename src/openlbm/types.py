@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 
 IMAGE_PREFIX = "observation.images."
+FEATURE_PREFIX = "observation.features."
+"""A camera's cached vision features in a sample (``observation.features.<camera>``, float16 ``[T, C, h, w]``)."""
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 LATENT_ACTION_KEY = "latent_action"
@@ -99,7 +101,9 @@ class Observation:
     ``images[cam]``: uint8 ``[B, T, 3, Hi, Wi]``; ``state``: float32 ``[B, T, S]``; ``obs_is_pad``: bool ``[B, T]``
     (True where the step lies before the episode start and was filled by repeating the first frame).
     ``instruction`` and ``embodiment`` are per-sample strings. ``privileged`` is simulator state for scripted
-    experts only (``[B, D]`` float); learned policies never read it.
+    experts only (``[B, D]`` float); learned policies never read it. ``features[cam]``: float16
+    ``[B, T, C, h, w]``, a frozen vision backbone's maps read from a feature cache in place of ``images[cam]``
+    (training only; a batch has them for every camera or for none).
     """
 
     images: dict[str, Tensor]
@@ -109,6 +113,7 @@ class Observation:
     obs_is_pad: Tensor | None = None
     task: list[str] | None = None
     privileged: Tensor | None = None
+    features: dict[str, Tensor] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -125,6 +130,8 @@ class Observation:
         return replace(
             self,
             images={k: v.to(device, non_blocking=non_blocking) for k, v in self.images.items()},
+            features=None if self.features is None else
+            {k: v.to(device, non_blocking=non_blocking) for k, v in self.features.items()},
             state=self.state.to(device, non_blocking=non_blocking),
             obs_is_pad=mv(self.obs_is_pad),
             privileged=mv(self.privileged),
@@ -139,6 +146,11 @@ class Observation:
             if img.dtype != torch.uint8 or img.ndim != 5 or img.shape[:2] != (b, t) or img.shape[2] != 3:
                 raise ValueError(
                     f"observation.images.{cam} must be uint8 [B={b}, T={t}, 3, H, W], got {img.dtype} {tuple(img.shape)}"
+                )
+        for cam, feat in (self.features or {}).items():
+            if feat.dtype != torch.float16 or feat.ndim != 5 or feat.shape[:2] != (b, t):
+                raise ValueError(
+                    f"observation.features.{cam} must be float16 [B={b}, T={t}, C, h, w], got {feat.dtype} {tuple(feat.shape)}"
                 )
         if len(self.instruction) != b or len(self.embodiment) != b:
             raise ValueError(f"instruction/embodiment must have {b} entries, got {len(self.instruction)}/{len(self.embodiment)}")

@@ -113,7 +113,8 @@ def test_open_clip_layout_and_mismatch_errors(tmp_path: Path) -> None:
 
 def test_policy_with_vit_builds_trains_and_round_trips(tmp_path: Path) -> None:
     _save_hf("clip", tmp_path / "clip")
-    vision = replace(preset("debug").vision, kind="vit", vit=TINY_CLIP, pretrained=tmp_path / "clip")
+    # crop_frac 1: 32 px images make a 4x4 patch grid, the smallest accepted
+    vision = replace(preset("debug").vision, kind="vit", vit=TINY_CLIP, pretrained=tmp_path / "clip", crop_frac=1.0)
     cfg = replace(preset("debug"), vision=vision)
     torch.manual_seed(0)
     policy = cfg.build([ARM], {"arm": make_stats(ARM)})
@@ -122,7 +123,7 @@ def test_policy_with_vit_builds_trains_and_round_trips(tmp_path: Path) -> None:
     loss.backward()
     assert policy.model.vision.backbone.blocks[0].attn.qkv.weight.grad is not None
     groups = {g["name"]: g["lr_mult"] for g in policy.param_groups(0.01)}
-    assert groups["vision_decay"] == cfg.vision.pretrained_lr_mult
+    assert groups["vision_decay"] == cfg.vision.lr_mult
     policy.save(tmp_path / "policy")
     from openlbm.policies.lbm import LBMPolicy
 

@@ -92,7 +92,7 @@ def test_temporal_ensembling_weights_older_predictions_more() -> None:
 def test_encoding_runs_once_per_chunk(debug_policy: LBMPolicy) -> None:
     policy = debug_policy.eval()
     counts = {"vision": 0, "prepare": 0, "trunk": 0}
-    policy.model.vision.register_forward_hook(lambda *a: counts.__setitem__("vision", counts["vision"] + 1))
+    policy.model.vision.backbone.register_forward_hook(lambda *a: counts.__setitem__("vision", counts["vision"] + 1))
     policy.model.trunk.register_forward_hook(lambda *a: counts.__setitem__("trunk", counts["trunk"] + 1))
     prepare = policy.model.trunk.prepare
 

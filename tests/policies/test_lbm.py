@@ -224,7 +224,7 @@ def test_multi_embodiment_batch_and_init_from(tmp_path: Path) -> None:
 
 
 def test_param_groups_cover_everything_once(debug_policy: LBMPolicy) -> None:
-    groups = debug_policy.param_groups(weight_decay=0.1, encoder_lr_mult=0.1)
+    groups = debug_policy.param_groups(weight_decay=0.1)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == sum(1 for p in debug_policy.parameters() if p.requires_grad)
     by_id = {id(p): g for g in groups for p in g["params"]}
@@ -232,8 +232,21 @@ def test_param_groups_cover_everything_once(debug_policy: LBMPolicy) -> None:
     assert by_id[id(named["model.trunk.blocks.0.attn.qkv.bias"])]["weight_decay"] == 0.0
     assert by_id[id(named["model.trunk.action_pos"])]["weight_decay"] == 0.0
     assert by_id[id(named["model.trunk.blocks.0.attn.qkv.weight"])]["weight_decay"] == 0.1
-    # Not pretrained: the encoder trains at the full rate whatever the multiplier.
-    assert all(g["lr_mult"] == 1.0 for g in groups)
+    assert all(g["lr_mult"] == 1.0 for g in groups)  # vision.lr_mult defaults to 1
+
+
+def test_vision_lr_mult_applies_to_the_backbone_only() -> None:
+    from openlbm.configs.presets import debug_policy as debug_cfg
+
+    cfg = debug_cfg()
+    policy = replace(cfg, vision=replace(cfg.vision, lr_mult=0.25)).build([ARM], {"arm": make_stats(ARM)})
+    mult = {n: g["lr_mult"] for g in policy.param_groups(0.1) for n, p in policy.named_parameters()
+            if any(p is q for q in g["params"])}
+    assert mult["model.vision.backbone.conv1.weight"] == 0.25 and mult["model.vision.backbone.bn1.bias"] == 0.25
+    assert mult["model.vision.pool.proj.weight"] == 1.0 and mult["model.vision.out.weight"] == 1.0
+    frozen = replace(cfg, vision=replace(cfg.vision, frozen=True)).build([ARM], {"arm": make_stats(ARM)})
+    names = {n for g in frozen.param_groups(0.1) for n, p in frozen.named_parameters() if any(p is q for q in g["params"])}
+    assert not any(n.startswith("model.vision.backbone.") for n in names) and "model.vision.out.weight" in names
 
 
 def test_text_encoder_is_not_in_state_dict_and_shared_by_copies(debug_policy: LBMPolicy) -> None:

@@ -62,7 +62,7 @@ def test_nan_loss_names_step_and_batch_and_leaves_weights(tiny_dataset: Path) ->
     from openlbm.train.optim import build_optimizer
 
     cfg, policy, batch = _policy_and_batch(tiny_dataset)
-    opt = build_optimizer(policy.param_groups(weight_decay=0.0, encoder_lr_mult=1.0), cfg.optim, policy)
+    opt = build_optimizer(policy.param_groups(weight_decay=0.0), cfg.optim, policy)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     batch.action[0, 0, 0] = 3e38  # finite (passes Batch.validate) but overflows the squared error to inf
     with pytest.raises(NonFiniteLossError, match=r"step 7 .*episode_index=\[") as e:
@@ -76,3 +76,13 @@ def test_bad_first_batch_is_a_clear_error(tiny_dataset: Path) -> None:
     batch.obs.state = batch.obs.state.double()
     with pytest.raises(ValueError, match="first training batch breaks the Batch contract.*observation.state"):
         _validate_first(batch)
+
+
+def test_the_trainer_applies_vision_lr_mult(tiny_dataset: Path, tmp_path: Path) -> None:
+    base = debug()
+    policy = replace(base.policy, vision=replace(base.policy.vision, lr_mult=0.25))
+    run = train(with_datasets(replace(base, policy=policy, run_dir=tmp_path / "run", steps=2), (tiny_dataset,)))
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    groups = {g["name"]: g for g in json.loads((run / "checkpoints" / latest / "optimizer.json").read_text())["param_groups"]}
+    assert groups["vision_decay"]["lr_mult"] == 0.25 and groups["main_decay"]["lr_mult"] == 1.0
+    assert groups["vision_decay"]["lr"] == pytest.approx(0.25 * groups["main_decay"]["lr"])

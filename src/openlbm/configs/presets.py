@@ -67,10 +67,17 @@ def debug_policy() -> PolicyConfig:
         n_action_steps=4,
         flow=FlowConfig(num_steps=4),
         diffusion=DiffusionConfig(train_steps=50, sample_steps=4),
-        vision=VisionConfig(widths=(8, 16), depths=(1, 1), stem_width=8, num_keypoints=8, group_size=4),
+        vision=VisionConfig(widths=(8, 16), depths=(1, 1), stem_width=8, stem_pool=False, num_keypoints=8, group_size=4),
         language=LanguageConfig(encoder="hash", hash_dim=32),
         trunk=TrunkConfig(dim=32, depth=2, heads=4, obs_depth=1, mlp_ratio=2.0),
     )
+
+
+def small_vision() -> VisionConfig:
+    """ImageNet EfficientNet-Lite0 (shipped in a package), frozen, cut after block 5 (stride 8: an 8x8 map of 40
+    channels at 64 px), a trainable 3x3 neck and 32 spatial-softmax keypoints: features cached once per frame."""
+    return VisionConfig(kind="efficientnet", efficientnet_blocks=5, imagenet_weights=True, frozen=True, neck_width=64,
+                        num_keypoints=32, group_size=16)
 
 
 def small_policy() -> PolicyConfig:
@@ -80,7 +87,7 @@ def small_policy() -> PolicyConfig:
         horizon=16,
         n_action_steps=8,
         flow=FlowConfig(num_steps=10),
-        vision=VisionConfig(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), stem_width=32, num_keypoints=32, group_size=16),
+        vision=small_vision(),
         trunk=TrunkConfig(dim=192, depth=4, heads=6, obs_depth=2, mlp_ratio=4.0),
     )
 
@@ -91,7 +98,7 @@ def base_policy() -> PolicyConfig:
         n_obs_steps=2,
         horizon=16,
         n_action_steps=8,
-        vision=VisionConfig(num_keypoints=64),
+        vision=VisionConfig(num_keypoints=64, stem_pool=False),
         trunk=TrunkConfig(dim=640, depth=8, heads=10, obs_depth=2),
     )
 

@@ -30,8 +30,6 @@ class OptimConfig:
     """AdamW epsilon."""
     weight_decay: float = 1e-4
     """Decoupled weight decay; the policy's param groups exclude norms, biases and embeddings from it."""
-    encoder_lr_mult: float = 0.1
-    """Learning-rate multiplier for pretrained encoders (vision backbone); 1.0 trains them like the rest."""
     warmup_steps: int = 500
     """Linear warmup length in optimizer steps."""
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -112,8 +110,6 @@ class FinetuneConfig:
 
     freeze: tuple[Part, ...] = ()
     """Parts whose weights stay exactly as loaded (``requires_grad=False``, left out of the optimizer)."""
-    vision_lr_mult: float = 1.0
-    """Learning-rate multiplier of the vision encoder (on top of ``optim.encoder_lr_mult`` for pretrained backbones)."""
     language_lr_mult: float = 1.0
     """Learning-rate multiplier of the language projection."""
     trunk_lr_mult: float = 1.0
@@ -135,9 +131,9 @@ class FinetuneConfig:
             raise ValueError(f"finetune.replay_fraction must be in [0, 1), got {self.replay_fraction}")
 
     def lr_mults(self) -> dict[str, float]:
-        """Part -> learning-rate multiplier."""
-        return {"vision": self.vision_lr_mult, "language": self.language_lr_mult, "trunk": self.trunk_lr_mult,
-                "embodiment": self.embodiment_lr_mult}
+        """Part -> learning-rate multiplier (the vision backbone's is ``policy.vision.lr_mult``, in training and
+        fine-tuning alike)."""
+        return {"language": self.language_lr_mult, "trunk": self.trunk_lr_mult, "embodiment": self.embodiment_lr_mult}
 
     @property
     def active(self) -> bool:
@@ -219,6 +215,13 @@ class TrainConfig:
     camera image size. None = no image-text co-training."""
     objectives: ObjectiveWeights = field(default_factory=ObjectiveWeights)
     """Weights of the action, latent-action and image-text objectives in the step's loss."""
+    cache_features: bool = True
+    """With a frozen vision backbone (``policy.vision.frozen``), train on its per-frame features from a feature cache
+    (built on first use, then reused) instead of decoding video and running the backbone every step. False = the
+    same computation live (slower; the result is the same)."""
+    feature_cache: Path | None = None
+    """Folder of feature caches, one subfolder per (dataset, cameras, image size, encoder weights); runs pointed at
+    the same folder share them. None = ``run_dir/features``."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:

@@ -2,7 +2,9 @@
 
 Samples come from :class:`openlbm.data.mixture.MixtureDataset` (cameras already renamed to the embodiment's names,
 state/action already zero-padded). A camera that a sample's embodiment lacks is filled with zeros and flagged in
-``batch.meta["image_is_pad"][camera]``. ``latent_action`` / ``latent_is_pad`` are stacked when the samples carry
+``batch.meta["image_is_pad"][camera]``. Cached vision features (``observation.features.<camera>``, read from a
+feature cache instead of decoding video) are stacked and padded the same way into ``Observation.features``.
+``latent_action`` / ``latent_is_pad`` are stacked when the samples carry
 them (a mixture gives them to every sample or to none).
 """
 
@@ -13,7 +15,15 @@ from typing import Any
 
 import torch
 
-from openlbm.types import ACTION_KEY, IMAGE_PREFIX, LATENT_ACTION_KEY, STATE_KEY, Batch, Observation
+from openlbm.types import (
+    ACTION_KEY,
+    FEATURE_PREFIX,
+    IMAGE_PREFIX,
+    LATENT_ACTION_KEY,
+    STATE_KEY,
+    Batch,
+    Observation,
+)
 
 
 def collate_dict(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -22,14 +32,14 @@ def collate_dict(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("collate_batch needs at least one sample")
     cams: list[str] = []
     for s in samples:
-        cams.extend(k for k in s if k.startswith(IMAGE_PREFIX) and k not in cams)
+        cams.extend(k for k in s if k.startswith((IMAGE_PREFIX, FEATURE_PREFIX)) and k not in cams)
     out: dict[str, Any] = {}
     for cam in cams:
         ref = next(s[cam] for s in samples if cam in s)
         shapes = {tuple(s[cam].shape) for s in samples if cam in s}
         if len(shapes) > 1:
             raise ValueError(f"{cam}: samples have different image shapes {sorted(shapes)}; give the embodiments one image_size")
-        out[cam] = torch.stack([s[cam] if cam in s else torch.zeros_like(ref) for s in samples])  # [B, T, 3, H, W]
+        out[cam] = torch.stack([s[cam] if cam in s else torch.zeros_like(ref) for s in samples])  # [B, T, 3, H, W] / [B, T, C, h, w]
         out[cam + ".is_pad"] = torch.tensor([cam not in s for s in samples])
     for key in (STATE_KEY, ACTION_KEY, "obs_is_pad", "action_is_pad", "action_dim_mask"):
         out[key] = torch.stack([s[key] for s in samples])
@@ -48,8 +58,10 @@ def collate_dict(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def batch_from_dict(d: dict[str, Any]) -> Batch:
     cams = [k for k in d if k.startswith(IMAGE_PREFIX) and not k.endswith(".is_pad")]
+    feats = [k for k in d if k.startswith(FEATURE_PREFIX) and not k.endswith(".is_pad")]
     obs = Observation(
         images={k[len(IMAGE_PREFIX) :]: d[k] for k in cams},
+        features={k[len(FEATURE_PREFIX) :]: d[k] for k in feats} or None,
         state=d[STATE_KEY],
         instruction=list(d["task"]),
         embodiment=list(d["embodiment"]),
@@ -57,6 +69,7 @@ def batch_from_dict(d: dict[str, Any]) -> Batch:
     )
     meta = {k: d[k] for k in ("episode_index", "index", "dataset")}
     meta["image_is_pad"] = {k[len(IMAGE_PREFIX) :]: d[k + ".is_pad"] for k in cams}
+    meta["image_is_pad"].update({k[len(FEATURE_PREFIX) :]: d[k + ".is_pad"] for k in feats})
     return Batch(obs=obs, action=d[ACTION_KEY], action_is_pad=d["action_is_pad"], action_dim_mask=d["action_dim_mask"], meta=meta,
                  latent_action=d.get(LATENT_ACTION_KEY), latent_is_pad=d.get("latent_is_pad"))
 

@@ -252,6 +252,12 @@ class RobotDataset(Dataset):
     def __len__(self) -> int:
         return len(self._indices)
 
+    def drop_cameras(self) -> None:
+        """Stop decoding camera frames (a feature cache stands in for them); low-dim features stay."""
+        for key in self.camera_keys:
+            self.offsets.pop(key, None)
+        self.camera_keys = []
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_pool"] = None  # FFmpeg handles never cross process boundaries; each worker opens its own

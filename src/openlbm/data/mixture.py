@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from openlbm.data import layout as L
 from openlbm.data.collate import batch_from_dict, collate_dict
 from openlbm.data.dataset import DatasetMeta, RobotDataset
+from openlbm.data.features import FeatureCache
 from openlbm.data.images import resize_images
 from openlbm.data.stats import (
     IMAGE_FRAMES_PER_EPISODE,
@@ -46,6 +47,7 @@ from openlbm.data.stats import (
 from openlbm.jsonio import from_jsonable, read_json
 from openlbm.types import (
     ACTION_KEY,
+    FEATURE_PREFIX,
     IMAGE_PREFIX,
     LATENT_ACTION_KEY,
     STATE_KEY,
@@ -282,20 +284,37 @@ class _SourceView:
         self.ds = RobotDataset(m.root, n_obs, horizon, delta or None, s.episodes, tolerance_s=m.tolerance_s,
                                camera_keys=list(self.cams.values()))
         self.meta, self.n_obs, self.horizon = m, n_obs, horizon
+        self.features: FeatureCache | None = None
+
+    def use_features(self, cache: FeatureCache) -> None:
+        """Read the cameras' cached frozen-backbone features (``observation.features.<camera>``) instead of
+        decoding their video."""
+        self.ds.drop_cameras()
+        self.features = cache
+
+    def _cached(self, raw: dict[str, Any], out: dict[str, Any]) -> None:
+        assert self.features is not None
+        ep, start = raw["episode_index"], int(self.meta.ep_from[raw["episode_index"]])
+        idx = np.arange(-(self.n_obs - 1), 1) + (raw["index"] - start)
+        rows = start + np.clip(idx, 0, int(self.meta.ep_len[ep]) - 1)
+        for dst, src in self.cams.items():
+            out[FEATURE_PREFIX + dst[len(IMAGE_PREFIX):]] = torch.from_numpy(self.features.rows(src, rows))  # [T, C, h, w]
+        out["obs_is_pad"] = torch.from_numpy(idx < 0)
 
     def sample(self, i: int) -> dict[str, Any]:
         raw = self.ds[i]
         out: dict[str, Any] = {}
         h, w = self.emb.image_size
-        for dst, src in self.cams.items():
-            img = raw[src]  # [T, 3, h0, w0] uint8
-            out[dst] = resize_images(img, (h, w))
+        for dst, src in self.cams.items() if self.features is None else ():
+            out[dst] = resize_images(raw[src], (h, w))  # [T, 3, h0, w0] -> [T, 3, h, w] uint8
         state = raw[self.state_key] if self.state_key else torch.zeros(self.n_obs, 0)
         action = raw[self.action_key] if self.action_key else torch.zeros(self.horizon, 0)
         out[STATE_KEY] = F.pad(state.float(), (0, self.max_s - state.shape[-1]))  # [T, S] -> [T, S_max]
         out[ACTION_KEY] = F.pad(action.float(), (0, self.max_a - action.shape[-1]))  # [H, A] -> [H, A_max]
         out["action_dim_mask"] = torch.arange(self.max_a) < self.emb.action_dim
         out["obs_is_pad"] = raw["obs_is_pad"]
+        if self.features is not None:
+            self._cached(raw, out)
         all_pad = torch.ones(self.horizon, dtype=torch.bool)
         out["action_is_pad"] = raw["is_pad"][self.action_key] if self.action_key else all_pad
         if self.latent_dim is not None:

@@ -97,6 +97,8 @@ class LBMModel(nn.Module):
         self.specs = {e.name: e for e in embodiments}
         self.max_action_dim = max(e.action_dim for e in embodiments)
         self.horizon = horizon
+        for e in embodiments:
+            vision.check_image_size(tuple(e.image_size))
         self.vision = vision.build(d)
         self.language = LanguageProjection(text_dim, d)
         self.step_pos = nn.Parameter(torch.randn(n_obs_steps, d) * 0.02)
@@ -122,14 +124,18 @@ class LBMModel(nn.Module):
 
     # -- observation ------------------------------------------------------------------------------------------
     def _group_tokens(
-        self, name: str, images: dict[str, Tensor], state: Tensor, lang: Tensor, rng: SampleRNG | None
+        self, name: str, images: dict[str, Tensor], state: Tensor, lang: Tensor, rng: SampleRNG | None,
+        cached: bool = False,
     ) -> Tensor:
-        """Tokens of one embodiment's samples: ``[b, T*(n_cam+1) + 2, D]``."""
+        """Tokens of one embodiment's samples: ``[b, T*(n_cam+1) + 2, D]``. ``cached``: ``images`` holds the frozen
+        backbone's feature maps ``[b, T, C, h, w]`` per camera instead of pixels (a feature cache)."""
         spec = self.specs[name]
         b, t = state.shape[:2]
-        cams = torch.stack([images[c] for c in spec.cameras], dim=2)  # n_cam x [b, T, 3, H, W] -> [b, T, n_cam, 3, H, W]
-        flat = cams.flatten(0, 2)  # [b, T, n_cam, 3, H, W] -> [b*T*n_cam, 3, H, W]
-        img_tok = self.vision(flat, None if rng is None else rng.rand).view(b, t, len(spec.cameras), -1)  # [b*T*n_cam, D] -> [b, T, n_cam, D]
+        rand = None if rng is None else rng.rand
+        cams = torch.stack([images[c] for c in spec.cameras], dim=2)  # n_cam x [b, T, ...] -> [b, T, n_cam, ...]
+        flat = cams.flatten(0, 2)  # [b, T, n_cam, ...] -> [b*T*n_cam, ...]
+        feat = flat if cached else self.vision.features(flat, rand)
+        img_tok = self.vision.pool_features(feat, rand).view(b, t, len(spec.cameras), -1)  # [b*T*n_cam, D] -> [b, T, n_cam, D]
         img_tok = img_tok + self.camera_emb[name][None, None]
         state_tok = self.state_in[name](state[..., : spec.state_dim])[:, :, None]  # [b, T, D] -> [b, T, 1, D]
         step_tok = torch.cat([img_tok, state_tok], dim=2) + self.step_pos[None, :t, None]  # [b, T, n_cam+1, D]
@@ -143,22 +149,24 @@ class LBMModel(nn.Module):
         lang: Tensor,
         embodiment: Sequence[str],
         rng: SampleRNG | None = None,
+        cached: bool = False,
     ) -> ObsEncoding:
-        """images ``cam -> uint8 [B, T, 3, H, W]``, normalized state ``[B, T, S]``, text embedding ``[B, E]``.
+        """images ``cam -> uint8 [B, T, 3, H, W]`` (or, ``cached``, a frozen backbone's feature maps
+        ``[B, T, C, h, w]``), normalized state ``[B, T, S]``, text embedding ``[B, E]``.
 
-        ``rng`` given = training (random crop + color jitter); None = evaluation (center crop).
+        ``rng`` given = training (random crop + color jitter, or feature shifts); None = evaluation (center crop).
         """
         batch = state.shape[0]
         groups = group_indices(embodiment, state.device)
         if len(groups) == 1:
-            tokens = self._group_tokens(next(iter(groups)), images, state, lang, rng)
+            tokens = self._group_tokens(next(iter(groups)), images, state, lang, rng, cached)
             mask = None  # every token is real: the trunk skips masking altogether
         else:
             parts = {}
             for name, idx in groups.items():
                 cams = {c: images[c][idx] for c in self.specs[name].cameras}
                 sub = None if rng is None else rng.subset(idx)
-                parts[name] = self._group_tokens(name, cams, state[idx], lang[idx], sub)
+                parts[name] = self._group_tokens(name, cams, state[idx], lang[idx], sub, cached)
             n_max = max(p.shape[1] for p in parts.values())
             first = next(iter(parts.values()))
             tokens = first.new_zeros(batch, n_max, first.shape[-1])

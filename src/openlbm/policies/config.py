@@ -101,4 +101,8 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
         """Read :meth:`to_dict` output; a key or value that does not fit raises ``ValueError`` naming the field."""
+        vision = d.get("vision")
+        if isinstance(vision, dict) and "pretrained_lr_mult" in vision:
+            # policies saved before vision.lr_mult: the old key only ever affected training, never the weights
+            d = {**d, "vision": {k: v for k, v in vision.items() if k != "pretrained_lr_mult"}}
         return from_jsonable(cls, d, "policy")

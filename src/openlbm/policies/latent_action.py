@@ -142,8 +142,8 @@ class LAM(nn.Module):
         """Label frame pairs given as ``{camera: uint8 [B, 3, H, W]}``: (code vectors ``[B, L]``, indices ``[B, G]``)."""
         return self.model.encode(self.stack(o_t).to(self.device), self.stack(o_tk).to(self.device))
 
-    def param_groups(self, weight_decay: float, encoder_lr_mult: float | None = None) -> list[dict[str, Any]]:
-        """AdamW groups: no decay on norms and biases (``encoder_lr_mult`` is for pretrained encoders: none here)."""
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: no decay on norms and biases."""
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
         return [{"name": "main_decay", "params": decay, "weight_decay": weight_decay, "lr_mult": 1.0},

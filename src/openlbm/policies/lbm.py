@@ -76,7 +76,7 @@ class LBMPolicy(nn.Module):
             self.embodiments, config.vision, config.trunk, head, config.n_obs_steps, config.horizon, self.text_encoder.dim,
             latent_dim=config.latent_dim, image_text_temperature=config.image_text_temperature,
         )
-        if load_pretrained and config.vision.pretrained is not None:
+        if load_pretrained and (config.vision.pretrained is not None or config.vision.imagenet_weights):
             load_vision_weights(self.model.vision, config.vision.pretrained)
         self.executor = ChunkExecutor(
             config.n_obs_steps, config.n_action_steps, config.horizon, config.temporal_ensemble, self.specs
@@ -112,6 +112,10 @@ class LBMPolicy(nn.Module):
             if obs.state.shape[-1] < spec.state_dim:
                 raise ValueError(f"observation.state has {obs.state.shape[-1]} dims, {name!r} needs {spec.state_dim}")
             for cam in spec.cameras:
+                if obs.features is not None:
+                    if cam not in obs.features:
+                        raise ValueError(f"observation lacks cached features of camera {cam!r} of embodiment {name!r}")
+                    continue
                 if cam not in obs.images:
                     raise ValueError(f"observation lacks camera {cam!r} of embodiment {name!r} (got {sorted(obs.images)})")
                 size = tuple(obs.images[cam].shape[-2:])
@@ -126,6 +130,11 @@ class LBMPolicy(nn.Module):
         """Everything the denoiser needs from ``obs`` (normalized state, vision, language); once per chunk."""
         lang = self.text_encoder.encode(obs.instruction).to(self.device)  # [B, E]
         state = self.normalizer.normalize("state", obs.state, obs.embodiment)  # [B, T, S]
+        if obs.features is not None:
+            if not self.config.vision.cacheable:
+                raise ValueError("the batch carries cached vision features but policy.vision is not frozen: "
+                                 "cached features only stand in for a frozen backbone")
+            return self.model.encode_observation(obs.features, state, lang, obs.embodiment, rng, cached=True)
         return self.model.encode_observation(obs.images, state, lang, obs.embodiment, rng)
 
     def initial_noise(
@@ -286,18 +295,17 @@ class LBMPolicy(nn.Module):
         self.executor.reset(indices)
 
     # -- optimisation -----------------------------------------------------------------------------------------
-    def param_groups(self, weight_decay: float, encoder_lr_mult: float | None = None) -> list[dict[str, Any]]:
-        """AdamW groups: no decay on norms, biases and embeddings; the vision encoder gets ``encoder_lr_mult``
-        (default ``vision.pretrained_lr_mult``) when it starts from pretrained weights, else the full rate."""
-        pretrained = self.config.vision.pretrained is not None
-        enc_mult = (self.config.vision.pretrained_lr_mult if encoder_lr_mult is None else encoder_lr_mult) if pretrained else 1.0
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: no decay on norms, biases and embeddings; the vision backbone at ``vision.lr_mult``
+        times the rate (its pooling and neck at the full rate); a frozen backbone has no trainable parameters."""
+        enc_mult = self.config.vision.lr_mult
         no_decay_names = ("step_pos", "camera_emb", "embodiment_token", "action_pos", "pos_embed", "cls_token")
         groups: dict[str, dict[str, Any]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             decay = p.ndim >= 2 and not any(n in name for n in no_decay_names)
-            enc = name.startswith("model.vision.")
+            enc = name.startswith("model.vision.backbone.")
             key = f"{'vision' if enc else 'main'}_{'decay' if decay else 'no_decay'}"
             g = groups.setdefault(key, {"name": key, "params": [], "weight_decay": weight_decay if decay else 0.0,
                                         "lr_mult": enc_mult if enc else 1.0})

