@@ -18,10 +18,11 @@ from collections.abc import Sequence
 
 def _data_commands() -> dict[str, type]:
     from openlbm.data.commands import COMMANDS as data
+    from openlbm.embed import COMMANDS as embed
     from openlbm.envs.commands import COMMANDS as envs
     from openlbm.label_latent import COMMANDS as latent
 
-    return {**data, **envs, **latent}
+    return {**data, **envs, **latent, **embed}
 
 
 def _study_commands() -> dict[str, type]:

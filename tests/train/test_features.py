@@ -123,3 +123,19 @@ def test_train_on_cached_features_end_to_end(dataset_factory, tmp_path: Path) ->
     assert len(caches) == 1
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3 and all(r["loss"] == r["loss"] for r in rows)
+
+
+def test_lbm_data_embed_builds_the_cache_training_then_reads(dataset_factory, tmp_path: Path) -> None:  # noqa: ANN001
+    from openlbm.cli import main
+
+    root = dataset_factory(tmp_path / "d", episodes=2, frames=8, size=32)
+    assert main(["data", "embed", "--dataset", str(root), "--cache", str(tmp_path / "cache"), "--preset", "small"]) == 0
+    (built,) = [p for p in (tmp_path / "cache").iterdir() if (p / CACHE_FILE).is_file()]
+    stamp = (built / CACHE_FILE).stat().st_mtime_ns
+    cfg = frozen_cfg(root, tmp_path / "run")  # the small preset's encoder; only pooling sizes differ
+    cfg = replace(cfg, feature_cache=tmp_path / "cache")
+    data = cfg.data.build(None, n_obs_steps=2, horizon=cfg.policy.horizon, batch_size=4, seed=0)
+    policy = build_policy(cfg, data, torch.device("cpu"))
+    assert attach_feature_caches(data, policy.model.vision, cfg.feature_cache) == [built]
+    assert (built / CACHE_FILE).stat().st_mtime_ns == stamp
+    assert main(["data", "embed", "--dataset", str(root), "--cache", str(tmp_path / "cache"), "--preset", "debug"]) == 2  # not frozen

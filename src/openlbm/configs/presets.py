@@ -2,12 +2,14 @@
 
 Policy sizes (:data:`POLICY_PRESETS`, :func:`policy_preset`), a :class:`~openlbm.policies.config.PolicyConfig`:
 
-| policy  | params  | vision                            | trunk (dim x depth) | text encoder     | for                |
-|---------|---------|-----------------------------------|---------------------|------------------|--------------------|
-| debug   | 0.07 M  | ResNet (8,16) x (1,1)             | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
-| small   | 5.7 M   | ResNet (32,64,128,256) x (1,1,1,1)| 192 x 4 (+2 obs)    | all-MiniLM-L6-v2 | CPU training       |
-| base    | 96 M    | ResNet-18 (64..512) x (2,2,2,2)   | 640 x 8 (+2 obs)    | all-MiniLM-L6-v2 | GPU pretraining    |
-| large   | 346 M   | ResNet-18                         | 1024 x 12 (+4 obs)  | all-MiniLM-L6-v2 | multi-GPU (FSDP2)  |
+| policy  | params  | vision (feature grid at the default size)        | trunk (dim x depth) | text encoder     | for                |
+|---------|---------|--------------------------------------------------|---------------------|------------------|--------------------|
+| debug   | 0.06 M  | ResNet (8,16) x (1,1), no stem pool (8x8 @ 32)   | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
+| small   | 4.5 M   | EfficientNet-Lite0 to block 5, ImageNet, frozen  | 192 x 4 (+2 obs)    | all-MiniLM-L6-v2 | CPU training       |
+|         |         | + 3x3 neck, 32 keypoints (8x8 @ 64)               |                     |                  |                    |
+| base    | 96 M    | ResNet-18 (64..512) x (2,2,2,2), no stem pool     | 640 x 8 (+2 obs)    | all-MiniLM-L6-v2 | GPU pretraining    |
+|         |         | (8x8 @ 128)                                      |                     |                  |                    |
+| large   | 346 M   | as base                                          | 1024 x 12 (+4 obs)  | all-MiniLM-L6-v2 | multi-GPU (FSDP2)  |
 
 Training presets (:data:`PRESETS`, :func:`preset`), a :class:`~openlbm.configs.train.TrainConfig`.
 ``lbm train <preset> --dataset PATH ...`` starts from one of these; every field can be overridden on the command
@@ -17,7 +19,7 @@ line. Datasets are never part of a preset (pass ``--dataset`` or ``--data.source
 |--------------|---------|---------|-------|-------------------------------------------------------------|
 | ``debug``    | debug   | 4       | 4     | tests and smoke runs: seconds on a laptop CPU                |
 | ``small``    | small   | 20 000  | 64    | CPU-trainable single-task / few-task policies               |
-| ``quickstart`` | small | 2 000   | 64    | ``lbm quickstart``: 5 Meta-World tasks, 64 px, ~17 min on CPU |
+| ``quickstart`` | small | 2 000   | 64    | ``lbm quickstart``: 5 Meta-World tasks, 64 px (time: README)   |
 | ``base``     | base    | 200 000 | 256   | ~100M-parameter multitask pretraining on GPU (bf16)         |
 | ``large``    | large   | 400 000 | 1024  | ~300M+ parameters, FSDP2 over many GPUs                     |
 | ``lam``      | (LAM)   | 6 000   | 64    | a latent action model on video (docs/latent-actions.md)     |
@@ -159,8 +161,7 @@ def quickstart() -> TrainConfig:
     return replace(
         small(),
         run_dir=Path("runs/quickstart"),
-        # 2 000 steps x 64 samples (~10 passes over 40 demos x 5 tasks at 64 px) takes ~17 min on 2 CPU cores and
-        # reaches >= 80% success on the quickstart tasks; more steps help little there.
+        # 2 000 steps x 64 samples: ~9 passes over the 40 demos x 5 tasks (about 15 000 frames) at 64 px
         steps=2_000,
         optim=OptimConfig(lr=3e-4, warmup_steps=100, weight_decay=1e-4),
         ema=EMAConfig(decay=0.995),

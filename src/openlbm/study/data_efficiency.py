@@ -276,6 +276,8 @@ def train_config(cfg: StudyConfig, run: Run, policy_cfg: Any, dataset: Path, epi
         seed=run.seed,
         resume=(run_dir / "checkpoints" / "latest").is_file(),
         init_from=None if run.pretrained_index is None else pretrained_policy(cfg, run.pretrained_index),
+        # every run of the study reads one cache per (dataset, encoder): built by the first, reused by the rest
+        feature_cache=cfg.out / "features",
     )
 
 

@@ -27,14 +27,18 @@ from openlbm.types import chw_from_hwc
 
 log = logging.getLogger(__name__)
 
-FEATURE_FIELDS = ("kind", "widths", "depths", "stem_width", "stem_pool", "group_size", "crop_frac",
-                  "efficientnet_blocks", "upsample", "vit")
-"""The ``VisionConfig`` fields that change what :meth:`VisionEncoder.features` computes (with the weights)."""
+FEATURE_FIELDS: dict[str, tuple[str, ...]] = {
+    "efficientnet": ("kind", "efficientnet_blocks", "crop_frac", "upsample"),
+    "resnet": ("kind", "widths", "depths", "stem_width", "stem_pool", "group_size", "crop_frac", "upsample"),
+    "vit": ("kind", "vit", "crop_frac", "upsample"),
+}
+"""Per backbone kind, the ``VisionConfig`` fields that change what :meth:`VisionEncoder.features` computes (the
+weights do the rest); pooling, neck and learning-rate settings do not, so they share a cache."""
 
 
 def encoder_config(vision: VisionEncoder) -> dict[str, Any]:
     cfg = to_jsonable(vision.cfg)
-    return {k: cfg[k] for k in FEATURE_FIELDS}
+    return {k: cfg[k] for k in FEATURE_FIELDS[vision.cfg.kind]}
 
 
 def encoder_fingerprint(vision: VisionEncoder) -> str:
@@ -88,3 +92,4 @@ def attach_feature_caches(data: Any, vision: VisionEncoder, cache_root: Path) ->
         out.append(cache.path)
     log.info("training on cached vision features: %s", ", ".join(str(p) for p in out))
     return out
+
