@@ -71,7 +71,8 @@ def _corrupt_exit(path: Path) -> int:
 
 @dataclass(frozen=True)
 class Validate:
-    """Check every file, offset, frame count, timestamp, dtype, value and stat; exit 1 if anything is wrong."""
+    """Check every file's content hash, offset, frame count, video range, timestamp, dtype, value and stat; exit 1
+    if anything is wrong."""
 
     path: tyro.conf.Positional[Path]
     """Dataset root."""
@@ -79,18 +80,34 @@ class Validate:
     """Also decode the first and last frame of every episode of every camera."""
     allow_empty: bool = False
     """Accept a dataset with 0 episodes (by default that is a problem: nothing could be trained on it)."""
+    fast: bool = False
+    """Skip the content hashes (reading every data and video file) and the decoding: the checks `lbm train` runs
+    before its first step, minus the data files' hashes."""
+    write_hashes: bool = False
+    """Record the sha256 of the data and video files that have none (a dataset written by another tool) in
+    meta/checksums.jsonl, under the dataset's writer lock; only when everything else validates."""
 
     def run(self) -> int:
-        from openlbm.data.validate import validate_dataset
+        from openlbm.data.validate import unhashed_files, validate_dataset
 
-        problems = validate_dataset(self.path, decode=self.decode, allow_empty=self.allow_empty)
+        problems = validate_dataset(self.path, decode=self.decode and not self.fast, allow_empty=self.allow_empty,
+                                    hashes="none" if self.fast else "all")
         if not problems:
+            from openlbm.data.checksums import add_missing
             from openlbm.data.dataset import DatasetMeta
 
             meta = DatasetMeta(self.path)
             print(f"{self.path}: {meta.contents()}")
             if not meta.has_action:
                 print(f"{self.path}: action-less: usable for video objectives (latent actions), ignored by action losses")
+            if self.write_hashes:
+                print(f"{self.path}: recorded the sha256 of {add_missing(self.path)} file(s)")
+            unhashed = unhashed_files(self.path)
+            if unhashed:
+                print(f"{self.path}: note: {len(unhashed)} data/video file(s) have no recorded sha256 (written by "
+                      "another tool?), their content was not verified; `--write-hashes` records them")
+            elif self.fast:
+                print(f"{self.path}: note: content hashes not checked (--fast)")
             print(f"{self.path}: OK")
             return 0
         print(f"{self.path}: {len(problems)} problem(s)")

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from openlbm.data import checksums as C
 from openlbm.data import layout as L
 from openlbm.locking import LOCK_FILE, lock_dir
 from openlbm.types import ACTION_KEY, STATE_KEY, FeatureSpec
@@ -39,7 +40,8 @@ Added = dict[str, tuple[FeatureSpec, np.ndarray]]
 """New per-frame features: key -> (spec, values ``[num_frames, *shape]`` by global frame index)."""
 
 DERIVED_PATH = "meta/derived.json"
-SKIPPED = {LOCK_FILE, "meta/conversion.json", DERIVED_PATH}  # not part of the data (a new dataset is no conversion)
+# not part of the data (a new dataset is no conversion); the copy's checksums are written for its own files
+SKIPPED = {LOCK_FILE, "meta/conversion.json", DERIVED_PATH, C.CHECKSUMS_PATH}
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -86,6 +88,17 @@ def _episode_rows(src: Path, dst: Path, drop_columns: list[str], meta: Any, add:
             row.update({f"stats/{key}/{name}": v for name, v in st.items()})
         rows.append(row)
     L.write_parquet_atomic(dst, pa.Table.from_pylist(rows))
+
+
+def _write_checksums(src: Path, staging: Path, info: dict[str, Any], episodes: list[dict[str, Any]]) -> None:
+    """Hashes of the copy's data and video files. A linked video is the same bytes: it keeps its source's recorded
+    hash instead of being read again (a source video that no longer matches it fails validation in the copy too);
+    rewritten parquets, and videos whose source has no hash, are hashed."""
+    recorded = C.read_checksums(src) or {}
+    data = C.content_files(info, episodes, videos=False)
+    entries = {rel: recorded.get(rel) if rel not in data else None for rel in C.content_files(info, episodes)}
+    entries.update(C.hash_files(staging, [rel for rel, h in entries.items() if h is None]))
+    C.write(staging / C.CHECKSUMS_PATH, entries)
 
 
 def check_destination(src: Path, dst: Path) -> None:
@@ -149,6 +162,7 @@ def derive(src: Path | str, dst: Path | str, why: str, drop: list[str] = (), add
                 _link_or_copy(path, out)  # videos, tasks, image histograms, provenance files, README...
         for rel, content in files.items():
             L.write_json_atomic(staging / rel, content)
+        _write_checksums(src, staging, info, meta.episodes)
         L.write_json_atomic(staging / DERIVED_PATH, {
             "from": str(src.resolve()), "dropped_features": drop, "added_features": sorted(add), "made_by": why,
             "date": datetime.now(UTC).isoformat(timespec="seconds")})

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from openlbm.data import checksums as C
 from openlbm.data import layout as L
 from openlbm.data.writer import STAGING
 
@@ -120,4 +121,8 @@ def consolidate(w: DatasetWriter) -> tuple[list[list[str]], list[dict[str, Any]]
         out = rel(L.EPISODES_PATH, slot)
         L.write_parquet_atomic(stage / out, pa.Table.from_pylist(part))
         moves.append([f"{STAGING}/{out}", out])
+    # the joined files' hashes replace the per-episode ones in the same journal: applied together, or neither
+    hashes = {dst: C.file_sha256(root / src) for src, dst in moves if not dst.startswith(L.EPISODES_DIR)}
+    C.write(stage / C.CHECKSUMS_PATH, hashes)
+    moves.append([f"{STAGING}/{C.CHECKSUMS_PATH}", C.CHECKSUMS_PATH])
     return moves, rows

@@ -1,4 +1,5 @@
-"""Check a dataset end to end: every file, offset, frame count, timestamp, dtype, shape, value and stat.
+"""Check a dataset end to end: every file's content hash, offset, frame count, video range, timestamp, dtype,
+shape, value (finite, within :mod:`openlbm.bounds`) and stat.
 
 ``validate_dataset(root)`` never raises on bad data; it returns the list of :class:`Problem` found (empty = valid).
 ``require_valid(roots)`` is what ``lbm train`` runs on every dataset of its mixture before the first step: the same
@@ -11,17 +12,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from openlbm import bounds
+from openlbm.data import checksums as C
 from openlbm.data import layout as L
 from openlbm.data.video import VideoReader, probe_video
 from openlbm.types import FeatureSpec
 
+Hashes = Literal["all", "data", "none"]
+"""Which files' recorded sha256 :func:`validate_dataset` checks (data parquets are small; videos can be large)."""
 REQUIRED_EPISODE_COLUMNS = ("episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
                             "dataset_from_index", "dataset_to_index")
 
@@ -85,6 +90,10 @@ class _Checker:
             vfps = info["features"][k].get("info", {}).get("video.fps") if f.dtype == "video" else None
             if vfps is not None and abs(float(vfps) - fps) > 1e-6:
                 self.add(L.INFO_PATH, f"video.fps {vfps} != dataset fps {fps}", field=k)
+            try:
+                bounds.max_abs(k, info["features"][k])
+            except ValueError as e:
+                self.add(L.INFO_PATH, str(e), field=k)
         for k in L.DEFAULT_FEATURES:
             if k not in feats:
                 self.add(L.INFO_PATH, "default feature missing from features", field=k)
@@ -97,6 +106,10 @@ class _Checker:
             for col in REQUIRED_EPISODE_COLUMNS:
                 if col not in row or row[col] is None:
                     self.add(L.EPISODES_DIR, "column missing", e, col)
+            if row.get("length") is not None and int(row["length"]) < 1:
+                # training would fail far from here ("need at least one array to stack"); name the episode now
+                self.add(L.EPISODES_DIR, f"episode has {row['length']} frames: an episode needs at least one "
+                         "(remove it, or re-record it)", e, "length")
         total = sum(int(r.get("length") or 0) for r in episodes)
         if info.get("total_episodes") != len(episodes):
             self.add(L.INFO_PATH, f"total_episodes {info.get('total_episodes')} != {len(episodes)} episode rows", field="total_episodes")
@@ -147,6 +160,7 @@ class _Checker:
                     self.add(path, f"shape does not match {spec.shape}: {e}", field=k)
                     continue
             self._non_finite(path, cols)
+            self._out_of_bounds(path, cols, info)
             if "index" in cols and "episode_index" in cols:
                 self._episode_rows(path, eps, episodes, cols, fps, n_tasks)
 
@@ -156,12 +170,29 @@ class _Checker:
         for k, col in cols.items():
             if not np.issubdtype(col.dtype, np.floating):
                 continue
-            bad = ~np.isfinite(col.reshape(len(col), -1)).all(1)  # [N, D] -> [N]
+            bad = ~np.isfinite(col.reshape(len(col), int(np.prod(col.shape[1:])))).all(1)  # [N, ...] -> [N, D] -> [N]
             if bad.any():
                 row = int(np.argmax(bad))
                 ep = int(cols["episode_index"].reshape(-1)[row]) if "episode_index" in cols else None
                 at = f"frame {int(cols['frame_index'].reshape(-1)[row])}, " if "frame_index" in cols else ""
                 self.add(path, f"{int(bad.sum())} rows with NaN/inf (first at {at}row {row})", ep, k)
+
+    def _out_of_bounds(self, path: Path, cols: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        """Values beyond the feature's bound (:mod:`openlbm.bounds`, the one the policy server applies too),
+        located by episode and frame."""
+        for k, col in cols.items():
+            try:
+                bound = bounds.max_abs(k, info["features"].get(k))
+            except ValueError:
+                continue  # reported with meta/info.json
+            bad = None if bound is None or not np.issubdtype(col.dtype, np.number) else bounds.first_out_of_bounds(col, bound)
+            if bad is None:
+                continue
+            row, dim, value = bad
+            ep = int(cols["episode_index"].reshape(-1)[row]) if "episode_index" in cols else None
+            at = f"frame {int(cols['frame_index'].reshape(-1)[row])}" if "frame_index" in cols else f"row {row}"
+            self.add(path, f"|value| {abs(value):.3g} at {at}, dim {dim} exceeds the bound {bound:.3g} (wrong units "
+                     f"or corrupt data? a wider range is declared as \"{bounds.MAX_ABS_FIELD}\" in meta/info.json)", ep, k)
 
     def _episode_rows(self, path: Path, eps: list[int], episodes: list[dict[str, Any]], cols: dict[str, np.ndarray],
                       fps: float, n_tasks: int) -> None:
@@ -195,6 +226,7 @@ class _Checker:
         template = str(info.get("video_path") or L.VIDEO_PATH)
         probes: dict[Path, dict[str, Any] | str] = {}
         for key in (k for k, f in feats.items() if f.dtype == "video"):
+            ranges: dict[Path, list[tuple[float, float, int]]] = {}  # file -> (from, to, episode) of this camera
             for e, r in enumerate(episodes):
                 try:
                     path = self.root / template.format(video_key=key, chunk_index=r[f"videos/{key}/chunk_index"],
@@ -206,22 +238,45 @@ class _Checker:
                 if path not in probes:
                     probes[path] = self._probe(path, feats[key], fps, key, e)
                 p = probes[path]
-                if isinstance(p, str):
-                    continue
-                n = int(r.get("length") or 0)
-                tol = 0.25 / fps
-                frames = sum(1 for t in p["times"] if t0 - tol <= t < t1 - tol)
-                if frames != n:
-                    self.add(path, f"{frames} video frames in [{t0:.3f}, {t1:.3f}) s but {n} data rows", e, key)
-                elif abs((t1 - t0) * fps - n) > 0.01:
-                    self.add(L.EPISODES_DIR, f"to_timestamp - from_timestamp = {t1 - t0:.4f}s, expected {n / fps:.4f}s", e, key)
-                elif self.decode and n:
-                    try:
-                        reader = VideoReader(path, tol)
-                        reader.frames_at([t0, t0 + (n - 1) / fps])
-                        reader.close()
-                    except L.DatasetError as err:
-                        self.add(path, f"decode failed: {err}", e, key)
+                if not isinstance(p, str):
+                    ranges.setdefault(path, []).append((t0, t1, e))
+                    self._episode_video(path, p, key, e, (t0, t1), int(r.get("length") or 0), fps)
+            for path, rs in ranges.items():
+                self._overlaps(path, key, rs, fps)
+
+    def _episode_video(self, path: Path, p: dict[str, Any], key: str, e: int, span: tuple[float, float], n: int,
+                       fps: float) -> None:
+        """One episode's ``[from, to)`` range in its file: inside the file, ``n`` frames long at ``fps``, holding
+        exactly ``n`` frames, and (with ``decode``) decodable at both ends."""
+        t0, t1 = span
+        tol = 0.25 / fps
+        times = p["times"]
+        start, end = (times[0], times[-1] + 1 / fps) if times else (0.0, 0.0)
+        frames = sum(1 for t in times if t0 - tol <= t < t1 - tol)
+        if frames != n:
+            outside = t0 < start - tol or t1 > end + tol
+            where = f"; the range lies outside the file, which holds [{start:.3f}, {end:.3f}) s" if outside else ""
+            self.add(path, f"{frames} video frames in [{t0:.3f}, {t1:.3f}) s but {n} data rows{where}", e, key)
+        elif abs((t1 - t0) * fps - n) > 0.01:
+            self.add(L.EPISODES_DIR, f"to_timestamp - from_timestamp = {t1 - t0:.4f}s, expected {n / fps:.4f}s "
+                     f"({n} frames at {fps:g} fps)", e, key)
+        elif self.decode and n:
+            try:
+                reader = VideoReader(path, tol)
+                reader.frames_at([t0, t0 + (n - 1) / fps])
+                reader.close()
+            except L.DatasetError as err:
+                self.add(path, f"decode failed: {err}", e, key)
+
+    def _overlaps(self, path: Path, key: str, ranges: list[tuple[float, float, int]], fps: float) -> None:
+        """Episodes sharing a file must use disjoint ranges: an overlap means one of them trains on the other's
+        frames (their frame counts can still match)."""
+        tol = 0.25 / fps
+        ordered = sorted(ranges)
+        for (a0, a1, ea), (b0, b1, eb) in zip(ordered, ordered[1:], strict=False):
+            if b0 < a1 - tol:
+                self.add(path, f"[{b0:.3f}, {b1:.3f}) s overlaps episode {ea}'s [{a0:.3f}, {a1:.3f}) s in the same "
+                         "file: the two episodes would share frames", eb, key)
 
     def _probe(self, path: Path, spec: FeatureSpec, fps: float, key: str, ep: int) -> dict[str, Any] | str:
         if not path.exists():
@@ -237,6 +292,23 @@ class _Checker:
         if (p["height"], p["width"]) != tuple(spec.shape[:2]):
             self.add(path, f"frames are {p['height']}x{p['width']}, meta/info.json says {spec.shape[0]}x{spec.shape[1]}", ep, key)
         return p
+
+    # -------------------------------------------------------------------------------------------------- hashes
+    def hashes(self, info: dict[str, Any], episodes: list[dict[str, Any]], which: Hashes) -> None:
+        """Each referenced file's sha256 against the one recorded when it was written (files without one: see
+        :func:`unhashed_files`). Bytes changed in place can leave a parquet readable with plausible values."""
+        if which == "none":
+            return
+        try:
+            recorded = C.read_checksums(self.root) or {}
+        except L.DatasetError as e:
+            self.add(C.CHECKSUMS_PATH, str(e))
+            return
+        for rel, eps in C.content_files(info, episodes, videos=which == "all").items():
+            path = self.root / rel
+            if rel in recorded and path.is_file() and C.file_sha256(path) != recorded[rel]:
+                self.add(path, f"content changed since it was written (sha256 differs from {C.CHECKSUMS_PATH}): "
+                         "corrupted or edited in place; restore the file or re-create the dataset", eps[0])
 
     # -------------------------------------------------------------------------------------------------- stats
     def stats(self, feats: dict[str, FeatureSpec], episodes: list[dict[str, Any]]) -> None:
@@ -271,10 +343,11 @@ class _Checker:
 
 
 def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = False,
-                     scan_packets: bool = True) -> list[Problem]:
+                     scan_packets: bool = True, hashes: Hashes = "all") -> list[Problem]:
     """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges;
     a dataset without episodes is a problem unless ``allow_empty``. ``scan_packets=False`` counts each video's
-    frames from its container header (frame count and rate) instead of reading every packet's timestamp."""
+    frames from its container header (frame count and rate) instead of reading every packet's timestamp.
+    ``hashes`` says whose recorded sha256 is checked: data and video files, data files only, or none."""
     root = Path(root).resolve()
     c = _Checker(root, decode, scan_packets)
     if not root.is_dir():
@@ -291,19 +364,30 @@ def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = 
     c.data(info, feats, episodes, n_tasks)
     c.videos(info, feats, episodes)
     c.stats(feats, episodes)
+    c.hashes(info, episodes, hashes)  # last: a file with a structural defect is named for that defect first
     return c.problems
+
+
+def unhashed_files(root: Path | str) -> list[str]:
+    """Referenced data and video files without a recorded sha256 (a dataset written by another tool, or before
+    openlbm recorded them): their content cannot be checked until ``lbm data validate --write-hashes``."""
+    root = Path(root)
+    recorded = C.read_checksums(root) or {}
+    return [rel for rel in C.content_files(L.read_info(root), L.read_episodes(root)) if rel not in recorded]
 
 
 def require_valid(roots: list[Path] | tuple[Path, ...]) -> None:
     """Raise :class:`~openlbm.data.layout.DatasetError` naming the first problem of the first invalid dataset.
 
     Runs the checks of :func:`validate_dataset` that cost no video decoding or packet reading: metadata, every
-    parquet column's dtype, shape, NaN/inf, index and timestamps, stats, and each video's fps, size and frames per
-    episode from its container header. What needs the video's packets (a frame missing or undecodable mid-file) is
-    checked where the frames are read: the reader names file, episode and field.
+    parquet column's dtype, shape, NaN/inf, value bounds, index and timestamps, the data files' recorded sha256,
+    stats, and each video's fps, size, ranges and frames per episode from its container header. What needs the
+    video's packets (a frame missing or undecodable mid-file) is checked where the frames are read: the reader
+    names file, episode and field. Video hashes are left to ``lbm data validate`` (reading every video before each
+    run would cost more than the run's first steps on a large dataset).
     """
     for root in roots:
-        problems = validate_dataset(root, decode=False, scan_packets=False)
+        problems = validate_dataset(root, decode=False, scan_packets=False, hashes="data")
         if problems:
             more = f" (and {len(problems) - 1} more; `lbm data validate {root}` lists them all)" if len(problems) > 1 else ""
             raise L.DatasetError(f"dataset {root} is invalid: {problems[0]}{more}")

@@ -4,7 +4,8 @@ Commit protocol (every step is an atomic rename of a fully written, fsynced hidd
 
 1. While recording, each camera streams into a hidden temp mp4; nothing visible changes.
 2. ``save_episode`` moves the episode's videos and data parquet into their final (unreferenced) places, rewrites
-   ``meta/tasks.parquet`` if the episode brought a new task, then writes the episode's row to
+   ``meta/tasks.parquet`` if the episode brought a new task, appends the files' sha256 to ``meta/checksums.jsonl``
+   (:mod:`openlbm.data.checksums`), then writes the episode's row to
    ``meta/episodes/chunk-C/file-F.parquet``. **That rename is the commit point**: an episode exists iff its row
    does. ``stats.json`` and ``info.json`` totals are derived data, rewritten after the commit (and on ``open``).
 3. Before ``finalize`` each episode has its own data/video/meta file (a valid v3 layout: every episode row names
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from openlbm.data import checksums as C
 from openlbm.data import layout as L
 from openlbm.data.stats import (
     IMAGE_FRAMES_PER_EPISODE,
@@ -371,6 +373,9 @@ class DatasetWriter:
         for key, st in stats.items():
             row.update({f"stats/{key}/{name}": v for name, v in st.items()})
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = c, f
+        files = [self._path(L.DATA_PATH, slot), *(self._path(L.VIDEO_PATH, slot, k) for k in self.video_keys)]
+        # hashes on disk before the commit point: no committed file is ever without one
+        C.append(self.root, C.hash_files(self.root, [str(p.relative_to(self.root)) for p in files]))
         L.write_parquet_atomic(self._path(L.EPISODES_PATH, slot), pa.Table.from_pylist([row]))  # commit point
         self.episodes.append(row)
         self._ep_stats.append(stats)
@@ -438,6 +443,10 @@ class DatasetWriter:
             if p not in refs:
                 log.info("removing uncommitted %s", p)
                 p.unlink()
+        recorded = C.read_checksums(self.root)
+        kept = {rel: h for rel, h in (recorded or {}).items() if self.root / rel in refs}
+        if recorded is not None and kept != recorded:  # lines of files that never committed (or were replaced)
+            C.write(self.root / C.CHECKSUMS_PATH, kept)
 
     # ------------------------------------------------------------------------------------------------ finalize
     def finalize(self) -> None:

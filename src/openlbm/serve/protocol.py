@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from openlbm.bounds import DEFAULT_MAX_ABS, first_out_of_bounds
+
 PROTOCOL = "openlbm-policy/1"
 IMAGE_WIRE_PREFIX = "observation/images/"
 STATE_WIRE_KEY = "observation/state"
@@ -56,10 +58,10 @@ ACTIONS_KEY = "actions"
 TIMING_KEY = "server_timing"
 MAX_PROMPT_CHARS = 4096
 """Longer instructions are refused rather than silently truncated."""
-MAX_ABS_STATE = 1e6
-"""Largest accepted ``|state|`` value. Robot states are positions, angles, velocities in SI-like units (|x| of order
-1..1e3); a value beyond 1e6 is a unit or encoding error, and would overflow the network's float32 activations into
-non-finite actions (a state of 1e30 did)."""
+MAX_ABS_STATE: float = DEFAULT_MAX_ABS
+"""Largest accepted ``|state|`` value: the bound ``lbm data validate`` and ``lbm train`` apply to datasets
+(:data:`openlbm.bounds.DEFAULT_MAX_ABS`), so what trains and what is served agree. A value beyond it is a unit or
+encoding error, and would overflow the network's float32 activations into non-finite actions (a state of 1e30 did)."""
 
 
 class ProtocolError(ValueError):
@@ -209,10 +211,10 @@ def _check_state(key: str, value: Any, spec: WireSpec) -> np.ndarray:
         state = value.astype(np.float32)
     if not np.isfinite(state).all():
         raise ProtocolError(f"{key}: contains NaN or inf (or a value outside float32 range)")
-    biggest = float(np.abs(state).max()) if state.size else 0.0
-    if biggest > MAX_ABS_STATE:
+    bad = first_out_of_bounds(state.reshape(-1, spec.state_dim), MAX_ABS_STATE)  # [T, S] (or [S]) -> [T, S]
+    if bad is not None:
         raise ProtocolError(
-            f"{key}: |value| {biggest:.3g} exceeds the accepted bound {MAX_ABS_STATE:.0e} (wrong units or a "
+            f"{key}: |value| {abs(bad[2]):.3g} exceeds the accepted bound {MAX_ABS_STATE:.0e} (wrong units or a "
             "corrupt reading?)"
         )
     return state if state.ndim == 2 else state[None]  # [S] -> [1, S]
