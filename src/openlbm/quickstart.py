@@ -188,6 +188,9 @@ def run_quickstart(cfg: Quickstart) -> Path:
     from openlbm.configs.presets import preset
 
     preset(cfg.preset).policy.vision.check_image_size((cfg.size, cfg.size))  # before anything is written
+    from openlbm.devices import check_device
+
+    check_device(cfg.device)  # before demos are generated for a run that could not start
     cfg.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     dataset = generate_stage(cfg)

@@ -131,6 +131,9 @@ class Train:
             raise UserError("lbm finetune: --init-from PATH is required (a pretrained run dir, checkpoint or policy dir)")
         logging.basicConfig(level=logging.DEBUG if self.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = self.resolved()
+        from openlbm.devices import check_device
+
+        check_device(cfg.device)  # before the run dir exists
         if not cfg.data.sources:
             raise UserError("no dataset given; pass --dataset PATH (repeatable) or --mixture FILE")
         if cfg.eval_every > 0 and self.eval_tasks is None:

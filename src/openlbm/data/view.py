@@ -8,12 +8,17 @@ import numpy as np
 
 from openlbm.data.dataset import RobotDataset
 from openlbm.data.video import encode_video
+from openlbm.errors import UserError
 from openlbm.types import ACTION_KEY, IMAGE_PREFIX, STATE_KEY
 
 
 def render_episode(root: Path, episode: int, out: Path, columns: int = 8) -> Path:
     """Write ``out`` (``.png`` contact sheet or ``.mp4`` side-by-side camera video) for ``episode``; returns it."""
+    if out.suffix not in (".png", ".mp4"):
+        raise ValueError(f"--out must end in .png or .mp4, got {out}")
     ds = RobotDataset(root)
+    if not 0 <= episode < ds.meta.num_episodes:
+        raise UserError(f"--episode {episode}: {root} has episodes 0..{ds.meta.num_episodes - 1}")
     ep = ds.get_episode(episode)
     cams = ds.camera_keys
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -27,8 +32,6 @@ def render_episode(root: Path, episode: int, out: Path, columns: int = 8) -> Pat
             frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
         encode_video(out, np.ascontiguousarray(frames), ds.meta.fps, gop=30)
         return out
-    if out.suffix != ".png":
-        raise ValueError(f"--out must end in .png or .mp4, got {out}")
     return _contact_sheet(ds, episode, ep, cams, out, columns)
 
 

@@ -33,6 +33,9 @@ class Eval:
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         cfg = self.config
+        from openlbm.devices import check_device
+
+        check_device(cfg.device)  # before the output folder exists
         out = cfg.out_dir()
         summary = evaluate(cfg)
         console = Console()

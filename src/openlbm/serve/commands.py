@@ -45,7 +45,13 @@ class Serve:
     """Python logging level."""
 
     def run(self) -> int:
+        from openlbm.devices import check_device
+        from openlbm.errors import UserError
         from openlbm.serve.server import PolicyServer, ServerConfig
+
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port {self.port}: must be 0..65535 (0 picks a free port)")
+        check_device(self.device)
 
         logging.basicConfig(
             level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
