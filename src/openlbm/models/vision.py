@@ -141,8 +141,9 @@ class VisionConfig:
 
     @property
     def cacheable(self) -> bool:
-        """Whether :meth:`VisionEncoder.features` is a fixed function of the pixels (its output can be cached)."""
-        return self.frozen
+        """Whether :meth:`VisionEncoder.features` is a fixed function of the pixels whose maps a feature cache holds
+        (a frozen convolutional backbone; a frozen ViT's token sequences train live)."""
+        return self.frozen and self.kind != "vit"
 
     def build(self, dim: int) -> VisionEncoder:
         return VisionEncoder(self, dim)

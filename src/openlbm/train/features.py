@@ -69,7 +69,8 @@ def cache_for(vision: VisionEncoder, root: Path, cameras: list[str], image_size:
               cache_root: Path, progress: Any = None) -> FeatureCache:
     """The cache of ``cameras`` of the dataset at ``root`` under ``vision``'s frozen backbone (built when missing)."""
     if not vision.cfg.cacheable:
-        raise ValueError("feature caches need a frozen vision backbone (policy.vision.frozen=True)")
+        raise ValueError("feature caches need a frozen convolutional vision backbone (policy.vision.frozen=True with "
+                         "kind resnet or efficientnet)")
     ds_fp, enc_fp = dataset_fingerprint(root), encoder_fingerprint(vision)
     path = cache_dir(cache_root, root, cameras, image_size, ds_fp, enc_fp)
     was_training = vision.training
