@@ -23,6 +23,14 @@ def frozen_cfg(dataset: Path, run_dir: Path):  # noqa: ANN201
     return with_datasets(replace(cfg, policy=policy, run_dir=run_dir, feature_cache=run_dir / "cache"), (dataset,))
 
 
+def frozen_setup(dataset_factory, tmp_path: Path):  # noqa: ANN001, ANN201
+    """A 2-episode dataset, the frozen-encoder config, its mixture and a policy built on it."""
+    root = dataset_factory(tmp_path / "d", episodes=2, frames=8, size=32)
+    cfg = frozen_cfg(root, tmp_path / "run")
+    data = cfg.data.build(None, n_obs_steps=2, horizon=cfg.policy.horizon, batch_size=4, seed=0)
+    return root, cfg, data, build_policy(cfg, data, torch.device("cpu"))
+
+
 def first_batch(cfg, policy, cached: bool):  # noqa: ANN001, ANN201
     data = cfg.data.build(None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=6, seed=3)
     if cached:
@@ -62,10 +70,7 @@ def test_cached_and_live_features_give_the_same_loss(dataset_factory, tmp_path: 
 
 
 def test_cache_is_reused_and_keyed_by_dataset_and_encoder(dataset_factory, tmp_path: Path) -> None:  # noqa: ANN001
-    root = dataset_factory(tmp_path / "d", episodes=2, frames=8, size=32)
-    cfg = frozen_cfg(root, tmp_path / "run")
-    data = cfg.data.build(None, n_obs_steps=2, horizon=cfg.policy.horizon, batch_size=4, seed=0)
-    policy = build_policy(cfg, data, torch.device("cpu"))
+    root, cfg, data, policy = frozen_setup(dataset_factory, tmp_path)
     (first,) = attach_feature_caches(data, policy.model.vision, cfg.feature_cache)
     info = json.loads((first / CACHE_FILE).read_text())
     assert info["num_frames"] == 16 and info["dataset"]["fingerprint"] == dataset_fingerprint(root)
@@ -95,10 +100,7 @@ def test_cache_is_reused_and_keyed_by_dataset_and_encoder(dataset_factory, tmp_p
 
 
 def test_a_crashed_build_is_cleared_and_rebuilt(dataset_factory, tmp_path: Path) -> None:  # noqa: ANN001
-    root = dataset_factory(tmp_path / "d", episodes=2, frames=8, size=32)
-    cfg = frozen_cfg(root, tmp_path / "run")
-    data = cfg.data.build(None, n_obs_steps=2, horizon=cfg.policy.horizon, batch_size=4, seed=0)
-    policy = build_policy(cfg, data, torch.device("cpu"))
+    root, cfg, data, policy = frozen_setup(dataset_factory, tmp_path)
     (path,) = attach_feature_caches(data, policy.model.vision, cfg.feature_cache)
     good = FeatureCache.open(path, dataset_fingerprint(root), encoder_fingerprint(policy.model.vision))
     ref = good.rows("observation.images.corner2", torch.arange(16).numpy())
