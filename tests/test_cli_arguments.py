@@ -71,3 +71,13 @@ def test_view_episode_the_dataset_does_not_have(dataset: Path, tmp_path: Path,
     _error(capsys, ["data", "view", str(dataset), "--episode", "99", "--out", str(out)], "--episode 99",
            "episodes 0..0")
     assert not out.parent.exists()
+
+
+def test_image_sizes_are_checked_before_anything_is_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _error(capsys, ["data", "generate", "--tasks", "drawer-close-v3", "--size", "33", "--out", str(tmp_path / "d")],
+           "--size must be an even number", "got 33")
+    assert not (tmp_path / "d").exists()
+    _error(capsys, ["quickstart", "--size", "33", "--out", str(tmp_path / "q")], "got 33")
+    _error(capsys, ["quickstart", "--size", "16", "--out", str(tmp_path / "q")], "16x16 px", "2x2 feature grid",
+           "minimum is 4x4")
+    assert not (tmp_path / "q").exists()

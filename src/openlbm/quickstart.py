@@ -184,13 +184,15 @@ def report_stage(cfg: Quickstart) -> Path:
 
 def run_quickstart(cfg: Quickstart) -> Path:
     """Run (or resume) all four stages; returns the report path."""
-    cfg = cfg.resolved()
     from openlbm.configs.presets import preset
-
-    preset(cfg.preset).policy.vision.check_image_size((cfg.size, cfg.size))  # before anything is written
     from openlbm.devices import check_device
+    from openlbm.envs.generate import check_size
 
-    check_device(cfg.device)  # before demos are generated for a run that could not start
+    cfg = cfg.resolved()
+    # every argument checked before anything is written or demos are generated for a run that could not start
+    check_size(cfg.size)
+    preset(cfg.preset).policy.vision.check_image_size((cfg.size, cfg.size))
+    check_device(cfg.device)
     cfg.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     dataset = generate_stage(cfg)

@@ -86,3 +86,12 @@ def test_the_trainer_applies_vision_lr_mult(tiny_dataset: Path, tmp_path: Path) 
     groups = {g["name"]: g for g in json.loads((run / "checkpoints" / latest / "optimizer.json").read_text())["param_groups"]}
     assert groups["vision_decay"]["lr_mult"] == 0.25 and groups["main_decay"]["lr_mult"] == 1.0
     assert groups["vision_decay"]["lr"] == pytest.approx(0.25 * groups["main_decay"]["lr"])
+
+
+def test_a_start_that_failed_before_logging_can_be_retried(tiny_dataset: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # what a start that failed after creating the run dir leaves behind
+    (run / "metrics.jsonl").write_text("")
+    assert main(["train", "debug", "--dataset", str(tiny_dataset), "--run-dir", str(run), "--steps", "2"]) == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"

@@ -255,12 +255,20 @@ def _open_writer(cfg: GenerateConfig) -> tuple[Any, list[dict[str, Any]]]:
     return writer, []
 
 
+def check_size(size: int) -> None:
+    """Refuse a camera side the demo videos cannot hold, before anything is written."""
+    if size < 2 or size % 2:
+        # the videos are yuv420p (chroma at half resolution): odd sides cannot be encoded
+        raise ValueError(f"--size must be an even number of pixels >= 2 (the videos are yuv420p), got {size}")
+
+
 def generate_demos(cfg: GenerateConfig) -> Path:
     """Generate (or finish generating) the dataset described by ``cfg``; returns its root."""
     if cfg.episodes_per_task < 1:
         raise ValueError(f"episodes_per_task must be >= 1, got {cfg.episodes_per_task}")
     if cfg.action_noise < 0:
         raise ValueError(f"action_noise must be >= 0, got {cfg.action_noise}")
+    check_size(cfg.size)
     cfg.task_list()  # fail on a typo or a task of another suite before touching the output directory
     env_cfg = cfg.env_config()
     writer, attempts = _open_writer(cfg)

@@ -206,7 +206,9 @@ def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo, allow_config_c
     """Create the run dir (rank 0); return the checkpoint to resume from, if any (its config checked unchanged)."""
     run_dir, ckpt_root = cfg.run_dir, cfg.run_dir / "checkpoints"
     latest = ckpt.read_latest(ckpt_root) if ckpt_root.is_dir() else None
-    if latest is None and (run_dir / "metrics.jsonl").exists() and not cfg.resume:
+    logged = (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0
+    # a start that failed before logging a step (bad data, a config error) left nothing to protect: retry freely
+    if latest is None and logged and not cfg.resume:
         raise FileExistsError(f"run dir {run_dir} already holds a run: pass --resume or choose another --run-dir")
     if latest is not None and not cfg.resume:
         raise FileExistsError(
