@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,24 +104,16 @@ class FeatureCache:
         return np.ascontiguousarray(self._maps[camera][indices])
 
 
-def _episode_frames(root: Path, cameras: Sequence[str]) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-    """``(first global index, episode, {camera: uint8 [n, H, W, 3]})`` for every episode, decoded one at a time."""
+def _write(tmp: Path, root: Path, cameras: Sequence[str], encode: EncodeFn, info: dict[str, Any],
+           progress: Callable[[int, int], None] | None) -> None:
+    """Encode every episode's frames (decoded one episode at a time) into one float16 memmap per camera."""
     from openlbm.data.dataset import RobotDataset
 
     ds = RobotDataset(root, camera_keys=list(cameras))
-    for ep in range(ds.meta.num_episodes):
-        frames = ds.get_episode(ep)
-        yield int(ds.meta.ep_from[ep]), ep, {c: frames[c] for c in cameras}
-
-
-def _write(tmp: Path, root: Path, cameras: Sequence[str], encode: EncodeFn, info: dict[str, Any],
-           progress: Callable[[int, int], None] | None) -> None:
-    from openlbm.data.dataset import DatasetMeta
-
-    meta = DatasetMeta(root)
-    n_total, n_eps = meta.num_frames, meta.num_episodes
+    n_total, n_eps = ds.meta.num_frames, ds.meta.num_episodes
     maps: dict[str, np.ndarray] = {}
-    for start, ep, frames in _episode_frames(root, cameras):
+    for ep in range(n_eps):
+        frames, start = ds.get_episode(ep), int(ds.meta.ep_from[ep])
         for cam in cameras:
             feats = encode(frames[cam])
             if feats.dtype != np.float16 or feats.ndim != 4 or len(feats) != len(frames[cam]):

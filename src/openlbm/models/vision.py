@@ -325,12 +325,13 @@ class VisionEncoder(nn.Module):
 
     def pool_features(self, feat: Tensor, rand: RandFn | None = None) -> Tensor:
         """Backbone output -> ``[N, dim]`` tokens (training shifts a frozen backbone's maps by ``feature_shift``)."""
+        feat = feat.float()  # cached maps arrive as float16
         if self.cfg.kind != "vit":
             if self.cfg.frozen and rand is not None:
-                feat = shift_features(feat.float(), self.cfg.feature_shift, rand)
+                feat = shift_features(feat, self.cfg.feature_shift, rand)
             if self.neck is not None:
-                feat = self.neck(feat.float())
-        return self.out(self.pool(feat.float()))
+                feat = self.neck(feat)
+        return self.out(self.pool(feat))
 
     def forward(self, images: Tensor, rand: RandFn | None = None) -> Tensor:
         return self.pool_features(self.features(images, rand), rand)
