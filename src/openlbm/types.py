@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from openlbm.bounds import DEFAULT_MAX_ABS
+
 IMAGE_PREFIX = "observation.images."
 FEATURE_PREFIX = "observation.features."
 """A camera's cached vision features in a sample (``observation.features.<camera>``, float16 ``[T, C, h, w]``)."""
@@ -71,6 +73,9 @@ class EmbodimentSpec:
     """Native action dimension (before padding to the policy's max)."""
     fps: float = 10.0
     """Control frequency in Hz."""
+    max_abs_state: float = DEFAULT_MAX_ABS
+    """Largest valid ``|state|`` value (:mod:`openlbm.bounds`): the training data's declared bound, which the
+    policy server applies to requests, so what trains and what is served agree."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +85,7 @@ class EmbodimentSpec:
             "state_dim": self.state_dim,
             "action_dim": self.action_dim,
             "fps": self.fps,
+            "max_abs_state": self.max_abs_state,
         }
 
     @classmethod
@@ -91,6 +97,7 @@ class EmbodimentSpec:
             state_dim=int(d["state_dim"]),
             action_dim=int(d["action_dim"]),
             fps=float(d.get("fps", 10.0)),
+            max_abs_state=float(d.get("max_abs_state", DEFAULT_MAX_ABS)),
         )
 
 

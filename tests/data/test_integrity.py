@@ -15,12 +15,14 @@ from data_helpers import CAM, FEATURES, action_of, make_dataset, smooth, state_o
 from openlbm import bounds
 from openlbm.cli import main
 from openlbm.data.checksums import CHECKSUMS_PATH, read_checksums
-from openlbm.data.dataset import RobotDataset
+from openlbm.data.dataset import DatasetMeta, RobotDataset
 from openlbm.data.derive import strip_actions
 from openlbm.data.layout import DatasetError
+from openlbm.data.mixture import SourceConfig, infer_embodiments
 from openlbm.data.validate import Problem, require_valid, validate_dataset
 from openlbm.data.writer import DatasetWriter
 from openlbm.serve import protocol
+from openlbm.types import EmbodimentSpec
 
 DATA = "data/chunk-000/file-000.parquet"
 VIDEO = f"videos/{CAM}/chunk-000/file-000.mp4"
@@ -174,8 +176,8 @@ def test_values_beyond_the_shared_bound_are_refused_naming_file_episode_frame_fe
     assert "|value| 1e+30 at frame 4, dim 2" in hit.message
     _refused(root, DATA, "episode 1", "frame 4", "field observation.state")
     # the server refuses the same value with the same bound
-    assert protocol.MAX_ABS_STATE == bounds.DEFAULT_MAX_ABS
     spec = protocol.WireSpec("arm", ("cam",), (32, 32), state_dim=3, action_dim=2)
+    assert spec.max_abs_state == bounds.DEFAULT_MAX_ABS
     obs = protocol.make_observation({"cam": smooth(1, 4)}, np.array([1, 4, 1e30], np.float32), "t")
     with pytest.raises(protocol.ProtocolError, match="exceeds the accepted bound"):
         protocol.parse_observation(obs, {"arm": spec}, "arm")
@@ -189,6 +191,19 @@ def test_a_dataset_declares_a_wider_bound_per_feature(tmp_path: Path) -> None:
     (root / "meta/info.json").write_text(json.dumps(info))
     assert validate_dataset(root) == []
     require_valid([root])
+    # the declared bound travels with the policy to the server: the served embodiment accepts what trained
+    [emb] = infer_embodiments([SourceConfig(root=str(root))], [DatasetMeta(root)])
+    served = protocol.WireSpec.from_dict(EmbodimentSpec.from_dict(emb.to_dict()).to_dict())
+    assert served.max_abs_state == 1e7
+    meta = protocol.build_metadata([served], horizon=4, n_action_steps=2, n_obs_steps=1, policy={},
+                                   max_message_bytes=1 << 20, max_batch=1)
+    assert meta["embodiments"][emb.name]["max_abs_state"] == 1e7
+    state = np.array([1, 2, 5e6], np.float32)
+    obs = protocol.make_observation({emb.cameras[0]: smooth(0, 2)}, state, "t")
+    np.testing.assert_array_equal(protocol.parse_observation(obs, {emb.name: served}, emb.name).state[0], state)
+    obs = protocol.make_observation({emb.cameras[0]: smooth(0, 2)}, np.array([1, 2, 2e7], np.float32), "t")
+    with pytest.raises(protocol.ProtocolError, match="exceeds the accepted bound 1e"):
+        protocol.parse_observation(obs, {emb.name: served}, emb.name)
     info["features"]["observation.state"]["max_abs"] = "big"
     (root / "meta/info.json").write_text(json.dumps(info))
     [hit] = _hits(validate_dataset(root), "max_abs must be a positive number")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from openlbm import bounds
 from openlbm.data.collate import batch_from_dict, collate_dict
 from openlbm.data.dataset import DatasetMeta, RobotDataset
 from openlbm.data.features import FeatureCache
@@ -161,7 +162,8 @@ def mixture_latent_dim(sources: Sequence[SourceConfig], metas: Sequence[DatasetM
 
 def infer_embodiments(sources: Sequence[SourceConfig], metas: Sequence[DatasetMeta]) -> list[EmbodimentSpec]:
     """One embodiment per distinct name (``source.embodiment`` / robot_type / folder name): the source's cameras
-    and state/action dims after ``rename``, its fps, and ``source.image_size`` (else its first camera's size).
+    and state/action dims after ``rename``, its fps, its declared state bound, and ``source.image_size`` (else its
+    first camera's size).
     An action-less source takes the action dim of its embodiment's other sources (0 when none has actions)."""
     out: dict[str, EmbodimentSpec] = {}
     labelled: set[str] = set()  # embodiments whose action_dim comes from a source with actions
@@ -170,14 +172,18 @@ def infer_embodiments(sources: Sequence[SourceConfig], metas: Sequence[DatasetMe
         cams = tuple(_short(_rename(s, k)) for k in m.camera_keys)
         size = s.image_size or (tuple(m.features[m.camera_keys[0]].shape[:2]) if cams else (0, 0))
         feats = {_rename(s, k): f for k, f in m.features.items()}
+        declared = {_rename(s, k): v for k, v in m.info["features"].items()}
         spec = EmbodimentSpec(
             name=name, cameras=cams, image_size=(int(size[0]), int(size[1])),
             state_dim=int(np.prod(feats[STATE_KEY].shape)) if STATE_KEY in feats else 0,
             action_dim=int(np.prod(feats[ACTION_KEY].shape)) if ACTION_KEY in feats else 0, fps=m.fps,
+            max_abs_state=bounds.max_abs(STATE_KEY, declared.get(STATE_KEY)) or bounds.DEFAULT_MAX_ABS,
         )
         has_action = ACTION_KEY in feats
         if name in out:
-            prev = out[name]
+            # sources of one embodiment may declare different state bounds: the server accepts the widest
+            widest = max(out[name].max_abs_state, spec.max_abs_state)
+            prev, spec = replace(out[name], max_abs_state=widest), replace(spec, max_abs_state=widest)
             if not has_action:
                 spec = replace(spec, action_dim=prev.action_dim)
             elif name not in labelled:

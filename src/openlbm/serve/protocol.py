@@ -10,7 +10,7 @@ Request (one msgpack map per websocket binary frame)::
     "observation/images/<camera>"  uint8   [Hi, Wi, 3]     one per camera of the embodiment (dots also accepted:
                                            or [T, Hi, Wi, 3]  "observation.images.<camera>")
     "observation/state"            float32 [S] or [T, S]    native state dim of the embodiment (float64 accepted);
-                                                            every value finite with |x| <= MAX_ABS_STATE
+                                                            every value finite with |x| <= its max_abs_state
     "prompt"                       str                      the language instruction (openpi's field name)
     "embodiment"                   str  (optional)          which embodiment of a multi-embodiment policy; default
                                                             the first one (see metadata)
@@ -58,12 +58,6 @@ ACTIONS_KEY = "actions"
 TIMING_KEY = "server_timing"
 MAX_PROMPT_CHARS = 4096
 """Longer instructions are refused rather than silently truncated."""
-MAX_ABS_STATE: float = DEFAULT_MAX_ABS
-"""Largest accepted ``|state|`` value: the bound ``lbm data validate`` and ``lbm train`` apply to datasets
-(:data:`openlbm.bounds.DEFAULT_MAX_ABS`), so what trains and what is served agree. A value beyond it is a unit or
-encoding error, and would overflow the network's float32 activations into non-finite actions (a state of 1e30 did)."""
-
-
 class ProtocolError(ValueError):
     """An observation dict that does not match what the served policy expects."""
 
@@ -94,6 +88,10 @@ class WireSpec:
     """Width of the returned ``actions``."""
     fps: float = 10.0
     """Control frequency the policy was trained at."""
+    max_abs_state: float = DEFAULT_MAX_ABS
+    """Largest accepted ``|state|`` value: the bound its training data declared (:mod:`openlbm.bounds`), so what
+    trains and what is served agree. A value beyond it is a unit or encoding error, and would overflow the network's
+    float32 activations into non-finite actions (a state of 1e30 did)."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> WireSpec:
@@ -105,6 +103,7 @@ class WireSpec:
             state_dim=int(d["state_dim"]),
             action_dim=int(d["action_dim"]),
             fps=float(d.get("fps", 10.0)),
+            max_abs_state=float(d.get("max_abs_state", DEFAULT_MAX_ABS)),
         )
 
     def observation_schema(self) -> dict[str, dict[str, Any]]:
@@ -161,6 +160,7 @@ def build_metadata(
                 "state_dim": s.state_dim,
                 "action_dim": s.action_dim,
                 "fps": s.fps,
+                "max_abs_state": s.max_abs_state,
                 "observation": s.observation_schema(),
                 "action": {"key": ACTIONS_KEY, "shape": [horizon, s.action_dim], "dtype": "float32"},
             }
@@ -173,7 +173,6 @@ def build_metadata(
         "n_action_steps": n_action_steps,
         "n_obs_steps": n_obs_steps,
         "history": "client",
-        "max_abs_state": MAX_ABS_STATE,
         "max_message_bytes": max_message_bytes,
         "max_batch": max_batch,
     }
@@ -196,7 +195,7 @@ def _check_image(key: str, value: Any, spec: WireSpec) -> np.ndarray:
 
 
 def _check_state(key: str, value: Any, spec: WireSpec) -> np.ndarray:
-    """-> float32 ``[T, S]``, finite and within ``MAX_ABS_STATE``."""
+    """-> float32 ``[T, S]``, finite and within the embodiment's ``max_abs_state``."""
     if not isinstance(value, np.ndarray):
         raise ProtocolError(
             f"{key}: expected a float32 numpy array [{spec.state_dim}], got {type(value).__name__}"
@@ -211,10 +210,10 @@ def _check_state(key: str, value: Any, spec: WireSpec) -> np.ndarray:
         state = value.astype(np.float32)
     if not np.isfinite(state).all():
         raise ProtocolError(f"{key}: contains NaN or inf (or a value outside float32 range)")
-    bad = first_out_of_bounds(state.reshape(-1, spec.state_dim), MAX_ABS_STATE)  # [T, S] (or [S]) -> [T, S]
+    bad = first_out_of_bounds(state.reshape(-1, spec.state_dim), spec.max_abs_state)  # [T, S] or [S] -> [T, S]
     if bad is not None:
         raise ProtocolError(
-            f"{key}: |value| {abs(bad[2]):.3g} exceeds the accepted bound {MAX_ABS_STATE:.0e} (wrong units or a "
+            f"{key}: |value| {abs(bad[2]):.3g} exceeds the accepted bound {spec.max_abs_state:.3g} (wrong units or a "
             "corrupt reading?)"
         )
     return state if state.ndim == 2 else state[None]  # [S] -> [1, S]
