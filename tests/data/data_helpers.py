@@ -90,3 +90,27 @@ def make_variant(root: Path, lengths: Sequence[int] = (5, 8, 6), action: bool = 
                 w.add_frame({k: v for k, v in frame.items() if k in feats}, task=f"task {ep % 2}")
             w.save_episode()
     return root
+
+
+def edit_episodes(root: Path, ep: int, rel: str, **values: object) -> None:
+    """Overwrite columns of episode ``ep``'s row in the episodes parquet ``rel`` (a planted metadata defect)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(root / rel).to_pylist()
+    rows[[r["episode_index"] for r in rows].index(ep)].update(values)
+    pq.write_table(pa.Table.from_pylist(rows), root / rel)
+
+
+def set_vector_value(root: Path, rel: str, key: str, row: int, dim: int, value: float) -> None:
+    """Rewrite one entry of the float vector column ``key`` of the data parquet ``rel``, keeping a readable file
+    with its schema metadata: a corruption that only content hashes or value checks can see."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(root / rel)
+    values = np.stack(t.column(key).to_pylist()).astype(np.float32)  # [N, D]
+    values[row, dim] = value
+    col = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])  # [N*D] -> [N, D]
+    t = t.set_column(t.column_names.index(key), key, col)
+    pq.write_table(t.replace_schema_metadata(pq.read_schema(root / rel).metadata), root / rel)

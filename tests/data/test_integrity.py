@@ -7,10 +7,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_helpers import CAM, FEATURES, action_of, make_dataset, smooth, state_of
+from data_helpers import (
+    CAM,
+    FEATURES,
+    action_of,
+    edit_episodes,
+    make_dataset,
+    set_vector_value,
+    smooth,
+    state_of,
+)
 
 from openlbm import bounds
 from openlbm.cli import main
@@ -43,19 +51,11 @@ def _refused(root: Path, *texts: str) -> str:
 
 
 def _set_action(root: Path, rel: str, row: int, dim: int, value: float) -> None:
-    """Rewrite one action value in place, keeping a readable parquet: the silent corruption of the issue."""
-    t = pq.read_table(root / rel)
-    action = np.stack(t.column("action").to_pylist()).astype(np.float32)  # [N, A]
-    action[row, dim] = value
-    col = pa.FixedSizeListArray.from_arrays(pa.array(action.reshape(-1)), action.shape[1])  # [N*A] -> [N, A]
-    t = t.set_column(t.column_names.index("action"), "action", col)
-    pq.write_table(t.replace_schema_metadata(pq.read_schema(root / rel).metadata), root / rel)
+    set_vector_value(root, rel, "action", row, dim, value)
 
 
 def _edit_episodes(root: Path, ep: int, rel: str = EPISODES, **values: object) -> None:
-    rows = pq.read_table(root / rel).to_pylist()
-    rows[[r["episode_index"] for r in rows].index(ep)].update(values)
-    pq.write_table(pa.Table.from_pylist(rows), root / rel)
+    edit_episodes(root, ep, rel, **values)
 
 
 # ------------------------------------------------------------------------------------------------ content hashes
@@ -152,6 +152,18 @@ def test_zero_length_episode_is_refused_naming_it(tmp_path: Path) -> None:
     [hit] = _hits(validate_dataset(root), "episode has 0 frames")
     assert (hit.episode, hit.field) == (2, "length")
     _refused(root, "episode 2", "field length", "0 frames")
+
+
+def test_episode_shorter_than_one_observation_window_is_refused_naming_it(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_dataset(tmp_path / "s", (5, 1, 6), finalize=False)
+    assert validate_dataset(root) == []  # one frame is an episode...
+    [hit] = _hits(validate_dataset(root, min_length=2), "shorter than one observation window of 2")
+    assert (hit.file, hit.episode, hit.field) == ("meta/episodes", 1, "length")
+    with pytest.raises(DatasetError, match=r"episode 1, field length: episode has 1 frames, shorter than one"):
+        require_valid([root], min_length=2)  # ...but not one window of a policy with 2 observation steps
+    assert main(["data", "validate", "--min-length", "2", str(root)]) == 1
+    assert "shorter than one observation window" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------ value bounds

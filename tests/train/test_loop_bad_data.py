@@ -27,15 +27,16 @@ def _rewrite_parquet(path: Path, fn: Callable[[pa.Table], pa.Table]) -> None:
     pq.write_table(fn(t).replace_schema_metadata(t.schema.metadata), path)
 
 
-def _nan_action(root: Path) -> None:
+def _set_value(key: str, value: float) -> Callable[[Path], None]:
+    """Plant ``value`` at episode 1, frame 3, dim 2 of the vector column ``key``, in a still readable parquet."""
     def fn(t: pa.Table) -> pa.Table:
-        action = np.stack(t.column("action").to_pylist()).astype(np.float32)  # [N, A]
+        values = np.stack(t.column(key).to_pylist()).astype(np.float32)  # [N, D]
         ep = t.column("episode_index").to_numpy()
-        action[np.flatnonzero(ep == 1)[3], 2] = np.nan  # episode 1, frame 3
-        col = pa.FixedSizeListArray.from_arrays(pa.array(action.reshape(-1)), action.shape[1])  # [N*A] -> [N, A]
-        return t.set_column(t.column_names.index("action"), "action", col)
+        values[np.flatnonzero(ep == 1)[3], 2] = value
+        col = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])  # [N*D] -> [N, D]
+        return t.set_column(t.column_names.index(key), key, col)
 
-    _rewrite_parquet(root / DATA, fn)
+    return lambda root: _rewrite_parquet(root / DATA, fn)
 
 
 def _edit_info(root: Path, fn: Callable[[dict], None]) -> None:
@@ -68,7 +69,10 @@ def _timestamps_past_video(root: Path) -> None:
 
 # defect -> (plant, text the one-line error must contain: file, episode (when the defect has one), field)
 DEFECTS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
-    "NaN in action": (_nan_action, (DATA, "episode 1", "field action", "NaN")),
+    "NaN in action": (_set_value("action", np.nan), (DATA, "episode 1", "field action", "NaN")),
+    "state of 1e30": (_set_value("observation.state", 1e30),
+                      (DATA, "episode 1", "frame 3", "field observation.state", "exceeds the bound")),
+    "a plausible value changed on disk": (_set_value("action", -3e-13), (DATA, "content changed")),
     "fps changed in info.json": (_fps_changed, ("meta/info.json", f"field {CAM}", "fps")),
     "timestamps past the video": (_timestamps_past_video, (VIDEO, "episode 2", f"field {CAM}")),
     "action dtype int64 in info.json": (_action_int64, (DATA, "field action", "int64")),

@@ -83,6 +83,9 @@ class Validate:
     fast: bool = False
     """Skip the content hashes (reading every data and video file) and the decoding: the checks `lbm train` runs
     before its first step, minus the data files' hashes."""
+    min_length: int = 1
+    """Refuse episodes shorter than this many frames (`lbm train` refuses those shorter than its policy's
+    ``n_obs_steps``, one observation window)."""
     write_hashes: bool = False
     """Record the sha256 of the data and video files that have none (a dataset written by another tool) in
     meta/checksums.jsonl, under the dataset's writer lock; only when everything else validates."""
@@ -91,7 +94,7 @@ class Validate:
         from openlbm.data.validate import unhashed_files, validate_dataset
 
         problems = validate_dataset(self.path, decode=self.decode and not self.fast, allow_empty=self.allow_empty,
-                                    hashes="none" if self.fast else "all")
+                                    hashes="none" if self.fast else "all", min_length=self.min_length)
         if not problems:
             from openlbm.data.checksums import add_missing
             from openlbm.data.dataset import DatasetMeta

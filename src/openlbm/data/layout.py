@@ -175,6 +175,11 @@ def read_info(root: Path) -> dict[str, Any]:
     for key in ("fps", "features", "data_path"):
         if key not in info:
             raise DatasetError(f"{where(path, field=key)}: missing")
+    if isinstance(info["fps"], bool) or not isinstance(info["fps"], int | float):
+        raise DatasetError(f"{where(path, field='fps')}: expected a number, got {info['fps']!r:.40}")
+    if not isinstance(info["features"], dict):
+        raise DatasetError(f"{where(path, field='features')}: expected a map of feature name to spec, "
+                           f"got {type(info['features']).__name__}")
     return info
 
 

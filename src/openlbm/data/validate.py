@@ -64,8 +64,8 @@ def _header_facts(path: Path) -> dict[str, Any] | None:
 
 
 class _Checker:
-    def __init__(self, root: Path, decode: bool, scan_packets: bool = True) -> None:
-        self.root, self.decode, self.scan_packets = root, decode, scan_packets
+    def __init__(self, root: Path, decode: bool, scan_packets: bool = True, min_length: int = 1) -> None:
+        self.root, self.decode, self.scan_packets, self.min_length = root, decode, scan_packets, min_length
         self.problems: list[Problem] = []
 
     def add(self, path: Path | str, message: str, episode: int | None = None, field: str | None = None) -> None:
@@ -82,7 +82,7 @@ class _Checker:
             self.add(L.INFO_PATH, str(e))
             return None
         fps = float(info["fps"])
-        if fps <= 0:
+        if not fps > 0:  # NaN too
             self.add(L.INFO_PATH, f"fps must be > 0, got {fps}", field="fps")
         for k, f in feats.items():
             if f.dtype not in L.SUPPORTED_DTYPES:
@@ -110,6 +110,9 @@ class _Checker:
                 # training would fail far from here ("need at least one array to stack"); name the episode now
                 self.add(L.EPISODES_DIR, f"episode has {row['length']} frames: an episode needs at least one "
                          "(remove it, or re-record it)", e, "length")
+            elif row.get("length") is not None and int(row["length"]) < self.min_length:
+                self.add(L.EPISODES_DIR, f"episode has {row['length']} frames, shorter than one observation window "
+                         f"of {self.min_length} (remove it, or train with fewer observation steps)", e, "length")
         total = sum(int(r.get("length") or 0) for r in episodes)
         if info.get("total_episodes") != len(episodes):
             self.add(L.INFO_PATH, f"total_episodes {info.get('total_episodes')} != {len(episodes)} episode rows", field="total_episodes")
@@ -343,13 +346,14 @@ class _Checker:
 
 
 def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = False,
-                     scan_packets: bool = True, hashes: Hashes = "all") -> list[Problem]:
+                     scan_packets: bool = True, hashes: Hashes = "all", min_length: int = 1) -> list[Problem]:
     """All problems found in the dataset at ``root`` (empty list = valid). ``decode`` also decodes episode edges;
     a dataset without episodes is a problem unless ``allow_empty``. ``scan_packets=False`` counts each video's
     frames from its container header (frame count and rate) instead of reading every packet's timestamp.
-    ``hashes`` says whose recorded sha256 is checked: data and video files, data files only, or none."""
+    ``hashes`` says whose recorded sha256 is checked: data and video files, data files only, or none.
+    ``min_length``: the frames one training window needs; a shorter episode is a problem (see :func:`require_valid`)."""
     root = Path(root).resolve()
-    c = _Checker(root, decode, scan_packets)
+    c = _Checker(root, decode, scan_packets, min_length)
     if not root.is_dir():
         return [Problem(str(root), "dataset folder does not exist")]
     from openlbm.data.writer import recover
@@ -359,6 +363,8 @@ def validate_dataset(root: Path | str, decode: bool = True, allow_empty: bool = 
     if meta is None:
         return c.problems
     info, feats, episodes, n_tasks = meta
+    if not float(info["fps"]) > 0:
+        return c.problems  # every timestamp and video range is measured in frames at fps: nothing more to check
     if not episodes and not allow_empty:
         c.add(L.INFO_PATH, "dataset has 0 episodes", field="total_episodes")
     c.data(info, feats, episodes, n_tasks)
@@ -376,8 +382,13 @@ def unhashed_files(root: Path | str) -> list[str]:
     return [rel for rel in C.content_files(L.read_info(root), L.read_episodes(root)) if rel not in recorded]
 
 
-def require_valid(roots: list[Path] | tuple[Path, ...]) -> None:
+def require_valid(roots: list[Path] | tuple[Path, ...], min_length: int = 1) -> None:
     """Raise :class:`~openlbm.data.layout.DatasetError` naming the first problem of the first invalid dataset.
+
+    ``min_length``: training passes the policy's ``n_obs_steps``, the frames of one observation window. An episode
+    shorter than that has no sample whose history is all real frames; it is a recording fault, refused by name. The
+    action chunk is not counted: its steps past an episode's end are padding the loss skips, as in every chunked
+    policy, so any episode at least one window long gives valid targets.
 
     Runs the checks of :func:`validate_dataset` that cost no video decoding or packet reading: metadata, every
     parquet column's dtype, shape, NaN/inf, value bounds, index and timestamps, the data files' recorded sha256,
@@ -387,7 +398,7 @@ def require_valid(roots: list[Path] | tuple[Path, ...]) -> None:
     run would cost more than the run's first steps on a large dataset).
     """
     for root in roots:
-        problems = validate_dataset(root, decode=False, scan_packets=False, hashes="data")
+        problems = validate_dataset(root, decode=False, scan_packets=False, hashes="data", min_length=min_length)
         if problems:
             more = f" (and {len(problems) - 1} more; `lbm data validate {root}` lists them all)" if len(problems) > 1 else ""
             raise L.DatasetError(f"dataset {root} is invalid: {problems[0]}{more}")

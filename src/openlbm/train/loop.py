@@ -317,7 +317,7 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None, allow_config_change: 
     dir another process is training in (``LockedError``), a resume whose config differs from the run's
     (``ConfigChangedError``, unless ``allow_config_change``, which is then recorded in the run dir).
     """
-    require_valid([s.root for s in cfg.data.sources])
+    require_valid([s.root for s in cfg.data.sources], min_length=cfg.policy.n_obs_steps)
     info = dist_utils.setup(cfg.device)
     # One writer per run dir: rank 0 of this job holds the lock; the kernel drops it if the process dies.
     run_lock = None
