@@ -8,10 +8,13 @@ from pathlib import Path
 from openlbm.cli import main
 from openlbm.data.validate import validate_dataset
 
+TASKS = "button-press-topdown-v3,push-v3"  # one easy and one hard task of MT50: the group table has two rows
+
 
 def test_quickstart_smoke_runs_every_stage(tmp_path: Path) -> None:
+    """The whole recipe (docs/benchmarks.md runs it on MT50) at toy size: two tasks, the debug preset."""
     out = tmp_path / "qs"
-    assert main(["quickstart", "--smoke", "--out", str(out), "--workers", "2"]) == 0
+    assert main(["quickstart", "--smoke", "--tasks", TASKS, "--out", str(out), "--workers", "2"]) == 0
 
     # Stage 1: a valid LeRobot-v3 dataset with the demos of both smoke tasks.
     assert validate_dataset(out / "data") == []
@@ -21,14 +24,20 @@ def test_quickstart_smoke_runs_every_stage(tmp_path: Path) -> None:
     assert [m["step"] for m in metrics if "eval/success" in m] == [3, 6]
     # Stage 3 + 4: every planned episode recorded, summary and a self-contained report.
     records = [json.loads(line) for line in (out / "eval" / "episodes.jsonl").read_text().splitlines()]
-    assert len(records) == 4 and {r["task"] for r in records} == {"button-press-topdown-v3", "drawer-close-v3"}
+    assert len(records) == 4 and {r["task"] for r in records} == set(TASKS.split(","))
     assert all(r["error"] is None for r in records)
     result = json.loads((out / "eval" / "quickstart.json").read_text())
     assert result["overall"]["n"] == 4
+    # the difficulty-group table comes out of the records
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    wins = {t: sum(r["success"] for r in records if r["task"] == t) for t in TASKS.split(",")}
+    assert {g: (e["successes"], e["n"]) for g, e in summary["groups"].items()} == {
+        "easy": (wins["button-press-topdown-v3"], 2), "hard": (wins["push-v3"], 2)}
+    assert summary["group_mean"]["rate"] == (wins["button-press-topdown-v3"] / 2 + wins["push-v3"] / 2) / 2
     html = (out / "eval" / "report.html").read_text()
     assert "data:image/png;base64," in html
 
     # Running again resumes: every stage is already complete and nothing is redone.
-    assert main(["quickstart", "--smoke", "--out", str(out), "--workers", "2"]) == 0
+    assert main(["quickstart", "--smoke", "--tasks", TASKS, "--out", str(out), "--workers", "2"]) == 0
     again = [json.loads(line) for line in (out / "eval" / "episodes.jsonl").read_text().splitlines()]
     assert again == records

@@ -28,6 +28,34 @@ def test_every_task_resets_renders_and_steps() -> None:
             env.close()
 
 
+def test_moved_camera_renders_nearer_and_leaves_the_scene_camera_alone() -> None:
+    """corner2_lerobot is corner2 at LeRobot's MT50 position: same orientation, nearer the table (the robot's
+    red links cover more of the image), and rendering it changes neither corner2's image nor the physics."""
+    alone = _first(MetaWorldConfig(cameras=("corner2",), image_size=(48, 48)), "reach-v3", 3)
+    both = _first(MetaWorldConfig(cameras=("corner2", "corner2_lerobot"), image_size=(48, 48)), "reach-v3", 3)
+    near, far = both.images["corner2_lerobot"], both.images["corner2"]
+    np.testing.assert_array_equal(far, alone.images["corner2"])
+    np.testing.assert_array_equal(both.state, alone.state)
+
+    def red(img: np.ndarray) -> float:  # the Sawyer's links: saturated red pixels
+        rgb = img.astype(int)
+        return float(((rgb[..., 0] > 120) & (rgb[..., 0] > 2 * rgb[..., 1]) & (rgb[..., 0] > 2 * rgb[..., 2])).mean())
+
+    assert red(near) > 1.5 * red(far)
+    # rendered first, then stepped: corner2 and the physics stay those of an env without the moved camera
+    frames = []
+    for cams in (("corner2_lerobot", "corner2"), ("corner2",)):
+        env = MetaWorldConfig(cameras=cams, image_size=(48, 48)).build("reach-v3", 3)
+        try:
+            env.reset()
+            frames.append([env.step(np.array([0.3, 0.0, 0.0, 0.0], np.float32))[0] for _ in range(3)])
+        finally:
+            env.close()
+    for a, b in zip(*frames, strict=True):
+        np.testing.assert_array_equal(a.images["corner2"], b.images["corner2"])
+        np.testing.assert_array_equal(a.state, b.state)
+
+
 def _first(cfg: MetaWorldConfig, task: str, seed: int):
     env = cfg.build(task, seed)
     try:

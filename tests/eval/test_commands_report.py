@@ -75,3 +75,26 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     for ready, width, error in result["vids"]:
         assert ready >= 2 and width == 32 and error == 0
     assert "drawer-close-v3 — failure" in dom
+
+
+def test_difficulty_groups_come_out_of_eval_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Meta-World tasks of two difficulty groups: `lbm eval` and `lbm report` print the group table, and
+    summary.json's groups are recomputed from the per-episode records."""
+    out = tmp_path / "groups"
+    assert main(["eval", "--policy", "expert", "--tasks", "reach-v3,push-v3,pick-place-v3", "--episodes-per-task", "2",
+                 "--cameras", "corner2", "--image-size", "32", "32", "--num-workers", "2", "--max-steps", "60",
+                 "--no-record-video", "--out", str(out)]) == 0
+    assert "mean of 2 group means" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    (out / "summary.json").unlink()  # the records are the source of truth
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "easy (1 tasks)" in printed and "hard (2 tasks)" in printed and "all episodes" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    wins = {t: sum(r["success"] for r in records if r["task"] == t) for t in ("reach-v3", "push-v3", "pick-place-v3")}
+    assert summary["groups"]["easy"]["successes"] == wins["reach-v3"]
+    assert summary["groups"]["hard"]["successes"] == wins["push-v3"] + wins["pick-place-v3"]
+    assert summary["groups"]["hard"]["n"] == 4
+    assert summary["group_mean"]["rate"] == pytest.approx((wins["reach-v3"] / 2 + (wins["push-v3"] + wins["pick-place-v3"]) / 4) / 2)
+    assert "Difficulty groups" in (out / "report.html").read_text()
+

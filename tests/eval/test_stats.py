@@ -35,6 +35,20 @@ def test_interval_edges_and_bad_input() -> None:
         S.wilson_interval(5, 4)
 
 
+def test_mean_of_group_rates_weighs_groups_equally_with_an_effective_sample_size() -> None:
+    # equal groups: the mean is the pooled rate and n_eff the episode count, so the interval is the pooled Wilson's
+    m = S.mean_of_rates([S.estimate(5, 10), S.estimate(3, 10)])
+    assert (m.rate, m.n_eff, m.groups) == (0.4, 20.0, 2) and m.wilson == S.wilson_interval(8, 20)
+    # unequal groups (MT50 at 10 episodes per task: 280 easy and 50 very hard episodes): each group weighs 1/2
+    m = S.mean_of_rates([S.estimate(252, 280), S.estimate(0, 50)])
+    assert m.rate == pytest.approx(0.45) and m.n_eff == pytest.approx(4 / (1 / 280 + 1 / 50))
+    assert m.wilson[0] < 0.45 < m.wilson[1] and m.wilson[1] - m.wilson[0] > S.wilson_interval(126, 280)[1] - \
+        S.wilson_interval(126, 280)[0]  # wider than the pooled interval would be: fewer effective episodes
+    # groups without episodes are left out; none at all is undefined
+    assert S.mean_of_rates([S.estimate(2, 4), S.estimate(0, 0)]).rate == 0.5
+    assert math.isnan(S.mean_of_rates([S.estimate(0, 0)]).rate)
+
+
 def test_posterior_summary() -> None:
     post = S.BetaPosterior.from_counts(7, 10)  # Beta(8, 4)
     assert (post.alpha, post.beta) == (8, 4)

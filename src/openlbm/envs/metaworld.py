@@ -31,8 +31,17 @@ from openlbm.types import EmbodimentSpec, EnvFrame
 
 log = logging.getLogger(__name__)
 
-CAMERAS: tuple[str, ...] = ("topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
-"""Cameras defined in every Meta-World v3 scene."""
+MOVED_CAMERAS: dict[str, tuple[str, tuple[float, float, float]]] = {
+    "corner2_lerobot": ("corner2", (0.75, 0.075, 0.7)),
+}
+"""Extra cameras: ``name -> (scene camera, position)``, the scene camera moved to ``position`` (world frame, its
+orientation kept). ``corner2_lerobot`` is corner2 where LeRobot's Meta-World env puts it for its MT50 dataset and
+evaluations (after Seo et al., "Masked World Models", 2022): nearer the table, so objects span about twice the
+pixels; the image of the MT50 benchmark protocol (docs/benchmarks.md)."""
+CAMERAS: tuple[str, ...] = (
+    "topview", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV", *MOVED_CAMERAS,
+)
+"""Cameras defined in every Meta-World v3 scene, and the :data:`MOVED_CAMERAS`."""
 
 MAX_EPISODE_STEPS = 500
 """Meta-World's own hard limit (``max_path_length``); stepping past it raises inside Meta-World."""
@@ -151,7 +160,8 @@ class MetaWorldEnv(gym.Env):
             raise RuntimeError(f"{GL_HELP}\n(underlying error: {type(e).__name__}: {e})") from e
         mujoco.mj_forward(model, data)
         for cam in self.cfg.cameras:
-            up_world = data.cam(cam).xmat.reshape(3, 3)[:, 1]  # camera's image-up axis in world coordinates
+            scene_cam = MOVED_CAMERAS[cam][0] if cam in MOVED_CAMERAS else cam
+            up_world = data.cam(scene_cam).xmat.reshape(3, 3)[:, 1]  # camera's image-up axis in world coordinates
             self._rotate[cam] = bool(up_world[2] < 0.0)
 
     def render_cameras(self) -> dict[str, np.ndarray]:
@@ -160,10 +170,32 @@ class MetaWorldEnv(gym.Env):
         if self._renderer is None:
             return images
         for cam in self.cfg.cameras:
+            if cam in MOVED_CAMERAS:
+                images[cam] = self._render_moved(cam)
+                continue
             self._renderer.update_scene(self._env.data, camera=cam)
             img = self._renderer.render()
             images[cam] = np.ascontiguousarray(img[::-1, ::-1]) if self._rotate[cam] else img.copy()
         return images
+
+    def _render_moved(self, cam: str) -> np.ndarray:
+        """Render a :data:`MOVED_CAMERAS` entry: its scene camera moved for this one render and put back, so the
+        physics and every other camera see the unmodified model."""
+        import mujoco
+
+        scene_cam, position = MOVED_CAMERAS[cam]
+        model, data = self._env.model, self._env.data
+        cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, scene_cam)
+        saved = model.cam_pos[cid].copy()
+        try:
+            model.cam_pos[cid] = position
+            mujoco.mj_camlight(model, data)  # camera poses in ``data`` follow the model's
+            self._renderer.update_scene(data, camera=scene_cam)
+            img = self._renderer.render()
+        finally:
+            model.cam_pos[cid] = saved
+            mujoco.mj_camlight(model, data)
+        return np.ascontiguousarray(img[::-1, ::-1]) if self._rotate[cam] else img.copy()
 
     def render(self) -> np.ndarray | None:  # gymnasium API: the first camera
         imgs = self.render_cameras()

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import tyro
+from rich.console import Console
 
+from openlbm.eval.records import EvalSummary
 from openlbm.eval.runner import EvalConfig
 from openlbm.eval.sequential import Spending
 from openlbm.eval.stats import Correction, TestName
@@ -17,6 +19,20 @@ from openlbm.eval.stats import Correction, TestName
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%" if x == x else "–"
+
+
+def _print_groups(console: Console, summary: EvalSummary) -> None:
+    """The difficulty-group table (Meta-World MT50's protocol), when the evaluated tasks have groups."""
+    from rich.table import Table
+
+    if not summary.group_rows():
+        return
+    groups = Table(title="difficulty groups")
+    for col in ("group", "episodes", "rate", "Wilson 95%"):
+        groups.add_column(col, justify="left" if col == "group" else "right")
+    for label, count, rate, (lo, hi) in summary.group_rows():
+        groups.add_row(label, count, _pct(rate), f"{_pct(lo)}–{_pct(hi)}")
+    console.print(groups)
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,7 @@ class Eval:
             err = summary.errors.get(t, sum(summary.errors.values()))
             table.add_row(t, f"{e.successes}/{e.n}", _pct(e.rate), f"{_pct(e.wilson[0])}–{_pct(e.wilson[1])}", str(err))
         console.print(table)
+        _print_groups(console, summary)
         seq = out / "sequential.json"
         if cfg.sequential_baseline is not None and seq.is_file():
             state = json.loads(seq.read_text())
@@ -141,8 +158,15 @@ class Report:
     """More eval dirs to compare against the first eval found."""
 
     def run(self) -> int:
+        from rich.console import Console
+
+        from openlbm.eval.records import CONFIG_FILE, EvalSummary
         from openlbm.eval.report import write_report
 
+        if (self.path / CONFIG_FILE).is_file():  # an eval dir: its tables, recomputed from the records
+            summary = EvalSummary.load(self.path)
+            summary.save()
+            _print_groups(Console(), summary)
         print(write_report(self.path, others=self.compare, out=self.out))
         return 0
 

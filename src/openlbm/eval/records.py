@@ -14,11 +14,12 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openlbm.eval.stats import Outcomes, RateEstimate, estimate
+from openlbm.envs.tasks import task_groups
+from openlbm.eval.stats import MeanOfRates, Outcomes, RateEstimate, estimate, mean_of_rates
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,28 @@ class EvalSummary:
     planned: int
     """Episodes planned (all ranks); ``complete`` when every one has a record."""
     num_episodes: int
+    groups: dict[str, RateEstimate] = field(default_factory=dict)
+    """Difficulty group -> its episodes' success (Meta-World tasks: :data:`openlbm.envs.tasks.METAWORLD_DIFFICULTY`);
+    empty when the tasks have no groups."""
+    group_mean: MeanOfRates | None = None
+    """The mean of the group rates (each group weighs the same), as MT50 results are published."""
 
     @property
     def success_rate(self) -> float:
         return self.overall.rate
+
+    def group_rows(self) -> list[tuple[str, str, float, tuple[float, float]]]:
+        """The difficulty-group table, one row per group, then the mean of the group means and the
+        episode-weighted mean: ``(label, episodes, rate, Wilson 95%)``. Empty when the tasks have no groups."""
+        if not self.groups or self.group_mean is None:
+            return []
+        m, o = self.group_mean, self.overall
+        return [
+            *((f"{g} ({len(ts)} tasks)", f"{e.successes}/{e.n}", e.rate, e.wilson)
+              for (g, e), ts in zip(self.groups.items(), task_groups(list(self.tasks)).values(), strict=True)),
+            (f"mean of {m.groups} group means", f"n_eff {m.n_eff:.0f}", m.rate, m.wilson),
+            ("all episodes", f"{o.successes}/{o.n}", o.rate, o.wilson),
+        ]
 
     @property
     def complete(self) -> bool:
@@ -131,6 +150,8 @@ class EvalSummary:
             "tasks": {
                 t: {**e.to_dict(), "errors": self.errors[t], "mean_steps": self.mean_steps[t]} for t, e in self.tasks.items()
             },
+            **({"groups": {g: e.to_dict() for g, e in self.groups.items()}} if self.groups else {}),
+            **({"group_mean": self.group_mean.to_dict()} if self.group_mean is not None else {}),
         }
 
     def save(self) -> Path:
@@ -171,7 +192,11 @@ def summarize(
     est = {t: estimate(sum(bool(r["success"]) for r in rs), len(rs)) for t, rs in by_task.items()}
     k = sum(e.successes for e in est.values())
     n = sum(e.n for e in est.values())
+    groups = {g: estimate(sum(est[t].successes for t in ts), sum(est[t].n for t in ts))
+              for g, ts in task_groups(list(est)).items()}
     return EvalSummary(
+        groups=groups,
+        group_mean=mean_of_rates(list(groups.values())) if groups else None,
         out_dir=Path(out_dir),
         policy=policy,
         tasks=est,

@@ -86,7 +86,11 @@ def _summary_table(s: EvalSummary) -> str:
             f"<td>{ci(e.clopper_pearson)}</td><td>{pct(e.posterior_mean)}</td><td>{ci(e.credible)}</td>"
             f"<td>{err}</td><td>{'' if math.isnan(steps) else f'{steps:.0f}'}</td></tr>"
         )
-    return f"<table>{head}{''.join(body)}</table>"
+    groups = "".join(f"<tr><td>{html.escape(label)}</td><td>{count}</td><td>{pct(rate)}</td><td>{ci(w)}</td></tr>"
+                     for label, count, rate, w in s.group_rows())
+    group_table = (f"<h3>Difficulty groups</h3><table><tr><th>group</th><th>episodes</th><th>rate</th>"
+                   f"<th>Wilson 95%</th></tr>{groups}</table>") if groups else ""
+    return f"<table>{head}{''.join(body)}</table>{group_table}"
 
 
 def _comparison_tables(summaries: list[EvalSummary], comparisons: list[Comparison]) -> str:

@@ -45,16 +45,20 @@ def _check_counts(successes: int, n: int) -> None:
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval; ``(0, 1)`` when ``n == 0``. Good coverage even at rates near 0 or 1."""
     _check_counts(successes, n)
-    if n == 0:
+    return _wilson(successes / n if n else 0.0, n, confidence)
+
+
+def _wilson(p: float, n: float, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of rate ``p`` at sample size ``n`` (a real number: an effective size may be used)."""
+    if n <= 0:
         return 0.0, 1.0
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     # Clamp round-off only: at p = 0 (or 1) the lower (upper) bound is exactly 0 (1).
-    lo = 0.0 if successes == 0 else max(0.0, center - half)
-    hi = 1.0 if successes == n else min(1.0, center + half)
+    lo = 0.0 if p <= 0 else max(0.0, center - half)
+    hi = 1.0 if p >= 1 else min(1.0, center + half)
     return lo, hi
 
 
@@ -169,6 +173,32 @@ def estimate(successes: int, n: int, confidence: float = 0.95) -> RateEstimate:
         posterior_mean=post.mean,
         credible=post.credible_interval(confidence),
     )
+
+
+@dataclass(frozen=True)
+class MeanOfRates:
+    """The unweighted mean of several groups' success rates (every group counts the same, whatever its number of
+    episodes: how Meta-World MT50 results are averaged over difficulty groups), with a Wilson interval at Kish's
+    effective sample size. The mean is a weighted proportion whose episodes in group ``g`` weigh ``1 / (G n_g)``,
+    so ``n_eff = 1 / sum(w^2) = G^2 / sum_g(1 / n_g)``: equal to the episode count when groups are equal."""
+
+    rate: float
+    n_eff: float
+    groups: int
+    wilson: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "n_eff": self.n_eff, "groups": self.groups, "wilson": list(self.wilson)}
+
+
+def mean_of_rates(rates: Sequence[RateEstimate], confidence: float = 0.95) -> MeanOfRates:
+    """:class:`MeanOfRates` of the groups with at least one episode (NaN rate when none has)."""
+    used = [r for r in rates if r.n > 0]
+    if not used:
+        return MeanOfRates(float("nan"), 0.0, 0, (0.0, 1.0))
+    rate = sum(r.rate for r in used) / len(used)
+    n_eff = len(used) ** 2 / sum(1 / r.n for r in used)
+    return MeanOfRates(rate, n_eff, len(used), _wilson(rate, n_eff, confidence))
 
 
 # -- exact tests -----------------------------------------------------------------------------------------------------
