@@ -15,8 +15,10 @@ def test_top_level_help_lists_all_commands(capsys: pytest.CaptureFixture[str]) -
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     for name in ("quickstart", "train", "finetune", "eval", "compare", "report", "serve", "data", "study"):
-        assert name in out
+        assert name in lines and len(lines[name].split()) > 3, f"{name}: no one-line description in {out}"
+    assert "Dataset tools" in lines["data"] and "Studies" in lines["study"]
 
 
 def test_data_group_help_lists_dataset_commands(capsys: pytest.CaptureFixture[str]) -> None:

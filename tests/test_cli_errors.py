@@ -111,3 +111,30 @@ def test_mistake_is_one_line_error(world: Path, tmp_path: Path, mistake: str) ->
 def test_debug_flag_shows_the_traceback(world: Path, tmp_path: Path) -> None:
     proc = _lbm(["--debug", "data", "info", str(tmp_path / "nope")])
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def test_ctrl_c_keeps_committed_episodes_and_prints_one_line(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole foreground process group, workers included) mid demo generation: one line on
+    stderr, no traceback from the main process or its simulator workers, exit 130, and every committed episode
+    is still there for the resumed run."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "demos"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openlbm.cli", "data", "generate", "--tasks", "reach-v3", "--episodes-per-task", "40",
+         "--size", "32", "--cameras", "corner2", "--workers", "2", "--no-progress", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    attempts = out / "meta" / "generation_attempts.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (attempts.is_file() and len(attempts.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted:"), stderr
+    from openlbm.data.validate import validate_dataset
+
+    assert validate_dataset(out) == [] and len(attempts.read_text().splitlines()) >= 2

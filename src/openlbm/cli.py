@@ -48,6 +48,34 @@ def _dispatch(commands: dict[str, type], args: Sequence[str], prog: str) -> int:
     return int(code or 0)
 
 
+GROUPS: dict[str, str] = {
+    "data": "Dataset tools: generate demos, convert, validate, inspect, embed features, label latent actions.",
+    "study": "Studies over many training runs (what pretraining buys, measured).",
+}
+"""Command groups of ``lbm`` and their one-line descriptions (each group lists its own commands)."""
+
+
+def _summary(cls: type) -> str:
+    """The first sentence of a command's docstring: its one-line description."""
+    text = " ".join((cls.__doc__ or "").replace("``", "`").split())
+    return text.split(". ")[0].rstrip(".") + "." if text else ""
+
+
+def _print_help(commands: dict[str, type]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    for name, cls in commands.items():
+        table.add_row(f"[bold]{name}[/]", _summary(cls))
+    for name, text in GROUPS.items():
+        table.add_row(f"[bold]{name}[/] ...", text)
+    console = Console()
+    console.print("usage: lbm [--debug] COMMAND [OPTIONS]   (lbm COMMAND --help for its options)\n")
+    console.print(table)
+    console.print("\n--debug (or LBM_DEBUG=1) shows tracebacks instead of one-line errors.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from openlbm.errors import USER_ERRORS, one_line
 
@@ -62,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        # every writer commits atomically, so what was committed is kept; the resumable commands continue from it
+        print("interrupted: committed work is kept (run the same command again to resume where it applies)",
+              file=sys.stderr)
+        return 130
 
 
 def _main(args: list[str]) -> int:
@@ -72,8 +107,8 @@ def _main(args: list[str]) -> int:
         return _dispatch(_study_commands(), args[1:], "lbm study")
     commands = _top_commands()
     if not args or args[0] in ("-h", "--help"):
-        print("usage: lbm [--debug] {data,study," + ",".join(commands) + "} ...\n\n  data   dataset tools: "
-              + ", ".join(_data_commands()) + "\n  study  studies over many runs: " + ", ".join(_study_commands()))
+        _print_help(commands)
+        raise SystemExit(0 if args else 2)
     return _dispatch(commands, args, "lbm")
 
 

@@ -83,6 +83,23 @@ class EpisodeResult:
     reward/success after it (LeRobot's ``next.*``)."""
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Any:
+    """Start children with SIGINT ignored (an ignored signal stays ignored across exec, and Python then installs no
+    handler): a Ctrl-C reaches the whole process group, and the parent alone should react to it, shutting its
+    workers down, instead of every worker dying mid-step with its own traceback."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may change handlers; a Ctrl-C goes to the main thread anyway
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _worker_main(conn: Connection, env_cfg: Any, cache_size: int = 2) -> None:
     """Worker loop: build envs on demand (small LRU by task), answer reset/step, report exceptions as errors."""
     try:
@@ -178,7 +195,7 @@ class RolloutRunner:
     def _spawn(self) -> _Slot:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_worker_main, args=(child, self.env_cfg), daemon=True)
-        with _ENV_LOCK:  # the child inherits os.environ at start: pin its BLAS/llvmpipe threads to 1
+        with _ENV_LOCK, _sigint_ignored():  # the child inherits os.environ at start: pin its BLAS/llvmpipe threads
             saved = {k: os.environ.get(k) for k in _WORKER_ENV}
             os.environ.update(_WORKER_ENV)
             try:

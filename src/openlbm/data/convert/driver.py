@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -133,6 +134,7 @@ _WORKER_JOB: _Job | None = None
 def _init_worker(job: _Job, parent: int) -> None:
     global _WORKER_JOB
     _WORKER_JOB = job
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
 
     def exit_with_parent() -> None:
         # A SIGKILLed main process cannot shut the pool down, and forked workers keep its queue pipes open, so they
