@@ -1,9 +1,13 @@
-"""Preset sizes: debug tiny, base ~100M, large 300M+ (built on the meta device: no memory, no init time)."""
+"""Preset sizes: the parameter counts the presets' table states are the built models' (built on the meta device: no
+memory, no init time), so docs that quote them cannot drift."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 
+from openlbm.configs import presets
 from openlbm.configs.presets import policy_preset as preset
 from openlbm.models.lbm import LBMModel
 from openlbm.types import EmbodimentSpec
@@ -24,3 +28,13 @@ def test_preset_parameter_counts() -> None:
     assert 2_000_000 < count("small") < 15_000_000
     assert 80_000_000 < count("base") < 130_000_000
     assert count("large") > 300_000_000
+
+
+def test_the_presets_table_states_the_real_counts() -> None:
+    """`openlbm.configs.presets`' table (the one place sizes are written down) rounds each built model's count."""
+    stated = {k: float(v) for k, v in ((m.group(1), m.group(2)) for m in
+                                       re.finditer(r"^\| (\w+)\s+\| ([\d.]+) M", presets.__doc__ or "", re.M))}
+    assert set(stated) == {"debug", "small", "base", "large"}
+    for name, millions in stated.items():
+        digits = len(str(millions).split(".")[1].rstrip("0")) if "." in str(millions) else 0
+        assert round(count(name) / 1e6, max(digits, 0)) == millions, (name, count(name), millions)

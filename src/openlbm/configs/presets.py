@@ -4,7 +4,7 @@ Policy sizes (:data:`POLICY_PRESETS`, :func:`policy_preset`), a :class:`~openlbm
 
 | policy  | params  | vision (feature grid at the default size)        | trunk (dim x depth) | text encoder     | for                |
 |---------|---------|--------------------------------------------------|---------------------|------------------|--------------------|
-| debug   | 0.06 M  | ResNet (8,16) x (1,1), no stem pool (8x8 @ 32)   | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
+| debug   | 0.07 M  | ResNet (8,16) x (1,1), no stem pool (8x8 @ 32)   | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
 | small   | 4.5 M   | EfficientNet-Lite0 to block 5, ImageNet, frozen  | 192 x 4 (+2 obs)    | all-MiniLM-L6-v2 | CPU training       |
 |         |         | + 3x3 neck, 32 keypoints (8x8 @ 64)               |                     |                  |                    |
 | base    | 96 M    | ResNet-18 (64..512) x (2,2,2,2), no stem pool     | 640 x 8 (+2 obs)    | all-MiniLM-L6-v2 | GPU pretraining    |
@@ -20,8 +20,8 @@ line. Datasets are never part of a preset (pass ``--dataset`` or ``--data.source
 | ``debug``    | debug   | 4       | 4     | tests and smoke runs: seconds on a laptop CPU                |
 | ``small``    | small   | 20 000  | 64    | CPU-trainable single-task / few-task policies               |
 | ``quickstart`` | small | 2 000   | 64    | ``lbm quickstart``: 5 Meta-World tasks, 64 px (time: README)   |
-| ``base``     | base    | 200 000 | 256   | ~100M-parameter multitask pretraining on GPU (bf16)         |
-| ``large``    | large   | 400 000 | 1024  | ~300M+ parameters, FSDP2 over many GPUs                     |
+| ``base``     | base    | 200 000 | 256   | 96 M-parameter multitask pretraining on GPU (bf16)          |
+| ``large``    | large   | 400 000 | 1024  | 346 M parameters, FSDP2 over many GPUs                      |
 | ``lam``      | (LAM)   | 6 000   | 64    | a latent action model on video (docs/latent-actions.md)     |
 | ``lam-debug``| (LAM)   | 4       | 4     | tests and smoke runs of the latent action model             |
 
@@ -83,7 +83,7 @@ def small_vision() -> VisionConfig:
 
 
 def small_policy() -> PolicyConfig:
-    """5.7 M parameters: CPU training."""
+    """4.5 M parameters (4.5 M trainable on the frozen encoder's features): CPU training."""
     return PolicyConfig(
         n_obs_steps=2,
         horizon=16,
@@ -95,7 +95,7 @@ def small_policy() -> PolicyConfig:
 
 
 def base_policy() -> PolicyConfig:
-    """~96 M parameters: GPU pretraining."""
+    """96 M parameters: GPU pretraining."""
     return PolicyConfig(
         n_obs_steps=2,
         horizon=16,
@@ -106,7 +106,7 @@ def base_policy() -> PolicyConfig:
 
 
 def large_policy() -> PolicyConfig:
-    """~346 M parameters: multi-GPU (FSDP2) pretraining."""
+    """346 M parameters: multi-GPU (FSDP2) pretraining."""
     return replace(
         base_policy(),
         horizon=32,
@@ -170,7 +170,7 @@ def quickstart() -> TrainConfig:
 
 
 def base() -> TrainConfig:
-    """~100M parameters: multitask pretraining on one or more GPUs with bf16 autocast and torch.compile."""
+    """96 M parameters: multitask pretraining on one or more GPUs with bf16 autocast and torch.compile."""
     return TrainConfig(
         policy=base_policy(),
         data=replace(DataConfig(), num_workers=8),
@@ -188,7 +188,7 @@ def base() -> TrainConfig:
 
 
 def large() -> TrainConfig:
-    """~300M+ parameters: FSDP2-sharded pretraining over many GPUs."""
+    """346 M parameters: FSDP2-sharded pretraining over many GPUs."""
     return replace(
         base(),
         policy=large_policy(),
