@@ -110,6 +110,24 @@ def features(cfg: GenerateConfig) -> dict[str, FeatureSpec]:
     return feats
 
 
+def demo_starts(root: Path) -> dict[str, list[int]]:
+    """task -> the initial-state seeds of the dataset's kept demos, in episode order: where a policy trained on them
+    must succeed (the positive control of ``lbm eval --demo-starts``). Only datasets made by ``lbm data generate``
+    record them; a resumed dataset's uncommitted attempts are left out as the generator itself does."""
+    path = Path(root) / ATTEMPTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; demo initial states are recorded by `lbm data generate` only")
+    starts: dict[str, list[tuple[int, int]]] = {}
+    for raw in path.read_text().splitlines():
+        try:
+            rec = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            continue  # a torn last line: that attempt was never committed
+        if rec.get("episode_index") is not None:
+            starts.setdefault(str(rec["task"]), []).append((int(rec["episode_index"]), int(rec["seed"])))
+    return {task: [seed for _, seed in sorted(eps)] for task, eps in starts.items()}
+
+
 def _read_attempts(root: Path, committed: int) -> list[dict[str, Any]]:
     """Logged attempts whose episode (if any) was committed; rewrites the log without the rest."""
     path = root / ATTEMPTS_FILE

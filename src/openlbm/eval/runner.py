@@ -21,13 +21,14 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from openlbm.envs.generate import demo_starts
 from openlbm.envs.suites import robot_name
 from openlbm.eval.records import (
     CONFIG_FILE,
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 EXPERT = "expert"
 """``EvalConfig.policy`` value that selects the suite's scripted expert."""
 
-_IDENTITY = ("policy", "suite", "seed", "instructions", "max_steps", "cameras", "image_size", "server")
+_IDENTITY = ("policy", "suite", "seed", "demo_starts", "instructions", "max_steps", "cameras", "image_size", "server")
 """Config fields that must not change when an evaluation is resumed in the same dir."""
 
 
@@ -76,6 +77,10 @@ class EvalConfig:
     """Which instruction paraphrases to give the policy (``heldout`` ones were never seen in training)."""
     seed: int = 0
     """Base seed of the initial states (see the module docstring for the formula)."""
+    demo_starts: Path | None = None
+    """A dataset made by ``lbm data generate``: evaluate on the initial states of its first ``episodes_per_task``
+    demos of each task instead of held-out ones (``seed`` is then unused). The positive control: a policy trained on
+    those demos that fails on their own starts has a bug, not too little data."""
     num_workers: int = 2
     """Env processes per rank (about one per CPU core)."""
     max_steps: int | None = None
@@ -123,7 +128,7 @@ class EvalConfig:
 
         tasks = self.tasks if self.tasks is not None else DEFAULT_TASKS[self.suite]
         tasks = tasks if isinstance(tasks, str) else ",".join(tasks)
-        name = f"{tasks.replace(',', '+')}-{self.instructions}-s{self.seed}"
+        name = f"{tasks.replace(',', '+')}-{self.instructions}-" + ("demo-starts" if self.demo_starts else f"s{self.seed}")
         if self.policy == EXPERT or self.server:
             return Path("evals") / f"expert-{name}"
         return Path(self.policy) / "eval" / name
@@ -148,14 +153,20 @@ class PlannedEpisode:
     instruction: str
 
 
-def plan_episodes(tasks: list[str], episodes_per_task: int, seed: int, split: str) -> list[PlannedEpisode]:
-    """Every episode of the evaluation in global (task-major) order."""
+def plan_episodes(tasks: list[str], episodes_per_task: int, seed: int, split: str,
+                  starts: Mapping[str, Sequence[int]] | None = None) -> list[PlannedEpisode]:
+    """Every episode of the evaluation in global (task-major) order; ``starts`` (task -> seeds) replaces the
+    held-out seeds (``lbm eval --demo-starts``)."""
     from openlbm.envs.tasks import instruction_for
 
     out = []
     for ti, task in enumerate(tasks):
+        have = len((starts or {}).get(task, ()))
+        if starts is not None and have < episodes_per_task:
+            raise ValueError(f"--demo-starts: the dataset has {have} demo(s) of {task}, fewer than "
+                             f"--episodes-per-task {episodes_per_task}")
         for k in range(episodes_per_task):
-            s = episode_seed(seed, task, k)
+            s = int(starts[task][k]) if starts is not None else episode_seed(seed, task, k)
             out.append(PlannedEpisode(ti * episodes_per_task + k, f"{task}/{k:04d}", task, s, instruction_for(task, s, split)))  # type: ignore[arg-type]
     return out
 
@@ -321,7 +332,8 @@ def evaluate(cfg: EvalConfig, policy: PolicyLike | None = None) -> EvalSummary:
             raise TypeError(f"policy must implement PolicyLike (embodiment, select_action, reset), got {type(policy)}")
         env_cfg = env_config(cfg, policy.embodiment)
         check_spec(policy.embodiment, env_cfg.embodiment())  # before any worker starts
-        plan = plan_episodes(tasks, cfg.episodes_per_task, cfg.seed, cfg.instructions)
+        starts = demo_starts(cfg.demo_starts) if cfg.demo_starts is not None else None
+        plan = plan_episodes(tasks, cfg.episodes_per_task, cfg.seed, cfg.instructions, starts)
         out = cfg.out_dir()
         meta = {
             **{k: v for k, v in to_jsonable(cfg).items() if k in _IDENTITY},
