@@ -1,27 +1,31 @@
 """``lbm study data-efficiency``: what pretraining buys on new tasks, measured.
 
-For every demo count ``n`` (per task) and training seed, two runs with the same step budget, batch size,
-architecture and demos: *scratch* (random init) and *fine-tuned* from the pretrained policy. Optionally, a
-pretraining-scale curve: fine-tune from several pretrained policies at one count. Every run is evaluated on the same
-fixed initial states (``openlbm.eval.runner``), so episodes pair up by initial state across runs.
+For every demo count ``n`` (per task) and training seed, two runs with the same architecture, batch, demos, step
+rule and learning-rate selection (:mod:`openlbm.study.tuning`): *scratch* (random init) and *fine-tuned* from the
+pretrained policy. Optionally, a pretraining-scale curve: fine-tune from several pretrained policies at one count.
+Every run is evaluated on the same fixed initial states (``openlbm.eval.runner``), so episodes pair up by initial
+state across runs. The statistics are :mod:`openlbm.study.analysis`; the declared plan :mod:`openlbm.study.plan`.
 
 Layout of the study folder (``--out``)::
 
-    study.json                        the study's identity (a re-run must agree)
-    data/                             scripted demos of the fine-tuning tasks (max(counts) per task), + data.done
+    study.json                        settings, counts, seeds and the analysis plan (:mod:`openlbm.study.plan`)
+    data/                             scripted demos (max(counts) + validation demos per task), + data.done
+    runs/tune/                        the learning-rate grid points and selections (:mod:`openlbm.study.tuning`)
     runs/<arm>-n<count>-s<seed>/      arm = scratch | pre0 (the main pretrained policy) | pre1, pre2 ... (scale)
         train/                        a normal run dir (lbm train / lbm finetune layout)
         eval/                         a normal eval dir (records, summary)
+    bundle/                           what the report is rebuilt from (:mod:`openlbm.study.bundle`)
     results.json, report.html         written by :mod:`openlbm.study.report`
 
 Demo subsets are nested: the ``n``-demo set of a task is its first ``n`` episodes in generation order (the
-generator keeps the first successes of a fixed attempt order), selected from the one dataset by episode index.
+generator keeps the first successes of a fixed attempt order), selected from the one dataset by episode index; the
+last ``val_demos_per_task`` episodes of each task are held out for validation.
 
-Resuming: a run whose eval is complete is skipped; a run with checkpoints resumes its training; an unfinished eval
-resumes from its records. Sharding: run ``j`` (in :func:`plan_runs` order) belongs to shard ``j % n``; shards come
-from ``--shard i/n`` or torchrun's ``RANK``/``WORLD_SIZE`` (each rank then trains its runs on its own, not DDP).
+Resuming: a grid point with a recorded validation loss is skipped; a run whose eval is complete is skipped; a run
+with checkpoints resumes its training; an unfinished eval resumes from its records. Sharding: unit ``j`` (in
+:func:`plan_units` order: the grid, then the runs) belongs to shard ``j % n``; shards come from ``--shard i/n`` or
+torchrun's ``RANK``/``WORLD_SIZE`` (each rank then trains its runs on its own, not DDP).
 """
-
 from __future__ import annotations
 
 import json

@@ -315,7 +315,9 @@ def render(cfg: StudyConfig, res: dict[str, Any]) -> str:
     if len(res.get("family") or []) > len(res["tests"]):
         sections.append("<h2>Every count and split (Holm)</h2>" + _family_table(res))
     if res["tests"]:
-        sections.append("<h2>Per task</h2>" + _per_task_tables(res))
+        sections.append("<h2>Per task</h2><p class=muted>Exact McNemar over episodes (pooled over training seeds, "
+                        "episodes taken as independent), Holm across tasks within a count: secondary.</p>"
+                        + _per_task_tables(res))
     if res["scale"] is not None:
         sections.append(f"<h2>Pretraining scale (fine-tuned at {res['scale']['count']} demos/task)</h2>"
                         + (_scale_plot(res["scale"]) or "<p class=muted>No scale run finished yet.</p>")
