@@ -92,6 +92,9 @@ def _family(cfg: StudyConfig, tests: list[dict[str, Any]]) -> list[dict[str, Any
 
     rows = [{"study": cfg.out.name, "count": t["count"], "p_value": t["p_value"]} for t in tests]
     for other in cfg.family:
+        if not (bundle_dir(other) / "runs").is_dir():
+            raise ValueError(f"--family {other}: no results bundle there yet (run `lbm study data-efficiency "
+                             f"--report-only --out {other}` once to archive its finished runs)")
         res = analyse(config_from_study(other), family=False)
         rows += [{"study": Path(other).name, "count": t["count"], "p_value": t["p_value"]} for t in res["tests"]]
     for row, q in zip(rows, A.family_holm(rows), strict=True):
