@@ -54,8 +54,10 @@ def test_the_six_episode_case_is_undetermined_in_the_report(tmp_path: Path) -> N
     assert m["rows"][0]["a_only"] == 3 and m["rows"][0]["b_only"] == 0
     # a folder from before plans: the plan is the default one, marked as not declared before the runs
     assert res["analysis"]["declared_before_runs"] is False and res["primary"]["status"] == "undetermined"
+    assert any("1 training seed" in d for d in res["deviations"])
+    assert any("tuned differently" in d for d in res["deviations"])
     page = (out / "report.html").read_text()
-    assert "exploratory" in page and "undetermined" in page
+    assert "exploratory" in page and "undetermined" in page and "Departures from the published protocol" in page
     # the finished runs were archived into a bundle, and the bundle alone gives the same numbers
     assert (out / "bundle" / "runs" / "pre0-n003-s0" / "eval" / "episodes.jsonl").is_file()
     alone = tmp_path / "alone"

@@ -81,9 +81,30 @@ def analyse(cfg: StudyConfig, family: bool = True) -> dict[str, Any]:
         "multiplier_control": control.to_dict() if control is not None else None,
         "scale": scale,
     }
+    res["deviations"] = deviations(cfg, plan, read_study(cfg.out))
     if family:
         res["family"] = _family(cfg, tests)
     return res
+
+
+PROTOCOL_MIN_SEEDS = 3
+"""Training seeds per arm and count that the published protocol asks for (docs/pretraining.md)."""
+
+
+def deviations(cfg: StudyConfig, plan: dict[str, Any], study: dict[str, Any]) -> list[str]:
+    """How this study departs from the published protocol, in words (printed at the top of the report)."""
+    out = []
+    if len(cfg.seeds) < PROTOCOL_MIN_SEEDS:
+        out.append(f"{len(cfg.seeds)} training seed(s) per arm and count; the protocol asks for at least "
+                   f"{PROTOCOL_MIN_SEEDS}")
+    if not plan.get("declared_before_runs"):
+        out.append("the analysis plan was declared after runs had finished")
+    grid = study.get("lr_grid")
+    if not isinstance(grid, list):
+        out.append("the arms were tuned differently (per-arm preset learning rates: the former protocol)")
+    elif len(grid) < 2:
+        out.append(f"no learning-rate selection: both arms at {grid[0]:g}")
+    return out
 
 
 def _family(cfg: StudyConfig, tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -306,6 +327,8 @@ def render(cfg: StudyConfig, res: dict[str, Any]) -> str:
         f"<p>Fine-tuning tasks: <code>{html.escape(cfg.tasks)}</code>; demos per task {list(cfg.counts)}; training seeds "
         f"{list(cfg.seeds)}; {cfg.eval_episodes_per_task} evaluation episodes per task and run, the same initial "
         f"states for every run (eval seed {cfg.eval_seed}). Runs finished: {done}/{len(res['runs'])}.</p>",
+        *(["<p><b>Departures from the published protocol</b> (read the results as exploratory): "
+            + html.escape("; ".join(res["deviations"])) + ".</p>"] if res["deviations"] else []),
         "<h2>Primary endpoint</h2>" + _primary_section(res),
         "<h2>Data multiplier</h2>" + _multiplier_section(res),
     ]
