@@ -1,5 +1,6 @@
-"""Fine-tuning through the real loop: weights loaded / new / dropped, stats from the new data, freezing, per-part
-learning rates in the optimizer, replay weights, and the command's argument checks."""
+"""Fine-tuning through the real loop: weights loaded / new / dropped, normalization kept for known embodiments and
+recomputed for new ones (or on request), freezing, per-part and vision learning rates in the optimizer, replay
+weights, and the command's argument checks."""
 
 from __future__ import annotations
 
@@ -65,15 +66,51 @@ def test_finetune_loads_matching_weights_reports_new_and_dropped(datasets: dict[
     assert report["dropped"] and all(".toy_gripper" in k for k in report["dropped"])
     assert "model.trunk.action_pos" in report["loaded"] and "model.action_out.toy_arm.weight" in report["loaded"]
     assert not set(report["loaded"]) & set(report["new"])
-    # Stats per embodiment come from the fine-tuning datasets, never from the pretraining ones.
-    assert report["stats_from"] == {"toy_arm": [str(datasets["arm_new"])], "toy_rover": [str(datasets["rover"])]}
-    latest = (run / "checkpoints" / "latest").read_text().strip()
-    stats = json.loads((run / "checkpoints" / latest / "policy" / "stats.json").read_text())
+    # The arm's loaded projections keep the normalization they were trained with; the new rover's come from its data.
+    source = json.loads((run / REPORT_FILE).read_text())["source"]
+    assert report["stats"] == {"toy_arm": "pretrained", "toy_rover": "fine-tuning data"}
+    assert report["stats_from"] == {"toy_arm": [str(Path(source) / "stats.json")], "toy_rover": [str(datasets["rover"])]}
+    stats = _stats(run)
     new_max = np.asarray(DatasetMeta(datasets["arm_new"]).stats["action"]["max"])
     pre_max = np.asarray(DatasetMeta(datasets["arm_pre"]).stats["action"]["max"])
     assert new_max.max() > 2 * pre_max.max()  # the fixture really differs (5x actions)
-    np.testing.assert_allclose(stats["toy_arm"]["action"]["max"], new_max, rtol=1e-6)
+    np.testing.assert_allclose(stats["toy_arm"]["action"]["max"], pre_max, rtol=1e-6)
+    np.testing.assert_allclose(stats["toy_rover"]["action"]["max"],
+                               DatasetMeta(datasets["rover"]).stats["action"]["max"], rtol=1e-6)
     assert set(stats) == {"toy_arm", "toy_rover"}
+
+
+def _stats(run: Path) -> dict[str, Any]:
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    return json.loads((run / "checkpoints" / latest / "policy" / "stats.json").read_text())
+
+
+def test_recompute_stats_on_request_and_resume_keeps_the_runs_stats(datasets: dict[str, Path], pretrained: Path,
+                                                                     tmp_path: Path) -> None:
+    new_max = np.asarray(DatasetMeta(datasets["arm_new"]).stats["action"]["max"])
+    pre_max = np.asarray(DatasetMeta(datasets["arm_pre"]).stats["action"]["max"])
+    ft = FinetuneConfig(recompute_stats=True)
+    run = train(_cfg(tmp_path / "re", datasets["arm_new"], steps=2, init_from=pretrained, finetune=ft))
+    assert json.loads((run / REPORT_FILE).read_text())["stats"] == {"toy_arm": "fine-tuning data"}
+    np.testing.assert_allclose(_stats(run)["toy_arm"]["action"]["max"], new_max, rtol=1e-6)
+    # A resumed fine-tuning run goes on with the stats it started with (the pretrained ones), not the data's.
+    cfg = _cfg(tmp_path / "kept", datasets["arm_new"], steps=2, init_from=pretrained)
+    train(cfg)
+    run = train(replace(cfg, steps=4, resume=True), allow_config_change=True)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    np.testing.assert_allclose(_stats(run)["toy_arm"]["action"]["max"], pre_max, rtol=1e-6)
+
+
+def test_vision_lr_mult_applies_when_fine_tuning(datasets: dict[str, Path], pretrained: Path, tmp_path: Path) -> None:
+    base = _cfg(tmp_path / "v", datasets["arm_new"], steps=1, init_from=pretrained)
+    policy = replace(base.policy, vision=replace(base.policy.vision, lr_mult=0.1))
+    for name, ft in (("plain", FinetuneConfig()), ("parts", FinetuneConfig(trunk_lr_mult=0.5))):
+        run = train(replace(base, run_dir=tmp_path / name, policy=policy, finetune=ft))
+        latest = (run / "checkpoints" / "latest").read_text().strip()
+        groups = json.loads((run / "checkpoints" / latest / "optimizer.json").read_text())["param_groups"]
+        vision = [g for g in groups if g["name"].startswith("vision_")]
+        assert vision and all(g["lr_mult"] == pytest.approx(0.1) for g in vision), groups
+        assert json.loads((run / REPORT_FILE).read_text())["lr_mult"][vision[0]["name"]] == pytest.approx(0.1)
 
 
 def test_subset_of_episodes_takes_its_own_stats(datasets: dict[str, Path]) -> None:
@@ -117,7 +154,8 @@ def test_freeze_keeps_weights_and_lr_mults_land_in_the_optimizer(datasets: dict[
 
 
 def test_replay_weights_and_stats(datasets: dict[str, Path], pretrained: Path, tmp_path: Path) -> None:
-    ft = FinetuneConfig(replay=(SourceConfig(root=datasets["arm_pre"]),), replay_fraction=0.25)
+    # recomputed stats: the replay datasets must not enter them
+    ft = FinetuneConfig(replay=(SourceConfig(root=datasets["arm_pre"]),), replay_fraction=0.25, recompute_stats=True)
     cfg = _cfg(tmp_path / "replay", datasets["arm_new"], steps=2, init_from=pretrained, finetune=ft)
     data = with_replay(cfg.data, cfg.finetune)
     assert [s.in_stats for s in data.sources] == [True, False]

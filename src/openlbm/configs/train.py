@@ -120,6 +120,10 @@ class FinetuneConfig:
     """Pretraining datasets mixed back in (replay); their stats never enter normalization (``in_stats=False``)."""
     replay_fraction: float = 0.0
     """Share of every batch (in expectation) drawn from ``replay``, split over them by their ``weight``."""
+    recompute_stats: bool = False
+    """Normalize every embodiment with stats recomputed from the fine-tuning data. By default an embodiment the
+    pretrained policy knows keeps its pretrained stats (its loaded projections were trained on them); new
+    embodiments always take the fine-tuning data's. ``init_report.json`` records which ("stats")."""
 
     def __post_init__(self) -> None:
         bad = [p for p in self.freeze if p not in ("vision", "language", "trunk", "embodiment")]
@@ -138,7 +142,8 @@ class FinetuneConfig:
     @property
     def active(self) -> bool:
         """Whether any knob differs from plain training."""
-        return bool(self.freeze or self.replay or any(m != 1.0 for m in self.lr_mults().values()))
+        return bool(self.freeze or self.replay or self.recompute_stats
+                    or any(m != 1.0 for m in self.lr_mults().values()))
 
 
 @dataclass(frozen=True)

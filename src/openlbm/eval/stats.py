@@ -4,6 +4,9 @@ Everything here works on counts (``successes`` out of ``n`` episodes) or on per-
 episode's initial-state seed, so that two policies evaluated on the same starts can be compared *paired*.
 See ``docs/evaluation.md`` for the reasoning and a worked example.
 
+Paired differences: Newcombe's interval for two arms on the same starts, and a bootstrap over training runs crossed
+with starts for when the runs themselves vary (:func:`clustered_bootstrap_difference`, NumPy).
+
 Wilson intervals, Beta posteriors with integer parameters, Holm and Benjamini-Hochberg need only the standard
 library; Clopper-Pearson, Barnard's, Fisher's and the exact McNemar test use SciPy (``pip install 'openlbm[stats]'``).
 """
@@ -245,6 +248,98 @@ def mcnemar_exact_pvalue(a_only: int, b_only: int) -> float:
     if a_only + b_only == 0:
         return 1.0
     return min(1.0, float(_scipy_stats().binomtest(b_only, a_only + b_only, 0.5).pvalue))
+
+
+# -- paired differences ----------------------------------------------------------------------------------------------
+def paired_difference_interval(
+    both: int, a_only: int, b_only: int, neither: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Interval for ``p_B - p_A`` from paired outcomes: Newcombe's (1998) method 10, square-and-add of the two
+    Wilson intervals with the pairs' correlation (its ``phi`` corrected as in the paper: positive values shrunk by
+    ``n/2``). ``(-1, 1)`` when there are no pairs. Unlike a test that fails to reject, its width shows how little a
+    few episodes say, which is what a non-inferiority decision needs."""
+    cells = (both, a_only, b_only, neither)
+    if min(cells) < 0:
+        raise ValueError(f"paired counts must be >= 0, got {cells}")
+    n = sum(cells)
+    if n == 0:
+        return -1.0, 1.0
+    pa, pb = (both + a_only) / n, (both + b_only) / n
+    la, ua = wilson_interval(both + a_only, n, confidence)
+    lb, ub = wilson_interval(both + b_only, n, confidence)
+    margins = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    phi = 0.0
+    if margins > 0:
+        cross = both * neither - a_only * b_only
+        phi = (cross - n / 2 if cross > n / 2 else min(cross, 0)) / math.sqrt(margins)
+    diff = pb - pa
+    lo = diff - math.sqrt(max(0.0, (pb - lb) ** 2 - 2 * phi * (pb - lb) * (ua - pa) + (ua - pa) ** 2))
+    hi = diff + math.sqrt(max(0.0, (ub - pb) ** 2 - 2 * phi * (ub - pb) * (pa - la) + (pa - la) ** 2))
+    return max(-1.0, lo), min(1.0, hi)
+
+
+@dataclass(frozen=True)
+class BootstrapDifference:
+    """A paired success difference ``B - A`` with a percentile interval from a two-level bootstrap."""
+
+    estimate: float
+    interval: tuple[float, float]
+    p_value: float
+    """Two-sided bootstrap p-value of "no difference": twice the smaller tail share of replicates at or beyond 0."""
+    clusters: int
+    items: int
+    replicates: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "interval": list(self.interval)}
+
+
+def clustered_bootstrap_difference(
+    pairs: Mapping[tuple[Any, Any, Any], tuple[bool, bool]],
+    confidence: float = 0.95,
+    replicates: int = 4000,
+    seed: int = 0,
+) -> BootstrapDifference:
+    """Difference ``mean(B) - mean(A)`` over ``pairs`` keyed ``(cluster, stratum, item)`` -> ``(A ok, B ok)``,
+    with a percentile interval from a bootstrap over both sources of variation.
+
+    Clusters are the units of replication (training seeds: each is one training run per arm); items (initial
+    states) are crossed with them, the same items in every cluster. Each replicate draws clusters with
+    replacement and, independently, items with replacement within each stratum (task), so both the run-to-run
+    spread and the choice of initial states widen the interval; strata keep their sizes. The result is a pure
+    function of ``pairs`` and ``seed`` (a report rebuilt from the same records prints the same numbers)."""
+    import numpy as np
+
+    if not pairs:
+        raise ValueError("clustered_bootstrap_difference needs at least one pair")
+    clusters = sorted({k[0] for k in pairs})
+    strata: dict[Any, list[Any]] = {}
+    for stratum, item in sorted({k[1:] for k in pairs}):
+        strata.setdefault(stratum, []).append(item)
+    columns = [(s, i) for s, items in strata.items() for i in items]
+    col = {c: j for j, c in enumerate(columns)}
+    diff = np.full((len(clusters), len(columns)), np.nan)
+    for (c, s, i), (a, b) in pairs.items():
+        diff[clusters.index(c), col[(s, i)]] = float(b) - float(a)
+    rng = np.random.default_rng(seed)
+    cl = rng.integers(0, len(clusters), size=(replicates, len(clusters)))
+    cols = []
+    start = 0
+    for items in strata.values():
+        cols.append(start + rng.integers(0, len(items), size=(replicates, len(items))))
+        start += len(items)
+    it = np.concatenate(cols, axis=1)
+    picked = diff[cl[:, :, None], it[:, None, :]]  # [R, clusters, items]
+    with np.errstate(invalid="ignore"):
+        reps = np.nanmean(picked.reshape(replicates, -1), axis=1)
+    reps = reps[np.isfinite(reps)]
+    tail = (1 - confidence) / 2
+    lo, hi = (float(v) for v in np.quantile(reps, [tail, 1 - tail]))
+    below, above = (np.sum(reps <= 0) + 1) / (len(reps) + 1), (np.sum(reps >= 0) + 1) / (len(reps) + 1)
+    return BootstrapDifference(
+        estimate=float(np.nanmean(diff)), interval=(lo, hi), p_value=float(min(1.0, 2 * min(below, above))),
+        clusters=len(clusters), items=len(columns), replicates=int(len(reps)),
+    )
 
 
 # -- multiple comparisons --------------------------------------------------------------------------------------------

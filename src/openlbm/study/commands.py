@@ -1,8 +1,9 @@
 """``lbm study data-efficiency``: scratch vs fine-tuned at several demo counts, one resumable folder.
 
-    lbm study data-efficiency --pretrained runs/pre --tasks ml45_test --counts 3 10 30 --seeds 0 1 --out runs/study
+    lbm study data-efficiency --pretrained runs/pre --tasks ml45_test --counts 3 10 30 --out runs/study
     lbm study data-efficiency ... --shard 1/4          # this process's share (or under torchrun: one share per rank)
-    lbm study data-efficiency ... --report-only        # rewrite the report from the finished runs
+    lbm study data-efficiency --report-only --out DIR  # rebuild the report from DIR/bundle alone
+    lbm study data-efficiency --report-only --out runs/study-ml45 --family runs/study-easy   # Holm over both splits
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from openlbm.study.data_efficiency import StudyConfig
 
 @dataclass(frozen=True)
 class DataEfficiency(StudyConfig):
-    """Measure what pretraining buys: for each demo count, train from scratch and fine-tune from the pretrained
-    policy with the same steps and demos, evaluate both on the same initial states, and report success vs demos,
-    paired tests and the data multiplier (``out/report.html``). Re-run to continue; ``--shard i/n`` to split."""
+    """Measure what pretraining buys: for each demo count and training seed, train from scratch and fine-tune from
+    the pretrained policy with the same demos, step rule and learning-rate grid (chosen by validation loss), evaluate
+    both on the same initial states, and report the declared primary endpoint, paired intervals over seeds, and the
+    data multiplier by non-inferiority (``out/report.html``; ``out/bundle`` rebuilds it). Re-run to continue;
+    ``--shard i/n`` to split."""
 
     verbose: bool = False
     """Debug-level logging."""

@@ -11,39 +11,34 @@ from pathlib import Path
 from typing import Any
 
 from openlbm.eval.html import CSS, ci, pct, png_img, pyplot, read_metrics, training_curves
-from openlbm.eval.records import CONFIG_FILE, EvalSummary, load_records
+from openlbm.eval.records import EvalSummary
 from openlbm.eval.stats import RateEstimate
 from openlbm.study import analysis as A
+from openlbm.study.bundle import archived_eval, archived_outcomes, bundle_dir, read_study
 from openlbm.study.data_efficiency import Run, StudyConfig, plan_runs
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 
 
-def _finished(cfg: StudyConfig, run: Run) -> Path | None:
-    out = cfg.out / "runs" / run.name / "eval"
-    if not (out / CONFIG_FILE).is_file():
-        return None
-    return out if EvalSummary.load(out).complete else None
-
-
 def collect(cfg: StudyConfig) -> tuple[dict[str, dict[int, A.Pooled]], list[dict[str, Any]], list[str]]:
-    """arm -> count -> pooled outcomes (finished runs only; a count counts once every seed has finished), the run
-    table, and the tasks."""
+    """arm -> count -> pooled outcomes of the runs in the bundle (a count counts once every seed has finished), the
+    run table, and the tasks. Reads only the bundle (:mod:`openlbm.study.bundle`)."""
     per: dict[str, dict[int, dict[int, dict[str, dict[int, bool]]]]] = {}
     table, tasks = [], []
     for run in plan_runs(cfg):
-        out = _finished(cfg, run)
+        out = archived_eval(cfg.out, run.name)
         table.append({"run": run.name, "arm": run.arm, "count": run.count, "seed": run.seed, "done": out is not None})
         if out is None:
             continue
         summary = EvalSummary.load(out)
         tasks = tasks or list(summary.tasks)
         table[-1]["success"] = summary.overall.to_dict()
-        outcomes: dict[str, dict[int, bool]] = {}
-        for r in load_records(out):
-            outcomes.setdefault(str(r["task"]), {})[int(r["seed"])] = bool(r["success"])
-        per.setdefault(run.arm, {}).setdefault(run.count, {})[run.seed] = outcomes
+        train_cfg = out.parent / "train" / "config.json"
+        if train_cfg.is_file():
+            tc = json.loads(train_cfg.read_text())
+            table[-1] |= {"lr": tc["optim"]["lr"], "steps": tc["steps"], "warmup": tc["optim"]["warmup_steps"]}
+        per.setdefault(run.arm, {}).setdefault(run.count, {})[run.seed] = archived_outcomes(out)
     pooled = {
         arm: {n: A.pool(seeds) for n, seeds in counts.items() if set(seeds) == set(cfg.seeds)}
         for arm, counts in per.items()
@@ -51,15 +46,18 @@ def collect(cfg: StudyConfig) -> tuple[dict[str, dict[int, A.Pooled]], list[dict
     return pooled, table, tasks
 
 
-def analyse(cfg: StudyConfig) -> dict[str, Any]:
+def analyse(cfg: StudyConfig, family: bool = True) -> dict[str, Any]:
+    """Every number of the report, from the bundle and the analysis plan declared in ``study.json``."""
     pooled, table, tasks = collect(cfg)
+    plan = read_study(cfg.out).get("analysis") or {**cfg.analysis_plan(), "declared_before_runs": False}
+    delta, conf, alpha = float(plan["delta"]), float(plan["confidence"]), float(plan["alpha"])
     scratch, pre0 = pooled.get("scratch", {}), pooled.get("pre0", {})
     main_counts = set(cfg.counts)
     scratch_main = {n: o for n, o in scratch.items() if n in main_counts}
     pre_main = {n: o for n, o in pre0.items() if n in main_counts}
-    complete = max(cfg.counts) in scratch_main
-    mult = A.data_multiplier(scratch_main, pre_main, cfg.alpha) if complete else None
-    control = A.control_multiplier(scratch_main, cfg.alpha) if complete else None
+    mult = A.data_multiplier(scratch_main, pre_main, delta, conf, max(cfg.counts))
+    control = A.control_multiplier({n: o for n, o in scratch_main.items() if mult and n <= mult.reference_count},
+                                   delta, conf, max(cfg.counts))
     scale = None
     if len(cfg.pretrained) > 1:
         n = cfg.scale_at
@@ -67,19 +65,62 @@ def analyse(cfg: StudyConfig) -> dict[str, Any]:
         for i, label in enumerate(cfg.labels()):
             outcomes = pooled.get(f"pre{i}", {}).get(n)
             points.append({"label": label, "arm": f"pre{i}", **_maybe_rate(outcomes),
-                           "vs_scratch": A.paired_vs_scratch(scratch.get(n), outcomes)})
+                           "vs_scratch": A.paired_vs_scratch(scratch.get(n), outcomes, conf)})
         scale = {"count": n, "points": points}
-    return {
-        "config": {**cfg.identity(), "counts": list(cfg.counts), "seeds": list(cfg.seeds), "alpha": cfg.alpha},
+    tests = [t.to_dict() for t in A.count_tests(scratch_main, pre_main, alpha, conf)]
+    res = {
+        "config": {**cfg.identity(), "counts": list(cfg.counts), "seeds": list(cfg.seeds)},
+        "analysis": plan,
+        "primary": A.primary_result(plan, scratch, pre0),
         "tasks": tasks,
         "runs": table,
         "curves": {"scratch": A.curve(scratch_main, tasks), "finetuned": A.curve(pre_main, tasks)},
-        "tests": [t.to_dict() for t in A.count_tests(scratch_main, pre_main, cfg.alpha)],
+        "tests": tests,
         "multiplier": mult.to_dict() if mult is not None else None,
-        "multiplier_rule": A.RULE.format(alpha=cfg.alpha),
+        "multiplier_rule": A.RULE.format(delta=delta, confidence=conf),
         "multiplier_control": control.to_dict() if control is not None else None,
         "scale": scale,
     }
+    res["deviations"] = deviations(cfg, plan, read_study(cfg.out))
+    if family:
+        res["family"] = _family(cfg, tests)
+    return res
+
+
+PROTOCOL_MIN_SEEDS = 3
+"""Training seeds per arm and count that the published protocol asks for (docs/pretraining.md)."""
+
+
+def deviations(cfg: StudyConfig, plan: dict[str, Any], study: dict[str, Any]) -> list[str]:
+    """How this study departs from the published protocol, in words (printed at the top of the report)."""
+    out = []
+    if len(cfg.seeds) < PROTOCOL_MIN_SEEDS:
+        out.append(f"{len(cfg.seeds)} training seed(s) per arm and count; the protocol asks for at least "
+                   f"{PROTOCOL_MIN_SEEDS}")
+    if not plan.get("declared_before_runs"):
+        out.append("the analysis plan was declared after runs had finished")
+    grid = study.get("lr_grid")
+    if not isinstance(grid, list):
+        out.append("the arms were tuned differently (per-arm preset learning rates: the former protocol)")
+    elif len(grid) < 2:
+        out.append(f"no learning-rate selection: both arms at {grid[0]:g}")
+    return out
+
+
+def _family(cfg: StudyConfig, tests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every count of this study and of ``cfg.family``'s studies, Holm-corrected together."""
+    from openlbm.study.plan import config_from_study
+
+    rows = [{"study": cfg.out.name, "count": t["count"], "p_value": t["p_value"]} for t in tests]
+    for other in cfg.family:
+        if not (bundle_dir(other) / "runs").is_dir():
+            raise ValueError(f"--family {other}: no results bundle there yet (run `lbm study data-efficiency "
+                             f"--report-only --out {other}` once to archive its finished runs)")
+        res = analyse(config_from_study(other), family=False)
+        rows += [{"study": Path(other).name, "count": t["count"], "p_value": t["p_value"]} for t in res["tests"]]
+    for row, q in zip(rows, A.family_holm(rows), strict=True):
+        row["p_holm"] = q
+    return rows
 
 
 def _maybe_rate(o: A.Pooled | None) -> dict[str, Any]:
@@ -138,12 +179,13 @@ def _scale_table(scale: dict[str, Any]) -> str:
     rows = []
     for p in scale["points"]:
         t = p.get("vs_scratch")
-        test = (f"<td>{t['scratch_only']}/{t['finetuned_only']} of {t['pairs']}</td><td>{t['p_value']:.3g}</td>"
-                if t else "<td>–</td><td>–</td>")
+        test = (f"<td>{t['scratch_only']}/{t['finetuned_only']} of {t['pairs']}</td>"
+                f"<td>{_interval(t['difference'])}</td><td>{t['p_value']:.3g}</td>" if t else "<td>–</td>" * 3)
         rows.append(f"<tr><td>{html.escape(p['label'])}</td>{_rate_cell(p['rate'])}{test}</tr>")
     return ("<p class=muted>Each point against scratch at the same count, episodes paired by training seed, task and "
-            "initial state; two-sided exact McNemar, uncorrected.</p><table><tr><th>pretraining</th><th>success</th>"
-            "<th>Wilson 95%</th><th>only scratch / only fine-tuned</th><th>p (exact McNemar)</th></tr>"
+            "initial state; two-sided paired test (as in the table of counts), uncorrected.</p><table><tr><th>pretraining"
+            "</th><th>success</th><th>Wilson 95%</th><th>only scratch / only fine-tuned</th><th>Δ pp (interval)</th>"
+            "<th>p</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -153,17 +195,31 @@ def _rate_cell(d: dict[str, Any] | None) -> str:
     return f"<td>{d['successes']}/{d['n']} ({pct(d['rate'])})</td><td>{ci(d['wilson'])}</td>"
 
 
+def _interval(d: dict[str, Any]) -> str:
+    lo, hi = d["interval"]
+    return f"{100 * d['estimate']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+
+
+def _spread(sp: dict[str, Any]) -> str:
+    rates = ", ".join(pct(r) for r in sp["per_seed"].values())
+    return f"{rates}" + (f"; sd {100 * sp['sd']:.1f} pp" if sp["sd"] is not None else "; one seed")
+
+
 def _tests_table(res: dict[str, Any]) -> str:
     rows = []
     for t in res["tests"]:
-        diff = t["finetuned"]["rate"] - t["scratch"]["rate"]
+        d = t["difference"]
         rows.append(f"<tr><td>{t['count']}</td>{_rate_cell(t['scratch'])}{_rate_cell(t['finetuned'])}"
-                    f"<td>{100 * diff:+.1f}</td><td>{t['scratch_only']}/{t['finetuned_only']} of {t['pairs']}</td>"
-                    f"<td>{t['p_value']:.3g}</td><td>{t['p_holm']:.3g}</td></tr>")
+                    f"<td>{_interval(d)}</td><td>{t['scratch_only']}/{t['finetuned_only']} of {t['pairs']}</td>"
+                    f"<td>{t['p_value']:.3g}</td><td>{t['p_holm']:.3g}</td><td>{d['p_mcnemar']:.3g}</td>"
+                    f"<td>{_spread(t['spread']['scratch'])}</td><td>{_spread(t['spread']['finetuned'])}</td></tr>")
     if not rows:
         return "<p class=muted>No count has both arms finished yet.</p>"
-    return ("<table><tr><th>demos/task</th><th>scratch</th><th>Wilson 95%</th><th>fine-tuned</th><th>Wilson 95%</th>"
-            "<th>Δ pp</th><th>only scratch / only fine-tuned</th><th>p (exact McNemar)</th><th>p Holm</th></tr>"
+    method = html.escape(res["tests"][0]["difference"]["method"])
+    return (f"<p class=muted>Difference and p-value: {method}.</p>"
+            "<table><tr><th>demos/task</th><th>scratch</th><th>Wilson 95%</th><th>fine-tuned</th><th>Wilson 95%</th>"
+            "<th>Δ pp (interval)</th><th>only scratch / only fine-tuned</th><th>p</th><th>p Holm (counts)</th>"
+            "<th>p McNemar, episodes as independent</th><th>scratch per seed</th><th>fine-tuned per seed</th></tr>"
             + "".join(rows) + "</table>")
 
 
@@ -186,51 +242,76 @@ def _multiplier_section(res: dict[str, Any]) -> str:
     m = res["multiplier"]
     rule = f"<p class=muted>Rule: {html.escape(res['multiplier_rule'])}.</p>"
     if m is None:
-        return "<p>Not available yet: scratch at the largest count has not finished.</p>" + rule
-    value = _times(m)
-    why = (f"fine-tuned with {m['smallest_count']} demos/task is not worse than scratch with {m['reference_count']}"
-           if m["smallest_count"] else m["note"])
-    head = (f"<p><b>Data multiplier: {value}</b> — {html.escape(why)} (scratch@{m['reference_count']}: "
+        return "<p>Not available yet: no count has both arms finished.</p>" + rule
+    if m["smallest_count"]:
+        why = (f"fine-tuned with {m['smallest_count']} demos/task is non-inferior to scratch with "
+               f"{m['reference_count']}" + (f"; {m['note']}" if m["note"] else ""))
+    else:
+        why = m["note"]
+    head = (f"<p><b>Data multiplier: {_times(m)}</b> — {html.escape(why)} (scratch@{m['reference_count']}: "
             f"{pct(m['reference']['rate'])} {ci(m['reference']['wilson'])}).</p>")
     rows = "".join(
-        f"<tr><td>{r['count']}</td>{_rate_cell(r['finetuned'])}<td>{r['scratch_only']}/{r['finetuned_only']} of "
-        f"{r['pairs']}</td><td>{r['p_one_sided']:.3g}</td><td>{'yes' if r['not_worse'] else 'no'}</td></tr>"
+        f"<tr><td>{r['count']}</td>{_rate_cell(r['finetuned'])}<td>{r['a_only']}/{r['b_only']} of {r['pairs']}</td>"
+        f"<td>{_interval(r)}</td><td>{r['verdict']}</td></tr>"
         for r in m["rows"]
     )
     return (head + _control_line(res.get("multiplier_control")) + rule
             + "<table><tr><th>fine-tuned demos/task</th><th>fine-tuned</th><th>Wilson 95%</th>"
-            "<th>only scratch@max / only fine-tuned</th><th>one-sided p</th><th>not worse</th></tr>" + rows + "</table>")
+            "<th>only scratch@N / only fine-tuned</th><th>Δ pp vs scratch@N (interval)</th><th>verdict</th></tr>"
+            + rows + "</table>")
 
 
 def _times(m: dict[str, Any]) -> str:
-    return f"{m['multiplier']:.3g}×" if m["multiplier"] else "none"
+    if m["multiplier"] is None:
+        return m["status"]
+    value = f"{m['multiplier']:.3g}×"
+    return f"at least {value}" if m["status"] == "lower bound" else value
 
 
 def _control_line(c: dict[str, Any] | None) -> str:
     if c is None:
         return ""
-    value = _times(c)
-    passing = ", ".join(f"{r['count']} (p {r['p_one_sided']:.3g})" for r in c["rows"] if r["not_worse"])
-    return (f"<p><b>Control: scratch's own multiplier by the same rule: {value}</b> (scratch@n not worse than "
+    passing = ", ".join(str(r["count"]) for r in c["rows"] if r["verdict"] == "non-inferior")
+    return (f"<p><b>Control: scratch's own multiplier by the same rule: {_times(c)}</b> (scratch@n non-inferior to "
             f"scratch@{c['reference_count']} at n = {html.escape(passing or 'none')}). Only a data multiplier above "
             "this control is evidence of what pretraining buys.</p>")
+
+
+def _primary_section(res: dict[str, Any]) -> str:
+    plan, p = res["analysis"], res["primary"]
+    when = ("declared in study.json before the first run" if plan.get("declared_before_runs")
+            else "declared after runs had finished (a study from before analysis plans): read it as exploratory")
+    result = html.escape(p["status"])
+    if "difference" in p:
+        result += f": Δ {_interval(p['difference'])} pp, p {p['difference']['p_value']:.3g}"
+    return (f"<p><b>Primary endpoint</b> ({html.escape(when)}): {html.escape(plan['statement'])}.</p>"
+            f"<p><b>Result: {result}</b>.</p><p class=muted>Secondary: {html.escape(plan['secondary'])}.</p>")
+
+
+def _family_table(res: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(r['study'])}</td><td>{r['count']}</td><td>{r['p_value']:.3g}</td>"
+                   f"<td>{r['p_holm']:.3g}</td></tr>" for r in res.get("family") or [])
+    return ("<p class=muted>Every count of every study in the family (this one and --family), Holm-corrected "
+            "together.</p><table><tr><th>study</th><th>demos/task</th><th>p</th><th>p Holm (all counts and splits)"
+            f"</th></tr>{rows}</table>")
 
 
 def _runs_table(res: dict[str, Any], cfg: StudyConfig) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r['run'])}</td><td>{r['arm']}</td><td>{r['count']}</td><td>{r['seed']}</td>"
-        + (_rate_cell(r.get("success")) if r["done"] else "<td colspan=2 class=muted>not finished</td>") + "</tr>"
+        + (_rate_cell(r.get("success")) + f"<td>{r.get('lr', '–')}</td><td>{r.get('warmup', '–')}</td>"
+           f"<td>{r.get('steps', '–')}</td>" if r["done"] else "<td colspan=5 class=muted>not finished</td>") + "</tr>"
         for r in res["runs"]
     )
     pre = "".join(f"<li><code>pre{i}</code> = {html.escape(str(p))}</li>" for i, p in enumerate(cfg.pretrained))
     return (f"<ul>{pre}</ul><table><tr><th>run</th><th>arm</th><th>demos/task</th><th>seed</th><th>success</th>"
-            f"<th>Wilson 95%</th></tr>{rows}</table>")
+            f"<th>Wilson 95%</th><th>lr</th><th>warmup</th><th>steps</th></tr>{rows}</table>")
 
 
 def _curves_of_largest(cfg: StudyConfig) -> str:
     parts = []
     for arm in ("scratch", "pre0"):
-        run_dir = cfg.out / "runs" / Run(arm, max(cfg.counts), cfg.seeds[0]).name / "train"
+        run_dir = bundle_dir(cfg.out) / "runs" / Run(arm, max(cfg.counts), cfg.seeds[0]).name / "train"
         if (run_dir / "metrics.jsonl").is_file():
             rows = read_metrics(run_dir / "metrics.jsonl")
             if rows:
@@ -246,16 +327,23 @@ def render(cfg: StudyConfig, res: dict[str, Any]) -> str:
         f"<p>Fine-tuning tasks: <code>{html.escape(cfg.tasks)}</code>; demos per task {list(cfg.counts)}; training seeds "
         f"{list(cfg.seeds)}; {cfg.eval_episodes_per_task} evaluation episodes per task and run, the same initial "
         f"states for every run (eval seed {cfg.eval_seed}). Runs finished: {done}/{len(res['runs'])}.</p>",
+        *(["<p><b>Departures from the published protocol</b> (read the results as exploratory): "
+            + html.escape("; ".join(res["deviations"])) + ".</p>"] if res["deviations"] else []),
+        "<h2>Primary endpoint</h2>" + _primary_section(res),
         "<h2>Data multiplier</h2>" + _multiplier_section(res),
     ]
     names = ["overall", *res["tasks"]]
     if any(res["curves"][a] for a in res["curves"]):
         sections.append("<h2>Success vs demonstrations (Wilson 95%)</h2>" + _curve_plot(res["curves"], names))
     sections.append("<h2>Fine-tuned vs scratch at each count</h2><p class=muted>Episodes paired by training seed, task "
-                    "and initial state; two-sided exact McNemar test on all tasks pooled, Holm-corrected across "
-                    f"counts; alpha={cfg.alpha}.</p>" + _tests_table(res))
+                    "and initial state, pooled over tasks; Holm-corrected across counts; "
+                    f"alpha={res['analysis']['alpha']}.</p>" + _tests_table(res))
+    if len(res.get("family") or []) > len(res["tests"]):
+        sections.append("<h2>Every count and split (Holm)</h2>" + _family_table(res))
     if res["tests"]:
-        sections.append("<h2>Per task</h2>" + _per_task_tables(res))
+        sections.append("<h2>Per task</h2><p class=muted>Exact McNemar over episodes (pooled over training seeds, "
+                        "episodes taken as independent), Holm across tasks within a count: secondary.</p>"
+                        + _per_task_tables(res))
     if res["scale"] is not None:
         sections.append(f"<h2>Pretraining scale (fine-tuned at {res['scale']['count']} demos/task)</h2>"
                         + (_scale_plot(res["scale"]) or "<p class=muted>No scale run finished yet.</p>")

@@ -5,7 +5,14 @@ with ``init_from=None`` and default :class:`~openlbm.configs.train.FinetuneConfi
 What a fine-tuning run writes to its run dir, ``init_report.json``::
 
     {"source": policy dir, "loaded": [...], "new": [...], "dropped": [...], "source_embodiments": [...],
-     "frozen": [...], "stats_from": {embodiment: [dataset roots]}, "lr_mult": {group name: multiplier}}
+     "frozen": [...], "stats": {embodiment: "pretrained" | "fine-tuning data"},
+     "stats_from": {embodiment: [the source's stats.json] or [dataset roots]}, "lr_mult": {group name: multiplier}}
+
+Normalization. An embodiment the pretrained policy already knows keeps the pretrained policy's stats: its loaded
+state/action projections were trained on data normalized that way, and quantiles recomputed from a few fine-tuning
+demos would shift every input under them. New embodiments (fresh projections) take the fine-tuning data's stats, and
+``FinetuneConfig.recompute_stats`` asks for those for every embodiment. A resumed run takes the stats of the
+checkpoint it resumes from, whatever the source says now.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from torch import nn
 from openlbm.configs.train import FinetuneConfig, TrainConfig
 from openlbm.data.mixture import DataConfig, stats_sources
 from openlbm.policies.lbm import PER_EMBODIMENT
+from openlbm.policies.policy_dir import POLICY_DIR
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +117,43 @@ def param_groups(policy: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
     return out
 
 
-def init_policy(policy: Any, cfg: TrainConfig, data: Any, source_dir: Path | None, report_dir: Path | None) -> None:
+PRETRAINED_STATS = "pretrained"
+DATA_STATS = "fine-tuning data"
+
+
+def policy_stats(cfg: TrainConfig, data: Any, source_dir: Path | None,
+                 resume_from: Path | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The normalization stats to build the policy with, and where each embodiment's come from (module docstring).
+
+    ``source_dir``: the pretrained policy dir when initialising from it; ``resume_from``: the checkpoint dir a
+    resumed run continues from (its exported policy's stats are the run's)."""
+    from openlbm.policies.config import PolicyConfig
+    from openlbm.policies.lbm import LBMPolicy
+
+    names = [e.name for e in data.embodiments]
+    if not isinstance(cfg.policy, PolicyConfig):  # a latent action model reads frames only: nothing to normalize
+        return dict(data.stats), {}
+    if resume_from is not None and cfg.init_from is not None:
+        saved = json.loads((Path(resume_from) / POLICY_DIR / "stats.json").read_text())
+        return {n: saved[n] for n in names}, {}
+    origin = dict.fromkeys(names, DATA_STATS)
+    if source_dir is None or cfg.finetune.recompute_stats:
+        return dict(data.stats), origin if source_dir is not None else {}
+    _, src_embs, src_stats = LBMPolicy.read_dir(source_dir)
+    src = {e.name: e for e in src_embs}
+    stats = dict(data.stats)
+    for e in data.embodiments:
+        known = src.get(e.name)
+        # an embodiment seen only without actions or state has no such stats, and 0-wide projections: fresh here
+        if known is None or e.name not in src_stats or known.action_dim == 0 or known.state_dim == 0:
+            continue
+        if (known.state_dim, known.action_dim) == (e.state_dim, e.action_dim):
+            stats[e.name], origin[e.name] = src_stats[e.name], PRETRAINED_STATS
+    return stats, origin
+
+
+def init_policy(policy: Any, cfg: TrainConfig, data: Any, source_dir: Path | None, report_dir: Path | None,
+                stats_origin: dict[str, str] | None = None) -> None:
     """Load pretrained weights (when ``source_dir``), freeze parts, and write/log the report (when ``report_dir``).
 
     On resume ``source_dir`` is None: the checkpoint holds the weights, but freezing must still be applied so the
@@ -119,8 +163,10 @@ def init_policy(policy: Any, cfg: TrainConfig, data: Any, source_dir: Path | Non
     frozen = freeze(policy, cfg.finetune.freeze)
     if init is None or report_dir is None:
         return
-    stats_from = {e: [str(p.meta.root) for p in stats_sources(e, data.dataset.parts)] for e in data.stats}
-    report = {**init.to_dict(), "frozen": frozen, "stats_from": stats_from,
+    origin = stats_origin or dict.fromkeys(data.stats, DATA_STATS)
+    stats_from = {e: [str(source_dir / "stats.json")] if origin.get(e) == PRETRAINED_STATS
+                  else [str(p.meta.root) for p in stats_sources(e, data.dataset.parts)] for e in data.stats}
+    report = {**init.to_dict(), "frozen": frozen, "stats": origin, "stats_from": stats_from,
               "lr_mult": {g["name"]: g["lr_mult"] for g in param_groups(policy, cfg)}}
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")

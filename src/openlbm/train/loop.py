@@ -233,13 +233,16 @@ def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo, allow_config_c
     return latest
 
 
-def build_policy(cfg: TrainConfig, data: Any, device: torch.device, resuming: bool = False,
+def build_policy(cfg: TrainConfig, data: Any, device: torch.device, resume_from: Path | None = None,
                  report_dir: Path | None = None) -> nn.Module:
-    """``cfg.policy.build`` over the data's embodiments and stats (always the training data's), optionally
-    initialised from a pretrained one with parts frozen (:mod:`openlbm.train.finetune`; report in ``report_dir``)."""
-    policy = cfg.policy.build(data.embodiments, data.stats)
-    source = resolve_policy_dir(cfg.init_from) if cfg.init_from is not None and not resuming else None
-    finetune.init_policy(policy, cfg, data, source, report_dir)
+    """``cfg.policy.build`` over the data's embodiments, optionally initialised from a pretrained one with parts
+    frozen (:mod:`openlbm.train.finetune`; report in ``report_dir``). Normalization stats are the training data's,
+    except that fine-tuning keeps the pretrained stats of embodiments it already knows
+    (:func:`openlbm.train.finetune.policy_stats`), and a resumed fine-tuning run its checkpoint's."""
+    source = resolve_policy_dir(cfg.init_from) if cfg.init_from is not None and resume_from is None else None
+    stats, origin = finetune.policy_stats(cfg, data, source, resume_from)
+    policy = cfg.policy.build(data.embodiments, stats)
+    finetune.init_policy(policy, cfg, data, source, report_dir, origin)
     return policy.to(device).train()
 
 
@@ -342,7 +345,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
         rank=info.rank, world_size=info.world_size,
     )
     _check_objectives(cfg, data)
-    policy = build_policy(cfg, data, info.device, resume_from is not None, cfg.run_dir if info.is_main else None)
+    policy = build_policy(cfg, data, info.device, resume_from, cfg.run_dir if info.is_main else None)
     vision_cfg = getattr(cfg.policy, "vision", None)
     if cfg.cache_features and vision_cfg is not None and vision_cfg.cacheable:
         attach_feature_caches(data, policy.model.vision, cfg.feature_cache or cfg.run_dir / "features")
