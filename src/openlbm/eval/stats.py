@@ -331,7 +331,7 @@ def clustered_bootstrap_difference(
     it = np.concatenate(cols, axis=1)
     picked = diff[cl[:, :, None], it[:, None, :]]  # [R, clusters, items]
     with np.errstate(invalid="ignore"):
-        reps = np.nanmean(picked.reshape(replicates, -1), axis=1)
+        reps = np.nanmean(picked.reshape(replicates, -1), axis=1)  # [R, clusters, items] -> [R, clusters * items]
     reps = reps[np.isfinite(reps)]
     tail = (1 - confidence) / 2
     lo, hi = (float(v) for v in np.quantile(reps, [tail, 1 - tail]))
