@@ -118,3 +118,15 @@ def test_a_non_finite_step_between_checks_stops_the_run_at_the_next_one(
         train(cfg)
     assert len(calls) == 2  # it stopped at the check before step 2 ran
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bf16_precision_trains_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = with_datasets(replace(debug(), run_dir=tmp_path / "run", steps=2, precision="bf16"), (tiny_dataset,))
+    train(cfg)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fp32 = with_datasets(replace(debug(), run_dir=tmp_path / "fp32", steps=2), (tiny_dataset,))
+    train(fp32)
+    rows32 = [json.loads(r) for r in (tmp_path / "fp32" / "metrics.jsonl").read_text().splitlines()]
+    # the same run in lower precision: close, not equal (so autocast was on)
+    assert [r["loss"] for r in rows] != [r["loss"] for r in rows32]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in rows32], rel=0.05)

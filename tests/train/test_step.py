@@ -69,3 +69,21 @@ def test_a_train_step_reads_nothing_back_from_the_device(tiny_dataset: Path) -> 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def test_bf16_autocast_runs_the_step_in_bfloat16_on_cpu(tiny_dataset: Path) -> None:
+    cfg = with_datasets(debug(), (tiny_dataset,))
+    data = cfg.data.build(None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=4, seed=0)
+    policy = build_policy(cfg, data, torch.device("cpu"))
+    opt = build_optimizer(policy.param_groups(weight_decay=0.0), cfg.optim, policy)
+    batch = next(iter(data.loader()))
+    batch.meta["sample_seed"] = sample_seeds(cfg.seed, data.sampler.consumed, batch.batch_size, 0, 1)
+    dtypes = []
+    policy.model.trunk.blocks[0].attn.qkv.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    metrics = train_step(LossModule(policy), [batch], opt, cfg, 0, torch.autocast("cpu", dtype=torch.bfloat16))
+    assert dtypes == [torch.bfloat16]
+    assert torch.isfinite(metrics["loss"]) and torch.isfinite(metrics["grad_norm"])
+    # the weights stay float32 and move
+    assert all(v.dtype == before[k].dtype for k, v in policy.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in policy.state_dict().items())

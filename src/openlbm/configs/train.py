@@ -190,7 +190,8 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """``bf16`` runs forward/backward under bfloat16 autocast on CUDA (weights and optimizer stay fp32)."""
+    """``bf16`` runs forward/backward under bfloat16 autocast on the training device, CUDA or CPU (weights and
+    optimizer stay fp32)."""
     compile: bool = False
     """``torch.compile`` the policy's ``compute_loss`` (worth it on GPU for long runs)."""
     distributed: Literal["ddp", "fsdp"] = "ddp"

@@ -39,6 +39,8 @@ PER_EMBODIMENT = ("state_in", "camera_emb", "embodiment_token", "action_in", "ac
 """``model.<these>.<embodiment>.*`` parameters belong to one embodiment (new ones may be reinitialised)."""
 AUXILIARY_HEADS = ("latent_in", "latent_out")
 """``model.<these>.*``: the latent-action head, only trained on latent labels; a source without it leaves it new."""
+INSTRUCTION_EMBEDDING = "instruction_embedding"
+"""``batch.meta`` key of the instructions' frozen embeddings (:meth:`LBMPolicy.prepare_batch`)."""
 
 
 def chunk_noise_seed(noise_seed: int, episode_key: int, chunk_index: int) -> int:
@@ -130,9 +132,12 @@ class LBMPolicy(nn.Module):
                     )
 
     # -- model calls ------------------------------------------------------------------------------------------
-    def encode_observation(self, obs: Observation, rng: SampleRNG | None = None) -> ObsEncoding:
-        """Everything the denoiser needs from ``obs`` (normalized state, vision, language); once per chunk."""
-        lang = self.text_encoder.encode(obs.instruction).to(self.device)  # [B, E]
+    def encode_observation(self, obs: Observation, rng: SampleRNG | None = None, lang: Tensor | None = None
+                           ) -> ObsEncoding:
+        """Everything the denoiser needs from ``obs`` (normalized state, vision, language); once per chunk.
+        ``lang``: the instructions' frozen embeddings ``[B, E]`` when already computed (:meth:`prepare_batch`)."""
+        if lang is None:
+            lang = self.text_encoder.encode(obs.instruction).to(self.device)  # [B, E]
         state = self.normalizer.normalize("state", obs.state, obs.embodiment)  # [B, T, S]
         if obs.features is not None:
             if not self.config.vision.cacheable:
@@ -203,6 +208,14 @@ class LBMPolicy(nn.Module):
         width = max(self.specs[e].action_dim for e in obs.embodiment)
         return chunk[..., :width]
 
+    def prepare_batch(self, batch: Batch) -> Batch:
+        """Host-side work for :meth:`compute_loss`, done by the trainer as batches come off the loader: the frozen
+        text encoder's embeddings of the instructions, in ``meta[INSTRUCTION_EMBEDDING]`` (float32 ``[B, E]``,
+        on the host). With it, ``compute_loss`` is tensor code only, which ``torch.compile`` traces whole (the
+        encoder's cache lock and its string keys would split the graph and recompile per instruction set)."""
+        batch.meta[INSTRUCTION_EMBEDDING] = self.text_encoder.encode(batch.obs.instruction)
+        return batch
+
     def loss_weight(self, batch: Batch) -> dict[str, Tensor]:
         """Per objective, the number of elements its loss in :meth:`compute_loss` is a mean over (the trainer weights
         micro-batches by these to get exact global-batch means): valid action steps x real action dims; valid
@@ -235,7 +248,7 @@ class LBMPolicy(nn.Module):
             raise ValueError(f"action has horizon {batch.action.shape[1]}, policy expects {self.config.horizon}")
         seeds = batch.meta.get("sample_seed")
         rng = SampleRNG(b, self.device, seeds if isinstance(seeds, Tensor) else None)
-        enc = self.encode_observation(obs, rng)
+        enc = self.encode_observation(obs, rng, batch.meta.get(INSTRUCTION_EMBEDDING))
         action = self._fit_width(batch.action, a_max)  # [B, H, A_max]
         dim_mask = self._fit_width(batch.action_dim_mask, a_max)  # [B, A_max]
         action = self.normalizer.normalize("action", action, obs.embodiment)

@@ -32,6 +32,7 @@ from openlbm.data.imagetext import ImageTextConfig
 from openlbm.data.validate import require_valid
 from openlbm.errors import UserError
 from openlbm.locking import lock_dir
+from openlbm.policies.lbm import INSTRUCTION_EMBEDDING
 from openlbm.policies.policy_dir import resolve_policy_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
@@ -164,6 +165,9 @@ class ImageTextFeed:
         return batch
 
 
+DEVICE_META = ("sample_seed", INSTRUCTION_EMBEDDING)
+"""``batch.meta`` tensors the model reads, moved to the device with the batch (the rest stays on the host)."""
+
 PREPARE_TIMEOUT_S = 24 * 3600.0
 """How long ranks wait for rank 0 to validate the datasets and compute their statistics (on the store, not in a
 collective: large mixtures may take longer than the collective timeout)."""
@@ -207,9 +211,11 @@ def _check_objectives(cfg: TrainConfig, data: Any) -> None:
 
 
 def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dist_utils.DistInfo,
-             feed: ImageTextFeed | None = None) -> tuple[list[Batch], float]:
+             feed: ImageTextFeed | None = None, prepare: Callable[[Batch], Batch] | None = None
+             ) -> tuple[list[Batch], float]:
     """Next ``n`` micro-batches on the device (validated on the host as they come off the loader, tagged with
-    per-sample seeds, each with its image-text batch when co-training) and the seconds spent waiting."""
+    per-sample seeds, each with its image-text batch when co-training, through the model's ``prepare_batch``)
+    and the seconds spent waiting. Tensors the model reads from ``meta`` go to the device too."""
     out, waited = [], 0.0
     for _ in range(n):
         t0 = time.perf_counter()
@@ -218,10 +224,14 @@ def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dis
             batch.image_text = feed.next()
         waited += time.perf_counter() - t0
         _validate(batch)  # host tensors: the NaN checks read no device
-        seeds = sample_seeds(cfg.seed, data.sampler.consumed, batch.batch_size, info.rank, info.world_size)
-        if info.device.type == "cuda":
-            seeds = seeds.pin_memory()  # (the loader pins the rest) a pageable copy would wait for the device
-        batch.meta["sample_seed"] = seeds.to(info.device, non_blocking=True)
+        batch.meta["sample_seed"] = sample_seeds(cfg.seed, data.sampler.consumed, batch.batch_size, info.rank,
+                                                 info.world_size)
+        batch = prepare(batch) if prepare is not None else batch
+        for k, v in batch.meta.items():
+            if k in DEVICE_META and isinstance(v, Tensor):
+                # (the loader pins the batch's tensors) a copy from pageable memory would wait for the device
+                v = v.pin_memory() if info.device.type == "cuda" else v
+                batch.meta[k] = v.to(info.device, non_blocking=True)
         out.append(batch.to(info.device, non_blocking=True))
     return out, waited
 
@@ -280,9 +290,10 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
 
     logger = MetricsLogger(cfg.run_dir, cfg.log, cfg.steps, state.step, cfg.to_dict()) if info.is_main else NullLogger()
     autocast = None
-    if cfg.precision == "bf16" and info.device.type == "cuda":
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    if cfg.precision == "bf16":
+        autocast = torch.autocast(info.device.type, dtype=torch.bfloat16)
     weight_fn = model_weight_fn(policy)
+    prepare = getattr(policy, "prepare_batch", None)
     meter, step, watch, shown_loss = Meter(), state.step, NonFiniteWatch(info.device), float("nan")
 
     def save() -> Path:
@@ -297,7 +308,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     try:
         while step < cfg.steps:
             lr = set_lr(optimizer, step, cfg.optim, cfg.steps)
-            batches, waited = _batches(it, cfg.grad_accum, data, cfg, info, feed)
+            batches, waited = _batches(it, cfg.grad_accum, data, cfg, info, feed, prepare)
             syncs = _syncs(cfg, step + 1, eval_fn is not None)
             if syncs:
                 watch.check(step)  # a non-finite step since the last check: stop (every rank alike) before saving
