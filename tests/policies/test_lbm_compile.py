@@ -27,22 +27,26 @@ def test_compute_loss_traces_without_a_graph_break(debug_policy: LBMPolicy) -> N
 
 def test_the_compiled_step_trains_like_the_eager_one(debug_policy: LBMPolicy) -> None:
     """Forward and backward through AOTAutograd (``aot_eager``: the graphs inductor would compile, run eagerly, so
-    the test needs no C compiler); a second batch of the same shapes reuses the graph."""
+    the test needs no C compiler); a second batch of the same shapes reuses the graph (no recompile)."""
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
+    counters.clear()
     model = LossModule(debug_policy, validated=True)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     params = [p for p in debug_policy.parameters() if p.requires_grad]
     for seed in (0, 1):
         batch = _batch(debug_policy, seed)
+        traced = compiled(batch)[0]["action"]  # first: an eager call would fill the module's caches beforehand
+        traced_grads = torch.autograd.grad(traced, params, allow_unused=True)
         eager = model(batch)[0]["action"]
         grads = torch.autograd.grad(eager, params, allow_unused=True)
-        traced = compiled(batch)[0]["action"]
-        traced_grads = torch.autograd.grad(traced, params, allow_unused=True)
         torch.testing.assert_close(traced, eager)
         for g, t in zip(grads, traced_grads, strict=True):
             assert (g is None) == (t is None)
             if g is not None:
                 torch.testing.assert_close(t, g)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 @pytest.mark.slow

@@ -203,6 +203,8 @@ class DiT(nn.Module):
 
     def _time_freqs(self, device: torch.device) -> Tensor:
         # A cache, not a buffer: the frequencies must stay float32 even if the module is cast to bf16.
+        if torch.compiler.is_compiling():
+            return timestep_frequencies(self.cfg.dim, device)  # part of the graph (filling a cache would recompile)
         freqs = self._freqs.get(device)
         if freqs is None:
             freqs = self._freqs[device] = timestep_frequencies(self.cfg.dim, device)
