@@ -308,7 +308,9 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     try:
         while step < cfg.steps:
             lr = set_lr(optimizer, step, cfg.optim, cfg.steps)
+            t0 = time.perf_counter()
             batches, waited = _batches(it, cfg.grad_accum, data, cfg, info, feed, prepare)
+            t1 = time.perf_counter()
             syncs = _syncs(cfg, step + 1, eval_fn is not None)
             if syncs:
                 watch.check(step)  # a non-finite step since the last check: stop (every rank alike) before saving
@@ -318,7 +320,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
                 ema.update(policy, step)
             step += 1
             state.samples_seen += cfg.batch_size
-            meter.add(metrics, cfg.batch_size, waited)
+            meter.add(metrics, cfg.batch_size, waited, t1 - t0 - waited, time.perf_counter() - t1)
             if step % cfg.log.every == 0 or step == cfg.steps:
                 summary = meter.summary()  # the one read of the logged values
                 shown_loss = summary["loss"]

@@ -103,7 +103,10 @@ class NullLogger:
 
 
 class Meter:
-    """Running sums between log steps: metrics, wall time, time blocked on the data loader, samples.
+    """Running sums between log steps: metrics, wall time, samples, and where the wall time went: blocked on the
+    data loader (``data_wait_frac``), preparing batches on the host (validation, text embeddings, seeds, the copy
+    to the device: ``host_frac``) and in the train step + EMA update (``step_frac``; on CPU the computation, on a
+    GPU launching it: the device runs asynchronously and shows up at the next read).
 
     Tensor metrics (a train step's, on the device) are summed on the device: nothing is read back until
     :meth:`summary`, once per log step. A NaN tensor value means "absent from that step" (an objective the
@@ -116,15 +119,20 @@ class Meter:
     def reset(self) -> None:
         self.t0 = time.perf_counter()
         self.data_s = 0.0
+        self.host_s = 0.0
+        self.step_s = 0.0
         self.samples = 0
         self.steps = 0
         self.sums: dict[str, Any] = {}
         self.counts: dict[str, Any] = {}  # per metric: an objective absent from a step has no value there
 
-    def add(self, metrics: dict[str, Any], samples: int, data_s: float) -> None:
+    def add(self, metrics: dict[str, Any], samples: int, data_s: float, host_s: float = 0.0, step_s: float = 0.0
+            ) -> None:
         self.steps += 1
         self.samples += samples
         self.data_s += data_s
+        self.host_s += host_s
+        self.step_s += step_s
         for k, v in metrics.items():
             if isinstance(v, torch.Tensor):
                 v = v.detach().to(torch.float64)
@@ -151,6 +159,8 @@ class Meter:
             values.update({k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(tensors)})
         out = {k: s / c for k, (s, c) in values.items() if c}
         out["samples_per_s"], out["data_wait_frac"] = self.rates()
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        out["host_frac"], out["step_frac"] = self.host_s / elapsed, self.step_s / elapsed
         return out
 
 
