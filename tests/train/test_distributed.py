@@ -96,3 +96,23 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(probe: list[dict]) -> No
 def test_ranks_waiting_for_rank_0_give_up_with_a_clear_error(probe: list[dict]) -> None:
     assert probe[0]["wait"]["raised"] is None
     assert "the probe on rank 0 did not finish within" in probe[1]["wait"]["raised"]
+
+
+@pytest.mark.slow
+def test_fsdp_resume_is_exact(tiny_dataset: Path, tmp_path: Path) -> None:
+    """2 steps + resume + 2 steps = 4 straight steps, bit for bit: sharded weights, optimizer and EMA shards."""
+    def run(run_dir: Path, steps: int, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "openlbm.cli", "train", "debug", "--dataset", str(tiny_dataset), "--run-dir", str(run_dir), "--steps",
+               str(steps), "--batch-size", "8", "--grad-accum", "2", "--optim.warmup-steps", "0", "--optim.schedule",
+               "constant", "--ema.decay", "0.5", "--distributed", "fsdp", "--checkpoint.every", "2", *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+
+    run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    run(tmp_path / "resumed", 4, "--resume", "--allow-config-change")
+    for f in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_00000004" / f))
+        b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_00000004" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f

@@ -73,7 +73,10 @@ class Trainable(Protocol):
     """What the loop trains (an ``nn.Module``; ``LBMPolicy``, ``LAM``), built by ``cfg.policy.build``.
 
     Optionally ``loss_weight(batch) -> Tensor``: the number of elements its loss is a mean over, for the
-    global-batch weighting above; without it, :func:`loss_weight` (valid action elements) is used.
+    global-batch weighting (:mod:`openlbm.train.step`); without it, :func:`loss_weight` (valid action elements) is
+    used. ``prepare_batch(batch) -> Batch``: host-side work done as batches come off the loader (the policy's text
+    embeddings). ``shard_units() -> list[nn.Module]``: the layers FSDP2 shards one by one. ``compute_loss(batch,
+    validate=False)``: skip checks the loop already made on the host.
     """
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]: ...
