@@ -6,6 +6,11 @@ Builds a synthetic dataset (2 cameras, 128x128, 50 episodes x 100 frames; ``--sm
 (b) random windows through ``torch.utils.data.DataLoader`` (2 workers, shuffled, n_obs_steps=2, horizon=16,
     batch 32), counting delivered camera frames/s, (c) the ratio b / a (target >= 0.5).
 
+``--scaling 0,1,2,4`` adds (e) the same random windows at each worker count side by side: delivered frames/s, the
+speed-up over one worker, frames/s per worker (how far each added worker scales), and (f) the decode cost of a
+window in one process: frames the decoder produced per frame delivered (a seek decodes from the previous keyframe;
+repeated frames of a window clamped at an episode end cost nothing).
+
 ``--codec av1-lerobot`` re-encodes every video with the settings LeRobot writes community datasets with
 (libsvtav1, yuv420p, ``g=2``, ``crf=30``, SVT-AV1's default preset; see ``LEROBOT_AV1``), so (c) is measured on
 files shaped like the hub's. ``--rss-batches N`` then runs N more batches (batch ``--rss-batch-size``) on a
@@ -13,6 +18,7 @@ files shaped like the hub's. ``--rss-batches N`` then runs N more batches (batch
 file descriptors (main process + workers) at the start and the end: both must stay flat.
 
     python bench/dataloader.py [--small] [--root DIR] [--codec h264|av1|av1-lerobot] [--rss-batches 5000]
+                               [--scaling 0,1,2,4]
 """
 
 from __future__ import annotations
@@ -115,6 +121,28 @@ def random_window_fps(root: Path, workers: int, batches: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def decode_cost(root: Path, windows: int) -> tuple[float, float]:
+    """(frames decoded per frame delivered, windows/s) over ``windows`` random windows read in this process."""
+    ds = RobotDataset(root, n_obs_steps=2, horizon=16)
+    order = torch.randint(len(ds), (windows,), generator=torch.Generator().manual_seed(1)).tolist()
+    delivered, t0 = 0, time.perf_counter()
+    for i in order:
+        sample = ds[i]
+        delivered += sum(sample[c].shape[0] for c in CAMS)
+    elapsed = time.perf_counter() - t0
+    decoded = sum(r.decoded for r in ds.pool._readers.values())
+    return decoded / max(delivered, 1), windows / elapsed
+
+
+def scaling(root: Path, counts: list[int], batches: int) -> None:
+    rows = [(w, random_window_fps(root, w, batches)) for w in counts]
+    one = next((fps for w, fps in rows if w == 1), rows[0][1])
+    print("(e) random windows by DataLoader workers (0 = in the main process):")
+    print(f"    {'workers':>7} {'frames/s':>9} {'vs 1 worker':>12} {'frames/s per worker':>20}")
+    for w, fps in rows:
+        print(f"    {w:>7} {fps:>9.0f} {fps / one:>11.2f}x {fps / max(w, 1):>20.0f}")
+
+
 def _family() -> list[int]:
     """This process and its descendants (the DataLoader workers and their forkserver)."""
     me, kids = os.getpid(), {}
@@ -170,6 +198,7 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=None, help="keep/reuse the synthetic dataset here")
     ap.add_argument("--codec", default="h264", choices=["h264", "av1", "av1-lerobot"])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scaling", default="", help="comma-separated worker counts to compare, e.g. 0,1,2,4")
     ap.add_argument("--rss-batches", type=int, default=0, help="also run this many batches on a many-file dataset")
     ap.add_argument("--rss-batch-size", type=int, default=8)
     ap.add_argument("--rss-episodes", type=int, default=400, help="episodes (x2 video files) of the many-file dataset")
@@ -187,6 +216,10 @@ def main() -> None:
         print(f"(a) sequential PyAV decode, 1 process (best of threading modes):{seq:8.0f} frames/s")
         print(f"(b) random windows, DataLoader {args.workers} workers, T=2:                {rnd:8.0f} frames/s")
         print(f"(c) ratio b/a:                                                  {rnd / seq:8.2f}   (target >= 0.5)")
+        if args.scaling:
+            scaling(root, [int(w) for w in args.scaling.split(",")], batches)
+            amplification, rate = decode_cost(root, 20 * batches)
+            print(f"(f) one process: {amplification:.2f} frames decoded per frame delivered, {rate:.0f} windows/s")
         if args.rss_batches:
             many = root.parent / f"{root.name}-many"
             build(many, args.rss_episodes, 20, 64, args.codec, finalize=False)

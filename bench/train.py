@@ -1,4 +1,5 @@
-"""Training throughput of the camera encoders side by side: samples/s, data-wait share, model FLOPs per sample
+"""Training throughput of the camera encoders side by side: samples/s, where a step's wall time goes (waiting for
+the loader, preparing batches on the host, the train step itself: on CPU the computation), model FLOPs per sample
 (torch's FLOP counter over one forward + backward) and the achieved GFLOP/s against this machine's measured fp32
 matmul peak at the same thread count.
 
@@ -137,17 +138,21 @@ def main() -> None:
             logged = [json.loads(r) for r in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
             steady = logged[1:] or logged  # the first window includes worker start-up and lazy init
             sps = float(np.mean([r["samples_per_s"] for r in steady]))
-            wait = float(np.mean([r["data_wait_frac"] for r in steady]))
+            wait, host, stepf = (float(np.mean([r[k] for r in steady])) for k in ("data_wait_frac", "host_frac", "step_frac"))
             grid = "x".join(map(str, vision.feature_grid((args.size, args.size))))
-            rows.append((name, grid, sps, wait, flops / 1e9, sps * flops / 1e9, t_cache if vision.cacheable else None))
+            rows.append((name, grid, sps, (wait, host, stepf), flops / 1e9, sps * flops / 1e9,
+                         t_cache if vision.cacheable else None))
         print(f"\npreset={args.preset} steps={args.steps} batch={cfg.batch_size} workers={args.workers} "
               f"threads={threads}; fp32 matmul peak at {threads} thread(s): {peak:.1f} GFLOP/s")
-        print(f"{'encoder':>22} {'grid':>6} {'samples/s':>10} {'vs first':>9} {'data-wait':>10} {'GFLOP/sample':>13} "
-              f"{'GFLOP/s':>8} {'of peak':>8} {'cache s':>8}")
-        for name, grid, sps, wait, gfs, rate, t_cache in rows:
+        print("step time: data = waiting for the loader, host = validating / preparing / copying batches, step = "
+              "forward + backward + optimizer + EMA (on CPU the computation), rest = logging and bookkeeping")
+        print(f"{'encoder':>22} {'grid':>6} {'samples/s':>10} {'vs first':>9} {'data':>6} {'host':>6} {'step':>6} "
+              f"{'rest':>6} {'GFLOP/sample':>13} {'GFLOP/s':>8} {'of peak':>8} {'cache s':>8}")
+        for name, grid, sps, (wait, host, stepf), gfs, rate, t_cache in rows:
             cache = f"{t_cache:8.1f}" if t_cache is not None else f"{'-':>8}"
-            print(f"{name:>22} {grid:>6} {sps:>10.1f} {sps / rows[0][2]:>8.2f}x {100 * wait:>9.1f}% {gfs:>13.3f} "
-                  f"{rate:>8.1f} {100 * rate / peak:>7.1f}% {cache}")
+            rest = max(0.0, 1.0 - wait - host - stepf)
+            print(f"{name:>22} {grid:>6} {sps:>10.1f} {sps / rows[0][2]:>8.2f}x {100 * wait:>5.1f}% {100 * host:>5.1f}% "
+                  f"{100 * stepf:>5.1f}% {100 * rest:>5.1f}% {gfs:>13.3f} {rate:>8.1f} {100 * rate / peak:>7.1f}% {cache}")
 
 
 if __name__ == "__main__":

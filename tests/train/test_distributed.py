@@ -6,7 +6,9 @@ runs whether or not the venv's ``bin/`` is on PATH; it never skips: if it cannot
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -56,6 +58,61 @@ def test_two_processes_equal_single_process(strategy: str, tiny_dataset: Path, t
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=lambda m, k=k, f=f: f"{f} {k}: {m}")
     start = load_file(str(single / "checkpoints" / name / "model.safetensors"))
     assert any(v.abs().sum() > 0 for v in start.values())
-    # rank 0 alone writes the logs: one row per step, averaged over the global batch
-    rows = (run2 / "metrics.jsonl").read_text().splitlines()
-    assert len([r for r in rows if '"loss"' in r]) == STEPS
+    # rank 0 alone writes the logs: one row per step, averaged over the global batch, equal to one process's
+    losses = [[json.loads(r)["loss"] for r in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
+              for run in (single, run2)]
+    assert len(losses[1]) == STEPS
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """What ``dist_probe.py`` saw on each of 2 gloo ranks."""
+    out = tmp_path_factory.mktemp("probe")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).with_name("dist_probe.py")), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_fsdp_shards_each_trunk_block_outside_its_calls(probe: list[dict]) -> None:
+    for rank in probe:
+        s = rank["shard"]
+        # outside its calls a block holds only its shard (half the rows); inside forward and the K/V cache
+        # (registered with register_fsdp_forward_method) the whole weight; after backward, shards again
+        assert (s["outside"], s["after_backward"], s["grad"]) == ("shard", "shard", "shard")
+        assert s["local_rows"] * 2 == s["rows"]
+        assert (s["forward"], s["kv_cache"], s["neighbour"]) == ("whole", "whole", "shard")
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(probe: list[dict]) -> None:
+    assert re.search(r"loss action is (nan|inf) at step 5 .*rank 1", probe[1]["nonfinite"]["raised"])
+    # rank 0's own loss was finite: it stops too (here on the gradient norm DDP averaged with rank 1's)
+    assert "at step 5" in probe[0]["nonfinite"]["raised"]
+
+
+def test_ranks_waiting_for_rank_0_give_up_with_a_clear_error(probe: list[dict]) -> None:
+    assert probe[0]["wait"]["raised"] is None
+    assert "the probe on rank 0 did not finish within" in probe[1]["wait"]["raised"]
+
+
+@pytest.mark.slow
+def test_fsdp_resume_is_exact(tiny_dataset: Path, tmp_path: Path) -> None:
+    """2 steps + resume + 2 steps = 4 straight steps, bit for bit: sharded weights, optimizer and EMA shards."""
+    def run(run_dir: Path, steps: int, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "openlbm.cli", "train", "debug", "--dataset", str(tiny_dataset), "--run-dir", str(run_dir), "--steps",
+               str(steps), "--batch-size", "8", "--grad-accum", "2", "--optim.warmup-steps", "0", "--optim.schedule",
+               "constant", "--ema.decay", "0.5", "--distributed", "fsdp", "--checkpoint.every", "2", *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+
+    run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    run(tmp_path / "resumed", 4, "--resume", "--allow-config-change")
+    for f in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a = load_file(str(tmp_path / "straight" / "checkpoints" / "step_00000004" / f))
+        b = load_file(str(tmp_path / "resumed" / "checkpoints" / "step_00000004" / f))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f

@@ -31,7 +31,9 @@ def test_ema_matches_closed_form() -> None:
         expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters(), strict=True)]
     for e, p in zip(expected, ema.module.parameters(), strict=True):
         torch.testing.assert_close(p, e)
-    # buffers are copied, not averaged; the EMA copy never requires grad
+    # buffers are the model's own, copied when the average is exported; the EMA copy never requires grad
+    assert not torch.equal(ema.module[1].running_mean, model[1].running_mean)
+    assert ema.export(model) is ema.module
     torch.testing.assert_close(ema.module[1].running_mean, model[1].running_mean)
     assert not any(p.requires_grad for p in ema.module.parameters())
 

@@ -62,7 +62,10 @@ def test_cached_and_live_features_give_the_same_loss(dataset_factory, tmp_path: 
     policy.train()
     loss_live = policy.compute_loss(live)[0]["action"]
     loss_cached = policy.compute_loss(cached)[0]["action"]
-    assert torch.equal(loss_live, loss_cached), (loss_live, loss_cached)  # bit for bit: the same computation
+    # The same computation, but not always bit for bit: the cache runs the backbone over whole episodes, the live
+    # path over this batch, and on one CPU thread the convolutions then round differently, which can flip a
+    # float16 rounding of the features (measured: 2e-3 on one feature, 7e-7 on the pooled token).
+    torch.testing.assert_close(loss_live, loss_cached, rtol=1e-5, atol=0)
     # the loss does depend on the features: other (zeroed) maps change it
     zeroed = {k: torch.zeros_like(v) for k, v in cached.obs.features.items()}
     cached.obs.features = zeroed

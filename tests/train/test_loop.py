@@ -12,7 +12,7 @@ import torch
 from openlbm.cli import main
 from openlbm.configs.presets import debug
 from openlbm.policies.policy_dir import resolve_policy_dir
-from openlbm.train.loop import NonFiniteLossError, _validate_first, build_policy, train, train_step
+from openlbm.train.loop import NonFiniteLossError, _validate, build_policy, train, train_step
 from openlbm.train_command import with_datasets
 
 
@@ -74,8 +74,8 @@ def test_nan_loss_names_step_and_batch_and_leaves_weights(tiny_dataset: Path) ->
 def test_bad_first_batch_is_a_clear_error(tiny_dataset: Path) -> None:
     _, _, batch = _policy_and_batch(tiny_dataset)
     batch.obs.state = batch.obs.state.double()
-    with pytest.raises(ValueError, match="first training batch breaks the Batch contract.*observation.state"):
-        _validate_first(batch)
+    with pytest.raises(ValueError, match="a training batch breaks the Batch contract.*observation.state"):
+        _validate(batch)
 
 
 def test_the_trainer_applies_vision_lr_mult(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -95,3 +95,38 @@ def test_a_start_that_failed_before_logging_can_be_retried(tiny_dataset: Path, t
     (run / "metrics.jsonl").write_text("")
     assert main(["train", "debug", "--dataset", str(tiny_dataset), "--run-dir", str(run), "--steps", "2"]) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+
+
+def test_a_non_finite_step_between_checks_stops_the_run_at_the_next_one(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openlbm.policies.lbm import LBMPolicy
+
+    calls = []
+    compute_loss = LBMPolicy.compute_loss
+
+    def poisoned(self, batch, validate=True):  # noqa: ANN001, ANN202
+        losses, metrics = compute_loss(self, batch, validate)
+        calls.append(len(calls))
+        return ({k: v * float("nan") for k, v in losses.items()} if len(calls) == 2 else losses), metrics
+
+    monkeypatch.setattr(LBMPolicy, "compute_loss", poisoned)
+    cfg = with_datasets(replace(debug(), run_dir=tmp_path / "run", steps=6, log=replace(debug().log, every=3),
+                                checkpoint=replace(debug().checkpoint, every=0)), (tiny_dataset,))
+    # step 1 (0-based) is not finite; nothing reads the device until the step that ends at a log row (step 2)
+    with pytest.raises(NonFiniteLossError, match=r"not finite at step 1 .*seen at step 2.*episode_index=\["):
+        train(cfg)
+    assert len(calls) == 2  # it stopped at the check before step 2 ran
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bf16_precision_trains_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = with_datasets(replace(debug(), run_dir=tmp_path / "run", steps=2, precision="bf16"), (tiny_dataset,))
+    train(cfg)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fp32 = with_datasets(replace(debug(), run_dir=tmp_path / "fp32", steps=2), (tiny_dataset,))
+    train(fp32)
+    rows32 = [json.loads(r) for r in (tmp_path / "fp32" / "metrics.jsonl").read_text().splitlines()]
+    # the same run in lower precision: close, not equal (so autocast was on)
+    assert [r["loss"] for r in rows] != [r["loss"] for r in rows32]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in rows32], rel=0.05)

@@ -195,7 +195,8 @@ class TrainConfig:
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """``bf16`` runs forward/backward under bfloat16 autocast on CUDA (weights and optimizer stay fp32)."""
+    """``bf16`` runs forward/backward under bfloat16 autocast on the training device, CUDA or CPU (weights and
+    optimizer stay fp32)."""
     compile: bool = False
     """``torch.compile`` the policy's ``compute_loss`` (worth it on GPU for long runs)."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
@@ -213,6 +214,9 @@ class TrainConfig:
     """Fine-tuning knobs: frozen parts, per-part learning-rate multipliers, replay of pretraining data."""
     eval_every: int = 0
     """Call the evaluation hook every this many steps (0 = never); its metrics are logged as ``eval/<name>``."""
+    eval_timeout_s: float = 7200.0
+    """Under torchrun, how long the other ranks wait for rank 0's evaluation before stopping with an error. They
+    wait on the rendezvous store, not in a collective, so this may exceed the collective timeout."""
     image_text: ImageTextConfig | None = None
     """Image-caption pairs (WebDataset shards) trained in the same steps as the robot data: each micro-batch gets
     one batch of ``image_text.batch_size`` pairs from this stream (split over ranks), and the policy aligns its
@@ -240,6 +244,8 @@ class TrainConfig:
             raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_timeout_s <= 0:
+            raise ValueError(f"eval_timeout_s must be > 0, got {self.eval_timeout_s}")
 
     def micro_batch_size(self, world_size: int) -> int:
         """Samples per rank per forward pass; errors when the global batch does not split evenly."""

@@ -3,7 +3,9 @@ onto one embodiment (the sources of :mod:`openlbm.data.mixture`, possibly restri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from openlbm.data import layout as L
@@ -19,8 +21,39 @@ from openlbm.data.stats import (
 )
 from openlbm.types import ACTION_KEY, STATE_KEY
 
+_SHARED: dict[str, dict[str, dict[str, list]]] | None = None
+
+
+@contextlib.contextmanager
+def shared(memo: dict[str, dict[str, dict[str, list]]]) -> Iterator[None]:
+    """Within this block :func:`merged_stats` returns the stats ``memo`` holds for the same sources and adds the
+    ones it computes: a distributed job computes them once (rank 0) and hands ``memo`` to the other ranks."""
+    global _SHARED
+    before, _SHARED = _SHARED, memo
+    try:
+        yield
+    finally:
+        _SHARED = before
+
+
+def _key(parts: Sequence[Any]) -> str:
+    """What the stats of ``parts`` depend on: each source's dataset, episodes, and the keys mapped onto the
+    embodiment."""
+    return json.dumps([[str(p.meta.root), p.source.episodes, p.emb.name, p.state_key, p.action_key,
+                        sorted(p.cams.items())] for p in parts], default=str)
+
 
 def merged_stats(parts: Sequence[Any]) -> dict[str, dict[str, list]]:
+    """:func:`compute_merged_stats`, or the copy a :func:`shared` block already holds."""
+    if _SHARED is None:
+        return compute_merged_stats(parts)
+    key = _key(parts)
+    if key not in _SHARED:
+        _SHARED[key] = compute_merged_stats(parts)
+    return _SHARED[key]
+
+
+def compute_merged_stats(parts: Sequence[Any]) -> dict[str, dict[str, list]]:
     """Exact stats of the embodiment keys over the union of the sources mapped onto one embodiment.
 
     State/action: :func:`~openlbm.data.stats.exact_stats` over every source's column (streamed, bounded memory),

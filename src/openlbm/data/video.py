@@ -190,6 +190,8 @@ class VideoReader:
         self._last_time = -1e9
         self._cache: OrderedDict[int, av.VideoFrame | np.ndarray] = OrderedDict()
         self._rgb = RGBConverter()
+        self.decoded = 0
+        """Frames decoded so far (seeks decode from the previous keyframe: more than are returned)."""
 
     def close(self) -> None:
         self._container.close()
@@ -215,6 +217,7 @@ class VideoReader:
     def _decode_until(self, t: float) -> None:
         try:
             for frame in self._gen:
+                self.decoded += 1
                 if frame.pts is None:
                     continue
                 self._remember(frame)
@@ -250,12 +253,10 @@ class VideoReader:
         return hit
 
     def frames_at(self, times: list[float]) -> np.ndarray:
-        """uint8 ``[N, H, W, 3]`` for the given timestamps (decoded in time order, returned in request order)."""
-        order = sorted(range(len(times)), key=lambda i: times[i])
-        out: list[np.ndarray | None] = [None] * len(times)
-        for i in order:
-            out[i] = self.frame_at(times[i])
-        return np.stack(out)  # type: ignore[arg-type]
+        """uint8 ``[N, H, W, 3]`` for the given timestamps (decoded in time order, returned in request order). Each
+        distinct timestamp is looked up and converted once: a window clamped at an episode's end repeats a frame."""
+        frames = {t: self.frame_at(t) for t in sorted(set(times))}
+        return np.stack([frames[t] for t in times])
 
 
 class ReaderPool:

@@ -41,20 +41,32 @@ class ObsEncoding:
     """Everything the denoiser needs from one observation batch; computed once per chunk."""
 
     ctx: TrunkContext
-    groups: dict[str, Tensor]
-    """embodiment name -> long indices of its samples in the batch."""
+    groups: dict[str, Tensor | None]
+    """embodiment name -> long indices of its samples in the batch (None: it holds the whole batch)."""
     batch_size: int
 
 
-def group_indices(embodiment: Sequence[str], device: torch.device) -> dict[str, Tensor]:
-    """``["a", "b", "a"] -> {"a": [0, 2], "b": [1]}`` (insertion order = first appearance)."""
+def index_tensor(values: Sequence[int], device: torch.device) -> Tensor:
+    """int64 tensor of host integers on ``device``, copied without blocking the host (through pinned memory on
+    CUDA: a copy from pageable memory would wait for the device)."""
+    t = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def group_indices(embodiment: Sequence[str], device: torch.device) -> dict[str, Tensor | None]:
+    """``["a", "b", "a"] -> {"a": [0, 2], "b": [1]}`` (insertion order = first appearance); ``{"a": None}`` when
+    one embodiment holds the whole batch (nothing to gather or scatter, nothing to copy to the device)."""
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(embodiment):
         groups.setdefault(name, []).append(i)
-    return {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in groups.items()}
+    if len(groups) == 1:
+        return dict.fromkeys(groups)
+    return {k: index_tensor(v, device) for k, v in groups.items()}
 
 
-def per_group(groups: dict[str, Tensor], batch: int, fn: Callable[[str, Tensor | None], Tensor]) -> Tensor:
+def per_group(groups: dict[str, Tensor | None], batch: int, fn: Callable[[str, Tensor | None], Tensor]) -> Tensor:
     """Apply ``fn(name, idx)`` to each embodiment's samples and scatter the results back to batch order.
 
     ``idx`` is None when one embodiment holds the whole batch (no gather/scatter on the common path).
@@ -65,7 +77,7 @@ def per_group(groups: dict[str, Tensor], batch: int, fn: Callable[[str, Tensor |
     first = next(iter(parts.values()))
     out = first.new_zeros((batch, *first.shape[1:]))
     for name, idx in groups.items():
-        out[idx] = parts[name]
+        out[idx] = parts[name]  # type: ignore[index]
     return out
 
 
@@ -122,6 +134,12 @@ class LBMModel(nn.Module):
             nn.init.zeros_(self.latent_out.weight)
             nn.init.zeros_(self.latent_out.bias)
 
+    def shard_units(self) -> list[nn.Module]:
+        """The repeated layers, in the order a forward pass runs them (vision blocks, observation layers, trunk
+        blocks): the units a per-block sharding wrapper (FSDP2) gathers one at a time."""
+        vision_blocks = list(getattr(self.vision.backbone, "blocks", ()))  # a ViT's; a CNN stays in the root unit
+        return [*vision_blocks, *self.trunk.obs_layers, *self.trunk.blocks]
+
     # -- observation ------------------------------------------------------------------------------------------
     def _group_tokens(
         self, name: str, images: dict[str, Tensor], state: Tensor, lang: Tensor, rng: SampleRNG | None,
@@ -164,6 +182,7 @@ class LBMModel(nn.Module):
         else:
             parts = {}
             for name, idx in groups.items():
+                assert idx is not None
                 cams = {c: images[c][idx] for c in self.specs[name].cameras}
                 sub = None if rng is None else rng.subset(idx)
                 parts[name] = self._group_tokens(name, cams, state[idx], lang[idx], sub, cached)
@@ -172,6 +191,7 @@ class LBMModel(nn.Module):
             tokens = first.new_zeros(batch, n_max, first.shape[-1])
             mask = torch.zeros(batch, n_max, dtype=torch.bool, device=first.device)
             for name, idx in groups.items():
+                assert idx is not None
                 n = parts[name].shape[1]
                 tokens[idx, :n] = parts[name]
                 mask[idx, :n] = True
@@ -203,7 +223,11 @@ class LBMModel(nn.Module):
 
     def native_dim_mask(self, embodiment: Sequence[str], width: int, device: torch.device) -> Tensor:
         """bool ``[B, width]``: True on each sample's embodiment's real action dims."""
-        dims = torch.tensor([self.specs[e].action_dim for e in embodiment], device=device)
+        names = set(embodiment)
+        if len(names) == 1:  # the common case: no per-sample table to copy to the device
+            dim = self.specs[next(iter(names))].action_dim
+            return (torch.arange(width, device=device) < dim)[None].expand(len(embodiment), width)  # [1, W] -> [B, W]
+        dims = index_tensor([self.specs[e].action_dim for e in embodiment], device)
         return torch.arange(width, device=device)[None] < dims[:, None]
 
     def loss(self, enc: ObsEncoding, action: Tensor, noise: Tensor, u: Tensor, latent: bool = False) -> Tensor:

@@ -135,6 +135,10 @@ class DiTBlock(nn.Module):
 
     The modulation comes from :class:`DiT`'s shared ``ada`` linear (one matmul per step for all blocks)."""
 
+    outside_forward = ("kv_cache",)
+    """Methods besides ``forward`` that use this block's parameters: a wrapper that shards parameters per block
+    (FSDP2) must gather them for these calls too."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
         self.dim = dim
@@ -142,6 +146,10 @@ class DiTBlock(nn.Module):
         self.norm_x = nn.LayerNorm(dim)
         self.cross = CrossAttention(dim, heads)
         self.mlp = mlp(dim, mlp_ratio)
+
+    def kv_cache(self, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        """This block's cross-attention keys and values of the observation tokens (once per chunk)."""
+        return self.cross.kv_cache(ctx)
 
     def forward(
         self, x: Tensor, mods: Sequence[Tensor], kv: tuple[Tensor, Tensor], attn_mask: Tensor | None
@@ -195,6 +203,8 @@ class DiT(nn.Module):
 
     def _time_freqs(self, device: torch.device) -> Tensor:
         # A cache, not a buffer: the frequencies must stay float32 even if the module is cast to bf16.
+        if torch.compiler.is_compiling():
+            return timestep_frequencies(self.cfg.dim, device)  # part of the graph (filling a cache would recompile)
         freqs = self._freqs.get(device)
         if freqs is None:
             freqs = self._freqs[device] = timestep_frequencies(self.cfg.dim, device)
@@ -213,7 +223,7 @@ class DiT(nn.Module):
         else:
             w = key_mask.to(tokens.dtype)[..., None]  # [B, N] -> [B, N, 1]
             pooled = self.pool((tokens * w).sum(1) / w.sum(1).clamp(min=1.0))
-        kv = [blk.cross.kv_cache(tokens) for blk in self.blocks]
+        kv = [blk.kv_cache(tokens) for blk in self.blocks]
         return TrunkContext(pooled=pooled, kv=kv, attn_mask=attn_mask)
 
     def forward(self, x: Tensor, t: Tensor, ctx: TrunkContext) -> Tensor:

@@ -131,7 +131,7 @@ class LAM(nn.Module):
     def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         """Reconstruction + commitment loss, a mean over the batch's samples; metrics as in ``LatentActionOutput``."""
         out = self.forward_pairs(batch)
-        return out.loss, {**out.metrics, "loss": float(out.loss.detach())}
+        return out.loss, {**out.metrics, "loss": out.loss.detach()}
 
     def loss_weight(self, batch: Batch) -> Tensor:
         """Samples the loss averages over (the trainer's global-batch weighting): every one, actions or not."""

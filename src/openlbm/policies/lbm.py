@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from openlbm.jsonio import read_json, to_jsonable, write_json
-from openlbm.models.lbm import LBMModel, ObsEncoding
+from openlbm.models.lbm import LBMModel, ObsEncoding, index_tensor
 from openlbm.models.rng import SampleRNG
 from openlbm.policies.config import PolicyConfig
 from openlbm.policies.execution import ChunkExecutor, frame_key
@@ -39,6 +39,8 @@ PER_EMBODIMENT = ("state_in", "camera_emb", "embodiment_token", "action_in", "ac
 """``model.<these>.<embodiment>.*`` parameters belong to one embodiment (new ones may be reinitialised)."""
 AUXILIARY_HEADS = ("latent_in", "latent_out")
 """``model.<these>.*``: the latent-action head, only trained on latent labels; a source without it leaves it new."""
+INSTRUCTION_EMBEDDING = "instruction_embedding"
+"""``batch.meta`` key of the instructions' frozen embeddings (:meth:`LBMPolicy.prepare_batch`)."""
 
 
 def chunk_noise_seed(noise_seed: int, episode_key: int, chunk_index: int) -> int:
@@ -101,6 +103,10 @@ class LBMPolicy(nn.Module):
     def check_observation(self, obs: Observation, n_steps: int | None = None) -> None:
         """``Observation.validate`` + known embodiments + their cameras at the right size + history length."""
         obs.validate()
+        self._check_layout(obs, n_steps)
+
+    def _check_layout(self, obs: Observation, n_steps: int | None = None) -> None:
+        """The checks of :meth:`check_observation` that read no tensor values (shapes and names only)."""
         unknown = sorted({e for e in obs.embodiment if e not in self.specs})
         if unknown:
             raise MissingStatsError(f"embodiment(s) {unknown} unknown to this policy (knows {sorted(self.specs)})")
@@ -126,9 +132,12 @@ class LBMPolicy(nn.Module):
                     )
 
     # -- model calls ------------------------------------------------------------------------------------------
-    def encode_observation(self, obs: Observation, rng: SampleRNG | None = None) -> ObsEncoding:
-        """Everything the denoiser needs from ``obs`` (normalized state, vision, language); once per chunk."""
-        lang = self.text_encoder.encode(obs.instruction).to(self.device)  # [B, E]
+    def encode_observation(self, obs: Observation, rng: SampleRNG | None = None, lang: Tensor | None = None
+                           ) -> ObsEncoding:
+        """Everything the denoiser needs from ``obs`` (normalized state, vision, language); once per chunk.
+        ``lang``: the instructions' frozen embeddings ``[B, E]`` when already computed (:meth:`prepare_batch`)."""
+        if lang is None:
+            lang = self.text_encoder.encode(obs.instruction).to(self.device)  # [B, E]
         state = self.normalizer.normalize("state", obs.state, obs.embodiment)  # [B, T, S]
         if obs.features is not None:
             if not self.config.vision.cacheable:
@@ -199,6 +208,14 @@ class LBMPolicy(nn.Module):
         width = max(self.specs[e].action_dim for e in obs.embodiment)
         return chunk[..., :width]
 
+    def prepare_batch(self, batch: Batch) -> Batch:
+        """Host-side work for :meth:`compute_loss`, done by the trainer as batches come off the loader: the frozen
+        text encoder's embeddings of the instructions, in ``meta[INSTRUCTION_EMBEDDING]`` (float32 ``[B, E]``,
+        on the host). With it, ``compute_loss`` is tensor code only, which ``torch.compile`` traces whole (the
+        encoder's cache lock and its string keys would split the graph and recompile per instruction set)."""
+        batch.meta[INSTRUCTION_EMBEDDING] = self.text_encoder.encode(batch.obs.instruction)
+        return batch
+
     def loss_weight(self, batch: Batch) -> dict[str, Tensor]:
         """Per objective, the number of elements its loss in :meth:`compute_loss` is a mean over (the trainer weights
         micro-batches by these to get exact global-batch means): valid action steps x real action dims; valid
@@ -210,9 +227,11 @@ class LBMPolicy(nn.Module):
             counts["image_text"] = torch.tensor(2 * batch.image_text.batch_size)
         return {k: v.to(torch.float64) for k, v in counts.items()}
 
-    def compute_loss(self, batch: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def compute_loss(self, batch: Batch, validate: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per-objective losses, each a mean over its :meth:`loss_weight` elements; per-sample noise from
-        ``meta["sample_seed"]``.
+        ``meta["sample_seed"]`` (see :mod:`openlbm.models.rng`). Metrics are 0-d tensors: nothing here reads a
+        value back to the host. ``validate=False`` skips ``Batch.validate`` (its NaN checks read the device): the
+        trainer validates every batch on the host as it comes off the loader.
 
         ``action``: the head's masked loss over real action steps and dims (rows without actions are all pad).
         ``latent`` (when the batch has latent-action labels): the same head on the latent chunk, each step's vector
@@ -220,15 +239,16 @@ class LBMPolicy(nn.Module):
         ``image_text`` (when the batch carries image-text pairs): symmetric InfoNCE over the batch's image-caption
         similarities, every pair with the same caption counted as a positive.
         """
-        batch.validate()
-        self.check_observation(batch.obs)
+        if validate:
+            batch.validate()
+        self._check_layout(batch.obs)
         obs = batch.obs
         b, a_max = batch.batch_size, self.max_action_dim
         if batch.action.shape[1] != self.config.horizon:
             raise ValueError(f"action has horizon {batch.action.shape[1]}, policy expects {self.config.horizon}")
         seeds = batch.meta.get("sample_seed")
         rng = SampleRNG(b, self.device, seeds if isinstance(seeds, Tensor) else None)
-        enc = self.encode_observation(obs, rng)
+        enc = self.encode_observation(obs, rng, batch.meta.get(INSTRUCTION_EMBEDDING))
         action = self._fit_width(batch.action, a_max)  # [B, H, A_max]
         dim_mask = self._fit_width(batch.action_dim_mask, a_max)  # [B, A_max]
         action = self.normalizer.normalize("action", action, obs.embodiment)
@@ -239,7 +259,7 @@ class LBMPolicy(nn.Module):
         mask = (~batch.action_is_pad)[:, :, None] & dim_mask[:, None, :]  # [B, H, 1] & [B, 1, A] -> [B, H, A]
         denom = mask.sum()
         losses = {"action": (err * mask).sum() / denom.clamp(min=1)}
-        metrics = {"valid_frac": float(denom) / max(mask.numel(), 1)}
+        metrics = {"valid_frac": denom.detach() / max(mask.numel(), 1)}
         if batch.latent_action is not None:
             losses["latent"] = self._latent_loss(batch, enc, rng)
         if batch.image_text is not None:
@@ -261,18 +281,18 @@ class LBMPolicy(nn.Module):
         valid = (~batch.latent_is_pad)[:, :, None]  # [B, H] -> [B, H, 1]
         return (err * valid).sum() / (valid.sum() * width).clamp(min=1)
 
-    def _image_text_loss(self, batch: Batch) -> tuple[Tensor, float]:
+    def _image_text_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         it = batch.image_text
         assert it is not None
         text = self.text_encoder.encode(it.text).to(self.device)  # [N, E]
         logits = self.model.image_text_logits(it.images.to(self.device), text)  # [N, N]
         ids = {t: i for i, t in enumerate(dict.fromkeys(it.text))}
-        label = torch.tensor([ids[t] for t in it.text], device=logits.device)
+        label = index_tensor([ids[t] for t in it.text], logits.device)
         same = label[:, None] == label[None, :]  # [N, N]: pairs with the same caption are all positives
         neg_inf = torch.finfo(logits.dtype).min
         rows = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~same, neg_inf), 1)
         cols = torch.logsumexp(logits, 0) - torch.logsumexp(logits.masked_fill(~same, neg_inf), 0)
-        acc = float(same[torch.arange(len(label)), logits.detach().argmax(1)].float().mean())
+        acc = same[torch.arange(len(label), device=logits.device), logits.detach().argmax(1)].float().mean()
         return (rows.sum() + cols.sum()) / (2 * len(label)), acc
 
     @staticmethod
@@ -295,6 +315,10 @@ class LBMPolicy(nn.Module):
         self.executor.reset(indices)
 
     # -- optimisation -----------------------------------------------------------------------------------------
+    def shard_units(self) -> list[nn.Module]:
+        """The network's repeated layers in forward order (:meth:`LBMModel.shard_units`): FSDP2's per-block units."""
+        return self.model.shard_units()
+
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: no decay on norms, biases and embeddings; the vision backbone at ``vision.lr_mult``
         times the rate (its pooling and neck at the full rate); a frozen backbone has no trainable parameters."""

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from openlbm.models.lbm import index_tensor
 from openlbm.types import ACTION_KEY, STATE_KEY, EmbodimentSpec
 
 STAT_KEYS = {"quantile": ("q01", "q99"), "minmax": ("min", "max"), "meanstd": ("mean", "std")}
@@ -69,6 +70,9 @@ class Normalizer(nn.Module):
         if mode not in STAT_KEYS:
             raise ValueError(f"normalization must be one of {sorted(STAT_KEYS)}, got {mode!r}")
         self.index = {e.name: i for i, e in enumerate(embodiments)}
+        self.widths = {"state": {e.name: e.state_dim for e in embodiments},
+                       "action": {e.name: e.action_dim for e in embodiments}}
+        """Native widths per embodiment, on the host: width checks never read the device."""
         missing = [e.name for e in embodiments if e.name not in stats]
         if missing:
             raise MissingStatsError(
@@ -88,15 +92,24 @@ class Normalizer(nn.Module):
             self.register_buffer(f"{tag}_scale", scale, persistent=False)
             self.register_buffer(f"{tag}_mask", mask, persistent=False)
 
-    def rows(self, embodiment: Sequence[str]) -> Tensor:
+    def _index(self, name: str) -> int:
         try:
-            return torch.tensor([self.index[e] for e in embodiment], device=self.state_center.device)
-        except KeyError as e:
-            raise MissingStatsError(f"embodiment {e.args[0]!r} unknown to this policy (knows {sorted(self.index)})") from None
+            return self.index[name]
+        except KeyError:
+            raise MissingStatsError(f"embodiment {name!r} unknown to this policy (knows {sorted(self.index)})") from None
+
+    def rows(self, embodiment: Sequence[str]) -> Tensor:
+        return index_tensor([self._index(e) for e in embodiment], self.state_center.device)
 
     def _params(self, tag: str, embodiment: Sequence[str], width: int) -> tuple[Tensor, Tensor, Tensor]:
-        rows = self.rows(embodiment)
-        center, scale, mask = (getattr(self, f"{tag}_{n}")[rows] for n in ("center", "scale", "mask"))  # [B, W]
+        tables = [getattr(self, f"{tag}_{n}") for n in ("center", "scale", "mask")]  # [E, W] each
+        names = set(embodiment)
+        if len(names) == 1:  # one embodiment: broadcast its row, no per-sample index to copy to the device
+            i = self._index(next(iter(names)))
+            center, scale, mask = (t[i : i + 1].expand(len(embodiment), -1) for t in tables)  # [1, W] -> [B, W]
+        else:
+            rows = self.rows(embodiment)
+            center, scale, mask = (t[rows] for t in tables)  # [B, W]
         have = center.shape[1]
         if width > have:
             pad = width - have
@@ -106,7 +119,10 @@ class Normalizer(nn.Module):
         return center[:, :width], scale[:, :width], mask[:, :width]
 
     def _check_width(self, tag: str, x: Tensor, embodiment: Sequence[str]) -> None:
-        need = int(getattr(self, f"{tag}_mask")[self.rows(embodiment)].sum(1).max())
+        names = set(embodiment)
+        for e in names:
+            self._index(e)  # an unknown embodiment is a MissingStatsError
+        need = max(self.widths[tag][e] for e in names)
         if x.shape[-1] < need:
             raise ValueError(f"{tag} has {x.shape[-1]} dims but embodiment(s) {sorted(set(embodiment))} need {need}")
 

@@ -228,7 +228,7 @@ def restore_rng(ckpt_dir: Path) -> None:
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 RESUME_FREE_FIELDS = frozenset({
-    "resume", "eval_every", "log", "checkpoint", "data.num_workers", "data.prefetch_factor",
+    "resume", "eval_every", "eval_timeout_s", "log", "checkpoint", "data.num_workers", "data.prefetch_factor",
 })
 """Config fields (dotted paths, or a prefix of them) that may change on resume without changing what is trained:
 how often to evaluate, log and checkpoint, and how many loader workers feed the (exactly resumable) sampler."""

@@ -7,16 +7,20 @@ Backends: NCCL on CUDA, gloo on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from datetime import timedelta
+from typing import Literal, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,45 @@ def barrier() -> None:
         dist.barrier()
 
 
+def wait_for_main(key: str, timeout_s: float, what: str) -> None:
+    """Rank 0 marks ``key`` done; every other rank waits for it on the rendezvous store (up to ``timeout_s``).
+
+    A store wait is not a collective: rank 0 may take longer than the collective (NCCL/gloo) timeout, e.g. for
+    evaluation rollouts, without the job being killed; past ``timeout_s`` the waiting ranks stop with an error
+    naming ``what``. A no-op in a world of one."""
+    if not is_dist():
+        return
+    store = dist.distributed_c10d._get_default_store()
+    if rank() == 0:
+        store.set(key, "done")
+        return
+    try:
+        store.wait([key], timedelta(seconds=timeout_s))
+    except (RuntimeError, dist.DistError) as e:
+        raise TimeoutError(f"rank {rank()}: {what} on rank 0 did not finish within {timeout_s:g} s "
+                           f"(eval_timeout_s): {e}") from e
+
+
+def main_first(fn: Callable[[], T], what: str, timeout_s: float) -> T:
+    """``fn()`` on rank 0 alone, its result on every rank: the others wait on the store (not in a collective, so
+    ``fn`` may outlast the collective timeout), then get the result broadcast. An exception on rank 0 stops every
+    rank (rank 0 raises it, the others a ``RuntimeError`` quoting it)."""
+    result, error = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the other ranks are told)
+            error = e
+    if is_dist():
+        wait_for_main(f"openlbm/{what}", timeout_s, what)
+        result, message = broadcast_object((result, None if error is None else f"{type(error).__name__}: {error}"))
+        if message is not None and error is None:
+            raise RuntimeError(f"rank 0 failed in {what}: {message}")
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (in place, returned for chaining); identity in a world of one."""
     if is_dist():
@@ -100,10 +143,13 @@ def broadcast_object(obj: object) -> object:
     return box[0]
 
 
-def wrap_model(model: nn.Module, kind: Literal["ddp", "fsdp"], info: DistInfo) -> nn.Module:
+def wrap_model(
+    model: nn.Module, kind: Literal["ddp", "fsdp"], info: DistInfo, units: Sequence[nn.Module] = ()
+) -> nn.Module:
     """Wrap for data parallelism. Returns the module to call forward on; the unwrapped module stays ``model``.
 
-    DDP averages gradients over ranks; FSDP2 (``fully_shard``) shards parameters, gradients and optimizer state.
+    DDP averages gradients over ranks; FSDP2 (``fully_shard``) shards parameters, gradients and optimizer state:
+    see :func:`shard` (``units``: the layers sharded one by one, in forward order).
     """
     if info.world_size == 1:
         return model
@@ -114,11 +160,52 @@ def wrap_model(model: nn.Module, kind: Literal["ddp", "fsdp"], info: DistInfo) -
         # find_unused_parameters: embodiment-specific heads that a batch does not touch receive no gradient.
         return DDP(model, device_ids=ids, find_unused_parameters=True)
     if kind == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        # One FSDP unit over the whole policy: the trunk's blocks are also called outside their forward
-        # (cross-attention K/V are cached once per observation), which per-block units would miss.
-        fully_shard(model)
+        shard(model, units)
         return model
     raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {kind!r}")
 
+
+def shard(model: nn.Module, units: Sequence[nn.Module]) -> None:
+    """FSDP2 per block: each of ``units`` is its own FSDP unit (gathered just for its own calls, resharded after
+    them, its gradients reduce-scattered as soon as its backward is done), the rest of ``model`` is the root unit.
+
+    A unit's ``outside_forward`` methods (e.g. a trunk block's cross-attention K/V cache, computed once per chunk
+    outside ``forward``) are registered with ``register_fsdp_forward_method``, so they gather the unit's
+    parameters too. Each unit prefetches the next one's all-gather when it starts (forward; FSDP2 prefetches in
+    backward by itself), overlapping communication with compute.
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    units = list(units)
+    for unit in units:
+        fully_shard(unit)
+        for name in getattr(unit, "outside_forward", ()):
+            register_fsdp_forward_method(unit, name)
+    fully_shard(model)
+    for unit, following in zip(units, units[1:], strict=False):
+        unit.set_modules_to_forward_prefetch([following])  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Whether the backward passes inside reduce gradients over ranks: off for all but the last micro-batch of a
+    step (DDP ``no_sync``; FSDP2 ``set_requires_gradient_sync``, which accumulates unsharded gradients and
+    reduce-scatters once). A no-op for a module that is neither."""
+    if enabled:
+        yield
+        return
+    if hasattr(model, "no_sync"):
+        with model.no_sync():  # type: ignore[operator]
+            yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    root = next((m for m in model.modules() if isinstance(m, FSDPModule)), None)
+    if root is None:
+        yield
+        return
+    root.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        root.set_requires_gradient_sync(True)

@@ -2,8 +2,16 @@
 
 ``ema = decay_t * ema + (1 - decay_t) * param`` after every optimizer step, with the warmup
 ``decay_t = min(decay, 1 - (1 + t) ** -power)`` (t counts EMA updates past ``update_after_step``), so the average
-is not dominated by the random initialisation early in training. Buffers (e.g. normalizer stats) are copied, not
-averaged. The EMA lives in its own module copy so that evaluation and checkpoints can use it directly.
+is not dominated by the random initialisation early in training. Only trainable parameters are averaged: buffers
+(e.g. normalizer stats) and frozen parameters are the model's own, copied when the average is exported.
+
+Where the average lives:
+
+- unsharded model (one process, DDP): in ``self.module``, a frozen whole copy whose parameters *are* the average
+  (no second copy), ready for evaluation and checkpoints after :meth:`EMA.export`;
+- FSDP2-sharded model: each rank averages its own shards (``shadow``, DTensors sharded like the parameters; no
+  all-gather per step, no full replica per rank). :meth:`EMA.export` gathers them (a collective: every rank
+  calls it) into ``module``, a whole copy that only the rank that saves and evaluates keeps (rank 0).
 """
 
 from __future__ import annotations
@@ -25,48 +33,103 @@ def ema_decay(step: int, cfg: EMAConfig) -> float:
     return min(cfg.decay, 1.0 - (1.0 + t) ** -cfg.power)
 
 
+def is_sharded(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (an FSDP2 shard)."""
+    return hasattr(t, "full_tensor")
+
+
+def local(t: Tensor) -> Tensor:
+    """This rank's part of ``t`` (the tensor itself when unsharded)."""
+    return t.to_local() if is_sharded(t) else t  # type: ignore[attr-defined]
+
+
+def full(t: Tensor) -> Tensor:
+    """The whole ``t`` (all-gathered from every rank when sharded: a collective)."""
+    return t.full_tensor() if is_sharded(t) else t  # type: ignore[attr-defined]
+
+
 class EMA:
-    """Keeps ``self.module``, a frozen copy of ``model`` whose parameters track the EMA of ``model``'s."""
+    """The EMA of ``model``'s trainable parameters; ``module`` (where kept) is the whole copy that holds it.
 
-    def __init__(self, model: nn.Module, cfg: EMAConfig) -> None:
+    ``module``: a whole copy of the model made before it was sharded; only needed with a sharded model, and then
+    only on the rank that saves and evaluates (None elsewhere). Unsharded, it defaults to a copy of ``model``.
+    """
+
+    def __init__(self, model: nn.Module, cfg: EMAConfig, module: nn.Module | None = None) -> None:
         self.cfg = cfg
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        # what a saved EMA state must hold: every key of the model's state, at its whole (unsharded) shape
+        self.reference = {k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()}
+        self.sharded = any(is_sharded(p) for p in model.parameters())
+        if module is None and not self.sharded:
+            module = copy.deepcopy(model)
+        self.module = None if module is None else module.eval().requires_grad_(False)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        if self.sharded:
+            params = dict(model.named_parameters())
+            self.shadow = {n: params[n].detach().clone() for n in trainable}
+        else:
+            assert self.module is not None
+            own = dict(self.module.named_parameters())
+            self.shadow = {n: own[n] for n in trainable}
         self.updates = 0
-
-    def _pairs(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
-        ema_params = dict(self.module.named_parameters())
-        src, dst = [], []
-        for name, p in model.named_parameters():
-            if name not in ema_params:
-                raise KeyError(f"EMA has no parameter {name!r}: was the model changed after the EMA was made?")
-            if p.requires_grad:
-                # FSDP2 shards parameters as DTensors; the EMA copy is kept whole (all-gather per update).
-                src.append(p.detach().full_tensor() if hasattr(p, "full_tensor") else p.detach())
-                dst.append(ema_params[name])
-        return src, dst
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> float:
-        """Fold ``model``'s current weights into the average; returns the decay used."""
+        """Fold ``model``'s current weights into the average (each rank its own shards); returns the decay used."""
         decay = ema_decay(step, self.cfg)
-        src, dst = self._pairs(model)
-        if src:
+        params = dict(model.named_parameters())
+        missing = [n for n in self.shadow if n not in params]
+        if missing:
+            raise KeyError(f"EMA has parameters {missing[:5]} the model lacks: was the model changed after the EMA "
+                           "was made?")
+        if self.shadow:
+            dst = [local(t) for t in self.shadow.values()]
+            src = [local(params[n].detach()) for n in self.shadow]
             # lerp(dst, src, w) = dst + w * (src - dst) = decay * dst + (1 - decay) * src
             torch._foreach_lerp_(dst, src, 1.0 - decay)
-        ema_buffers = dict(self.module.named_buffers())
-        for name, b in model.named_buffers():
-            if name in ema_buffers:
-                ema_buffers[name].copy_(b.full_tensor() if hasattr(b, "full_tensor") else b)
         self.updates += 1
         return decay
 
+    @torch.no_grad()
+    def export(self, model: nn.Module) -> nn.Module | None:
+        """Make ``module`` current and return it (None on a rank without one): the averaged parameters (gathered
+        from every rank when sharded: a collective, every rank calls it) with ``model``'s buffers and frozen
+        parameters."""
+        own = None if self.module is None else self.module.state_dict()
+        state = model.state_dict()
+        for name, t in state.items():  # the same order on every rank: the gathers line up
+            if not self.sharded and name in self.shadow:
+                continue  # the average already lives in ``module``
+            value = full((self.shadow.get(name, t) if self.sharded else t).detach())
+            if own is not None:
+                own[name].copy_(value)
+        if self.module is not None:
+            buffers = dict(self.module.named_buffers())
+            for name, b in model.named_buffers():  # non-persistent ones (normalizer stats) are not in the state
+                if name not in state:
+                    buffers[name].copy_(full(b))
+        return self.module
+
     def state_dict(self) -> dict[str, Tensor]:
-        """All EMA tensors (parameters and buffers), keyed by name."""
+        """All EMA tensors (parameters and buffers) as of the last :meth:`export`, keyed by name ({} on a rank
+        without a whole copy)."""
+        if self.module is None:
+            return {}
         return {k: v.detach() for k, v in self.module.state_dict().items()}
 
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        missing, unexpected, shapes = state_dict_diff(self.module.state_dict(), state, ours_label="EMA")
+        """Restore from :meth:`state_dict` (every rank reads the same full tensors and keeps its own shards)."""
+        missing, unexpected, shapes = state_dict_diff(self.reference, state, ours_label="EMA")
         if missing or unexpected or shapes:
             raise ValueError(f"EMA state mismatch: missing {missing[:10]}, unexpected {unexpected[:10]}, "
                              f"shape mismatches {shapes[:10]}")
-        self.module.load_state_dict(state)
+        if self.module is not None:
+            self.module.load_state_dict(state)
+        if self.sharded:
+            from torch.distributed.tensor import distribute_tensor
+
+            for name, t in self.shadow.items():
+                part = distribute_tensor(state[name].to(t.device), t.device_mesh, t.placements, src_data_rank=None)
+                local(t).copy_(part.to_local())
+

@@ -5,15 +5,14 @@ Single process (``lbm train ...``) or one process per device under torchrun; onl
 What it trains is whatever ``cfg.policy.build(embodiments, stats)`` returns (:class:`Trainable`): the LBM policy
 (``lbm train debug|small|...``) or a latent action model (``lbm train lam``), through the same steps.
 
-Loss averaging: every rank's micro-batch loss is a mean over its own elements (for the policy: a masked mean over
-its valid action elements, :func:`loss_weight`). To get the mean over the *global* batch (so that N ranks x M
-micro-batches give exactly the gradient of one big batch), each micro-batch loss is weighted by ``its element
-count * world_size / global element count`` before backward; DDP/FSDP then average the gradients over ranks.
+One step (loss weighting over the global batch, the non-finite check) is :mod:`openlbm.train.step`. Between log
+steps the loop reads nothing back from the device: metrics are summed there (:class:`~openlbm.train.metrics.Meter`)
+and the non-finite flag is checked at the steps that log, evaluate or save (:func:`_syncs`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import logging
 import os
@@ -27,11 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from openlbm.configs.train import EMAConfig, TrainConfig
+from openlbm.configs.train import TrainConfig
+from openlbm.data import mixture_stats
 from openlbm.data.imagetext import ImageTextConfig
 from openlbm.data.validate import require_valid
 from openlbm.errors import UserError
 from openlbm.locking import lock_dir
+from openlbm.policies.lbm import INSTRUCTION_EMBEDDING
 from openlbm.policies.policy_dir import resolve_policy_dir
 from openlbm.train import checkpoint as ckpt
 from openlbm.train import distributed as dist_utils
@@ -40,6 +41,16 @@ from openlbm.train.ema import EMA
 from openlbm.train.features import attach_feature_caches
 from openlbm.train.metrics import Meter, MetricsLogger, NullLogger
 from openlbm.train.optim import build_optimizer, set_lr
+from openlbm.train.step import (
+    NONFINITE,
+    LossModule,
+    NonFiniteLossError,
+    NonFiniteWatch,
+    _validate,
+    loss_weight,
+    model_weight_fn,
+    train_step,
+)
 from openlbm.types import Batch, ImageTextBatch
 
 IMAGE_TEXT_STATE = "image_text_batches"
@@ -62,7 +73,10 @@ class Trainable(Protocol):
     """What the loop trains (an ``nn.Module``; ``LBMPolicy``, ``LAM``), built by ``cfg.policy.build``.
 
     Optionally ``loss_weight(batch) -> Tensor``: the number of elements its loss is a mean over, for the
-    global-batch weighting above; without it, :func:`loss_weight` (valid action elements) is used.
+    global-batch weighting (:mod:`openlbm.train.step`); without it, :func:`loss_weight` (valid action elements) is
+    used. ``prepare_batch(batch) -> Batch``: host-side work done as batches come off the loader (the policy's text
+    embeddings). ``shard_units() -> list[nn.Module]``: the layers FSDP2 shards one by one. ``compute_loss(batch,
+    validate=False)``: skip checks the loop already made on the host.
     """
 
     def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]: ...
@@ -70,28 +84,6 @@ class Trainable(Protocol):
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]: ...
 
     def save(self, directory: str | Path) -> Path: ...
-
-
-class NonFiniteLossError(UserError, RuntimeError):
-    """The loss or gradient norm became NaN/inf; training stopped before the optimizer step."""
-
-
-class LossModule(nn.Module):
-    """``forward(batch) = policy.compute_loss(batch)``, so that DDP's gradient hooks see the training call."""
-
-    def __init__(self, policy: nn.Module) -> None:
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        return self.policy.compute_loss(batch)
-
-
-def loss_weight(batch: Batch) -> Tensor:
-    """Number of action elements the policy's masked-mean loss averages over (valid steps x real action dims)."""
-    valid_steps = (~batch.action_is_pad).sum(dim=1)  # [B]
-    real_dims = batch.action_dim_mask.sum(dim=1)  # [B]
-    return (valid_steps * real_dims).sum().to(torch.float64)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -102,104 +94,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def _batch_where(batch: Batch) -> str:
-    parts = []
-    for key in ("episode_index", "index", "dataset"):
-        v = batch.meta.get(key)
-        if v is not None:
-            v = v.tolist() if isinstance(v, Tensor) else list(v)
-            parts.append(f"{key}={v[:16]}{'...' if len(v) > 16 else ''}")
-    return ", ".join(parts) or "(batch.meta has no indices)"
-
-
-def model_weight_fn(model: nn.Module) -> Callable[[Batch], Tensor | dict[str, Tensor]]:
-    """The trained model's own ``loss_weight`` (through DDP's ``.module`` and :class:`LossModule`), else
-    :func:`loss_weight` (valid action elements)."""
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "policy", inner)
-    return getattr(inner, "loss_weight", loss_weight)
-
-
-def _terms(x: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
-    """A model's loss (or element count): one tensor, or one per objective (``{"action": ..., "latent": ...}``)."""
-    return dict(x) if isinstance(x, dict) else {"loss": x}
-
-
-def train_step(
-    model: nn.Module,
-    micro_batches: list[Batch],
-    optimizer: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    step: int,
-    autocast: contextlib.AbstractContextManager | None = None,
-    weight_fn: Callable[[Batch], Tensor | dict[str, Tensor]] | None = None,
-) -> dict[str, float]:
-    """One optimizer step over this rank's micro-batches; returns metrics averaged over the global batch.
-
-    The model's loss is one tensor or one per objective, each a mean over ``weight_fn(batch)`` elements (the
-    model's ``loss_weight``; one count per objective). Each objective is averaged over the *global* batch on its
-    own (an objective absent from the whole global batch, e.g. no row with actions, contributes nothing), then
-    the objectives are summed with ``cfg.objectives`` weights. Metrics: ``loss`` (the weighted sum) and, with
-    several objectives, ``loss/<objective>``.
-
-    Raises :class:`NonFiniteLossError` (naming the step and the batch's episode/frame indices) before touching
-    the weights when a loss or the gradient norm is not finite.
-    """
-    world = dist_utils.world_size()
-    device = micro_batches[0].action.device
-    weight_fn = weight_fn or model_weight_fn(model)
-    weights = [{k: v.to(device, torch.float64) for k, v in _terms(weight_fn(b)).items()} for b in micro_batches]
-    names = sorted({k for w in weights for k in w})
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    totals = dist_utils.all_reduce_sum(torch.stack([sum((w.get(k, zero) for w in weights), zero) for k in names]))
-    optimizer.zero_grad(set_to_none=True)
-    loss_sums = torch.zeros(len(names), dtype=torch.float64, device=device)
-    metric_sums: dict[str, float] = {}
-    for i, (batch, w) in enumerate(zip(micro_batches, weights, strict=True)):
-        last = i == len(micro_batches) - 1
-        # DDP all-reduces gradients on every backward unless told otherwise: only sync on the last micro-batch.
-        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast or contextlib.nullcontext():
-                out, metrics = model(batch)
-            losses = _terms(out)
-            if set(losses) - set(names):
-                raise RuntimeError(f"the model returned losses {sorted(losses)} but element counts for {names}")
-            objective = sum(losses.values()) * 0.0  # keeps every output in the graph (DDP expects all to be used)
-            for j, k in enumerate(names):
-                loss = losses.get(k)
-                if loss is None or not bool(w.get(k, zero) > 0):
-                    continue
-                if not torch.isfinite(loss.detach()).all():
-                    raise NonFiniteLossError(
-                        f"loss{'' if k == 'loss' else ' ' + k} is {loss.item()} at step {step} (micro-batch {i}, rank "
-                        f"{dist_utils.rank()}); batch: {_batch_where(batch)}. Stopped before the optimizer step; the "
-                        "last good checkpoint is kept."
-                    )
-                scale = (w[k] * world / totals[j]).to(loss.dtype) * cfg.objectives.weight(k)
-                objective = objective + loss * scale
-                loss_sums[j] += loss.detach().to(torch.float64) * w[k]
-            objective.backward()
-        for k, v in metrics.items():
-            metric_sums[k] = metric_sums.get(k, 0.0) + float(v) / len(micro_batches)
-    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    if not torch.isfinite(grad_norm):
-        raise NonFiniteLossError(
-            f"gradient norm is {grad_norm.item()} at step {step}; batches: "
-            + "; ".join(_batch_where(b) for b in micro_batches)
-            + ". Stopped before the optimizer step; the last good checkpoint is kept."
-        )
-    optimizer.step()
-    means = dist_utils.all_reduce_sum(loss_sums) / totals.clamp(min=1)
-    per = {k: float(m) for k, m, t in zip(names, means, totals, strict=True) if t > 0}
-    out = {**metric_sums, "loss": sum(cfg.objectives.weight(k) * v for k, v in per.items()), "grad_norm": float(grad_norm)}
-    if names != ["loss"]:
-        out.update({f"loss/{k}": v for k, v in per.items()})
-    return out
 
 
 def _prepare_run_dir(cfg: TrainConfig, info: dist_utils.DistInfo, allow_config_change: bool = False) -> Path | None:
@@ -277,6 +171,33 @@ class ImageTextFeed:
         return batch
 
 
+DEVICE_META = ("sample_seed", INSTRUCTION_EMBEDDING)
+"""``batch.meta`` tensors the model reads, moved to the device with the batch (the rest stays on the host)."""
+
+PREPARE_TIMEOUT_S = 24 * 3600.0
+"""How long ranks wait for rank 0 to validate the datasets and compute their statistics (on the store, not in a
+collective: large mixtures may take longer than the collective timeout)."""
+
+
+def _build_data(cfg: TrainConfig, info: dist_utils.DistInfo) -> Any:
+    """This rank's view of the mixture. The normalization statistics, the costly part (a pass over every source),
+    are computed once per job, on rank 0, and handed to the other ranks."""
+    memo: dict[str, Any] = {}
+    built: list[Any] = []
+
+    def build() -> Any:
+        with mixture_stats.shared(memo):
+            return finetune.with_replay(cfg.data, cfg.finetune).build(
+                None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon,
+                batch_size=cfg.micro_batch_size(info.world_size), seed=cfg.seed, rank=info.rank,
+                world_size=info.world_size,
+            )
+
+    memo.update(dist_utils.main_first(lambda: (built.append(build()), memo)[1], "normalization statistics",
+                                      PREPARE_TIMEOUT_S))
+    return built[0] if built else build()
+
+
 def _check_objectives(cfg: TrainConfig, data: Any) -> None:
     """Refuse, before step 1, objectives the policy cannot train: latent labels without a latent head of their
     width, image-text pairs at another size than the cameras."""
@@ -296,9 +217,11 @@ def _check_objectives(cfg: TrainConfig, data: Any) -> None:
 
 
 def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dist_utils.DistInfo,
-             feed: ImageTextFeed | None = None) -> tuple[list[Batch], float]:
-    """Next ``n`` micro-batches on the device (tagged with per-sample seeds, each with its image-text batch when
-    co-training) and the seconds spent waiting."""
+             feed: ImageTextFeed | None = None, prepare: Callable[[Batch], Batch] | None = None
+             ) -> tuple[list[Batch], float]:
+    """Next ``n`` micro-batches on the device (validated on the host as they come off the loader, tagged with
+    per-sample seeds, each with its image-text batch when co-training, through the model's ``prepare_batch``)
+    and the seconds spent waiting. Tensors the model reads from ``meta`` go to the device too."""
     out, waited = [], 0.0
     for _ in range(n):
         t0 = time.perf_counter()
@@ -306,9 +229,15 @@ def _batches(it: Iterator[Batch], n: int, data: Any, cfg: TrainConfig, info: dis
         if feed is not None:
             batch.image_text = feed.next()
         waited += time.perf_counter() - t0
-        batch.meta["sample_seed"] = sample_seeds(
-            cfg.seed, data.sampler.consumed, batch.batch_size, info.rank, info.world_size
-        )
+        _validate(batch)  # host tensors: the NaN checks read no device
+        batch.meta["sample_seed"] = sample_seeds(cfg.seed, data.sampler.consumed, batch.batch_size, info.rank,
+                                                 info.world_size)
+        batch = prepare(batch) if prepare is not None else batch
+        for k, v in batch.meta.items():
+            if k in DEVICE_META and isinstance(v, Tensor):
+                # (the loader pins the batch's tensors) a copy from pageable memory would wait for the device
+                v = v.pin_memory() if info.device.type == "cuda" else v
+                batch.meta[k] = v.to(info.device, non_blocking=True)
         out.append(batch.to(info.device, non_blocking=True))
     return out, waited
 
@@ -320,11 +249,14 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None, allow_config_change: 
     dir another process is training in (``LockedError``), a resume whose config differs from the run's
     (``ConfigChangedError``, unless ``allow_config_change``, which is then recorded in the run dir).
     """
-    require_valid([s.root for s in cfg.data.sources], min_length=cfg.policy.n_obs_steps)
     info = dist_utils.setup(cfg.device)
     # One writer per run dir: rank 0 of this job holds the lock; the kernel drops it if the process dies.
     run_lock = None
     try:
+        # once per job (rank 0), not once per rank: every rank reads the same files
+        dist_utils.main_first(
+            lambda: require_valid([s.root for s in cfg.data.sources], min_length=cfg.policy.n_obs_steps),
+            "dataset validation", PREPARE_TIMEOUT_S)
         run_lock = lock_dir(cfg.run_dir, "a training run") if info.is_main else None
         return _train(cfg, info, eval_fn, allow_config_change)
     finally:
@@ -339,21 +271,14 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     finetune.check(cfg)
     _limit_cpu_threads(cfg, info)
     resume_from = _prepare_run_dir(cfg, info, allow_config_change)
-    micro_bs = cfg.micro_batch_size(info.world_size)
-    data = finetune.with_replay(cfg.data, cfg.finetune).build(
-        None, n_obs_steps=cfg.policy.n_obs_steps, horizon=cfg.policy.horizon, batch_size=micro_bs, seed=cfg.seed,
-        rank=info.rank, world_size=info.world_size,
-    )
+    data = _build_data(cfg, info)
     _check_objectives(cfg, data)
     policy = build_policy(cfg, data, info.device, resume_from, cfg.run_dir if info.is_main else None)
     vision_cfg = getattr(cfg.policy, "vision", None)
     if cfg.cache_features and vision_cfg is not None and vision_cfg.cacheable:
         attach_feature_caches(data, policy.model.vision, cfg.feature_cache or cfg.run_dir / "features")
-    # FSDP shards the live weights, so the exported (saved/evaluated) copy must be a separate whole module.
-    ema_cfg = cfg.ema if cfg.ema.enabled else (EMAConfig(decay=0.0) if cfg.distributed == "fsdp" else None)
-    ema = EMA(policy, ema_cfg) if ema_cfg is not None else None
+    model, ema, export = _wrap_with_ema(policy, cfg, info)
     # FSDP replaces parameters with sharded DTensors, so the optimizer is built after wrapping.
-    model = _wrap(policy, cfg, info)
     optimizer = build_optimizer(finetune.param_groups(policy, cfg), cfg.optim, policy)
 
     # -- resume: weights, optimizer, EMA, sampler; RNG after the loader iterator exists ----------------------------
@@ -372,42 +297,46 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
 
     logger = MetricsLogger(cfg.run_dir, cfg.log, cfg.steps, state.step, cfg.to_dict()) if info.is_main else NullLogger()
     autocast = None
-    if cfg.precision == "bf16" and info.device.type == "cuda":
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-    export = ema.module if ema is not None else policy
+    if cfg.precision == "bf16":
+        autocast = torch.autocast(info.device.type, dtype=torch.bfloat16)
     weight_fn = model_weight_fn(policy)
-    meter, step = Meter(), state.step
-    checked = False
+    prepare = getattr(policy, "prepare_batch", None)
+    meter, step, watch, shown_loss = Meter(), state.step, NonFiniteWatch(info.device), float("nan")
 
     def save() -> Path:
         state.step, state.sampler = step, _sampler_state(data, feed)
+        exported = export()  # before the EMA state: under FSDP this gathers the averaged shards into it
         return ckpt.save_checkpoint(
             cfg.run_dir / "checkpoints", state, policy, optimizer,
-            ema.state_dict() if ema is not None else None, export, cfg.checkpoint.keep_last_k,
+            ema.state_dict() if ema is not None else None, exported, cfg.checkpoint.keep_last_k,
         )
 
-    # -- the loop ------------------------------------------------------------------------------------------------------
+    # -- the loop: no host read of a device value except at the steps listed in `syncs` ---------------------------
     try:
         while step < cfg.steps:
             lr = set_lr(optimizer, step, cfg.optim, cfg.steps)
-            batches, waited = _batches(it, cfg.grad_accum, data, cfg, info, feed)
-            if not checked:
-                _validate_first(batches[0])
-                checked = True
-            metrics = train_step(model, batches, optimizer, cfg, step, autocast, weight_fn)
+            t0 = time.perf_counter()
+            batches, waited = _batches(it, cfg.grad_accum, data, cfg, info, feed, prepare)
+            t1 = time.perf_counter()
+            syncs = _syncs(cfg, step + 1, eval_fn is not None)
+            if syncs:
+                watch.check(step)  # a non-finite step since the last check: stop (every rank alike) before saving
+            metrics = train_step(model, batches, optimizer, cfg, step, autocast, weight_fn, check_finite=syncs)
+            watch.add(step, metrics.pop(NONFINITE), batches)
             if ema is not None:
                 ema.update(policy, step)
             step += 1
             state.samples_seen += cfg.batch_size
-            meter.add(metrics, cfg.batch_size, waited)
-            s = meter.summary()
-            logger.advance(step, metrics["loss"], s["samples_per_s"], s["data_wait_frac"])
+            meter.add(metrics, cfg.batch_size, waited, t1 - t0 - waited, time.perf_counter() - t1)
             if step % cfg.log.every == 0 or step == cfg.steps:
-                logger.log(step, {**meter.summary(), "lr": lr})
+                summary = meter.summary()  # the one read of the logged values
+                shown_loss = summary["loss"]
+                logger.log(step, {**summary, "lr": lr})
                 meter.reset()
+            logger.advance(step, shown_loss, *meter.rates())
             if cfg.eval_every and eval_fn is not None and step % cfg.eval_every == 0:
                 t_eval = time.perf_counter()
-                _run_eval(eval_fn, export, step, logger, info)
+                _run_eval(eval_fn, export(), step, logger, info, cfg.eval_timeout_s)
                 meter.t0 += time.perf_counter() - t_eval  # rollouts are not training throughput
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.steps:
                 save()
@@ -417,15 +346,50 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     return cfg.run_dir
 
 
+def _syncs(cfg: TrainConfig, step: int, evaluates: bool) -> bool:
+    """Whether optimizer step number ``step`` (1-based) ends with a host read anyway: logging, evaluation, a
+    checkpoint or the last step. The non-finite check rides on these."""
+    return (step % cfg.log.every == 0 or step == cfg.steps or (evaluates and bool(cfg.eval_every)
+            and step % cfg.eval_every == 0) or (bool(cfg.checkpoint.every) and step % cfg.checkpoint.every == 0))
+
+
+def _wrap_with_ema(policy: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo
+                   ) -> tuple[nn.Module, EMA | None, Callable[[], nn.Module | None]]:
+    """The module to train (wrapped for DDP / FSDP2, compiled), the EMA (None when off) and ``export()``, which
+    returns the policy to save and evaluate, made current (a collective under FSDP; None on ranks without it).
+
+    Under FSDP the live weights are sharded, so rank 0 keeps a whole copy (made before sharding) that ``export``
+    fills: with the EMA's gathered shards, or, with EMA off, the gathered weights. Unsharded, the EMA's own copy
+    or the trained policy itself is exported."""
+    sharded = cfg.distributed == "fsdp" and info.world_size > 1
+    whole = copy.deepcopy(policy).eval().requires_grad_(False) if sharded and info.is_main else None
+    model = _wrap(policy, cfg, info)
+    ema = EMA(policy, cfg.ema, module=whole) if cfg.ema.enabled else None
+
+    def export() -> nn.Module | None:
+        if ema is not None:
+            return ema.export(policy)
+        if not sharded:
+            return policy
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if whole is not None:
+            whole.load_state_dict(state)
+        return whole
+
+    return model, ema, export
+
+
 def _wrap(policy: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo) -> nn.Module:
     if cfg.distributed == "fsdp" and info.world_size > 1:
         from torch.distributed.fsdp import register_fsdp_forward_method
 
-        dist_utils.wrap_model(policy, "fsdp", info)
+        dist_utils.wrap_model(policy, "fsdp", info, getattr(policy, "shard_units", list)())
         register_fsdp_forward_method(policy, "compute_loss")
-        model: nn.Module = LossModule(policy)
+        model: nn.Module = LossModule(policy, validated=True)
     else:
-        model = dist_utils.wrap_model(LossModule(policy), "ddp", info)
+        model = dist_utils.wrap_model(LossModule(policy, validated=True), "ddp", info)
     if cfg.compile:
         model = torch.compile(model)
     return model
@@ -468,27 +432,24 @@ def _busy_cores(window_s: float) -> float:
     return cores * (b1 - b0) / max(t1 - t0, 1)
 
 
-def _validate_first(batch: Batch) -> None:
-    try:
-        batch.validate()
-    except ValueError as e:
-        raise ValueError(f"the first training batch breaks the Batch contract (openlbm.types.Batch): {e}") from e
-
-
 def _sampler_state(data: Any, feed: ImageTextFeed | None) -> dict[str, Any]:
     state = data.sampler.state_dict()
     return state if feed is None else {**state, IMAGE_TEXT_STATE: feed.consumed}
 
 
-def _run_eval(eval_fn: EvalFn, policy: nn.Module, step: int, logger: Any, info: dist_utils.DistInfo) -> None:
+def _run_eval(eval_fn: EvalFn, policy: nn.Module | None, step: int, logger: Any, info: dist_utils.DistInfo,
+              timeout_s: float) -> None:
+    """Rank 0 evaluates; the other ranks wait for it on the rendezvous store, not in a collective, so a long
+    evaluation cannot trip the collective timeout (they give up after ``timeout_s`` with a clear error)."""
     if info.is_main:
+        assert policy is not None
         t0, was_training = time.perf_counter(), policy.training
         results = eval_fn(policy, step)
         # Without EMA the exported module is the one being trained: hand it back in the mode it was in.
         policy.train(was_training)
         metrics = {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in results.items()}
         logger.log(step, metrics | {"eval/seconds": time.perf_counter() - t0})
-    dist_utils.barrier()
+    dist_utils.wait_for_main(f"openlbm/eval/{step}", timeout_s, f"the evaluation at step {step}")
 
 
-__all__ = ["EvalFn", "LossModule", "NonFiniteLossError", "Trainable", "loss_weight", "train", "train_step"]
+__all__ = ["NONFINITE", "EvalFn", "LossModule", "NonFiniteLossError", "Trainable", "loss_weight", "train", "train_step"]

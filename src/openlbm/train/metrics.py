@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -102,7 +103,15 @@ class NullLogger:
 
 
 class Meter:
-    """Running sums between log steps: loss, wall time, time blocked on the data loader, samples."""
+    """Running sums between log steps: metrics, wall time, samples, and where the wall time went: blocked on the
+    data loader (``data_wait_frac``), preparing batches on the host (validation, text embeddings, seeds, the copy
+    to the device: ``host_frac``) and in the train step + EMA update (``step_frac``; on CPU the computation, on a
+    GPU launching it: the device runs asynchronously and shows up at the next read).
+
+    Tensor metrics (a train step's, on the device) are summed on the device: nothing is read back until
+    :meth:`summary`, once per log step. A NaN tensor value means "absent from that step" (an objective the
+    global batch lacked) and is not counted.
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -110,25 +119,53 @@ class Meter:
     def reset(self) -> None:
         self.t0 = time.perf_counter()
         self.data_s = 0.0
+        self.host_s = 0.0
+        self.step_s = 0.0
         self.samples = 0
         self.steps = 0
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, int] = {}  # per metric: an objective absent from a step has no value there
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, Any] = {}  # per metric: an objective absent from a step has no value there
 
-    def add(self, metrics: dict[str, float], samples: int, data_s: float) -> None:
+    def add(self, metrics: dict[str, Any], samples: int, data_s: float, host_s: float = 0.0, step_s: float = 0.0
+            ) -> None:
         self.steps += 1
         self.samples += samples
         self.data_s += data_s
+        self.host_s += host_s
+        self.step_s += step_s
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-            self.counts[k] = self.counts.get(k, 0) + 1
+            if isinstance(v, torch.Tensor):
+                v = v.detach().to(torch.float64)
+                have = ~torch.isnan(v)
+                v, n = torch.where(have, v, 0.0), have.to(torch.float64)
+            else:
+                v, n = float(v), 1
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts[k] + n if k in self.counts else n
+
+    def rates(self) -> tuple[float, float]:
+        """(samples per second, share of wall time waiting for data) since the last reset: host clocks only."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        return self.samples / elapsed, self.data_s / elapsed
 
     def summary(self) -> dict[str, float]:
+        """Means since the last reset (reads the device once, for all tensor metrics together)."""
+        keys = list(self.sums)
+        tensors = [k for k in keys if isinstance(self.sums[k], torch.Tensor) or isinstance(self.counts[k], torch.Tensor)]
+        values = dict(zip(keys, ((self.sums[k], self.counts[k]) for k in keys), strict=True))
+        if tensors:
+            flat = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=_device(self.sums, tensors))
+                                for k in tensors for x in values[k]]).tolist()
+            values.update({k: (flat[2 * i], flat[2 * i + 1]) for i, k in enumerate(tensors)})
+        out = {k: s / c for k, (s, c) in values.items() if c}
+        out["samples_per_s"], out["data_wait_frac"] = self.rates()
         elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        out = {k: v / self.counts[k] for k, v in self.sums.items()}
-        out["samples_per_s"] = self.samples / elapsed
-        out["data_wait_frac"] = self.data_s / elapsed
+        out["host_frac"], out["step_frac"] = self.host_s / elapsed, self.step_s / elapsed
         return out
+
+
+def _device(sums: dict[str, Any], keys: list[str]) -> torch.device:
+    return next(sums[k].device for k in keys if isinstance(sums[k], torch.Tensor))
 
 
 def _finite(v: Any) -> Any:
