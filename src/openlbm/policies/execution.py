@@ -208,7 +208,7 @@ class _Slot:
     episode_key: int = 0
     """:func:`frame_key` of the first frame since reset."""
     seams: int = 0
-    """Chunk switches so far (the step after a switch executes a new chunk's first row)."""
+    """Chunks taken over from a previous one since reset (the first chunk is no seam)."""
 
 
 class ChunkExecutor:
@@ -273,15 +273,16 @@ class ChunkExecutor:
     def _launches(self, slot: _Slot) -> bool:
         """Does this slot start an inference at this step?"""
         ex = self.execution
+        if slot.pending is not None:
+            return False
         if ex.temporal_ensemble is not None or slot.chunk is None:
-            return slot.pending is None
-        d = ex.delay_steps
-        return slot.pending is None and slot.pos == slot.start + ex.n_action_steps - d
+            return True
+        return slot.pos == slot.start + ex.n_action_steps - ex.delay_steps  # d steps before the chunk runs out
 
     def _guidance(self, slot: _Slot) -> Guidance | None:
-        if self.execution.mode != "rtc" or slot.chunk is None:
-            return None
         ex = self.execution
+        if ex.mode != "rtc" or slot.chunk is None:
+            return None
         return Guidance(prefix=slot.chunk[slot.pos :], frozen=ex.delay_steps, beta=ex.rtc_beta)
 
     def step(self, obs: Observation, predict: Predict) -> Tensor:
