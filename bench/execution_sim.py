@@ -114,8 +114,9 @@ def run_one(args: argparse.Namespace, policy: LBMPolicy, mode: str, ms: int) -> 
     return out
 
 
-def summarize(out: Path) -> dict:
-    records = {r["seed"]: r for r in load_records(out)}
+def summarize(out: Path, seeds: set[int]) -> dict:
+    """Success per start and mean seam metrics of one run, over the starts ``seeds`` (those every run has)."""
+    records = {r["seed"]: r for r in load_records(out) if r["seed"] in seeds}
     metrics = []
     for line in (out / "actions.jsonl").read_text().splitlines():
         ep = json.loads(line)
@@ -140,6 +141,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=None, help="episode time limit (default: the suite's)")
+    ap.add_argument("--summary-only", action="store_true", help="summarize what the out dir holds; run nothing")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     policy = LBMPolicy.load(resolve_policy_dir(args.policy)).eval()
@@ -147,10 +149,12 @@ def main() -> None:
     runs: dict[tuple[str, int], Path] = {}
     for mode in args.modes.split(","):
         for ms in [0] if mode == "sync" else [m for m in delays if m > 0]:
-            out = run_one(args, policy, mode, ms)
-            if out is not None:
+            out = args.out / f"{mode}-{ms}ms" if args.summary_only else run_one(args, policy, mode, ms)
+            if out is not None and (out / "actions.jsonl").is_file():
                 runs[(mode, ms)] = out
-    table = {f"{m}-{ms}ms": summarize(out) for (m, ms), out in runs.items()}
+    # Paired: only the starts every run has finished (a run cut short by a resume-able stop has fewer).
+    seeds = set.intersection(*({r["seed"] for r in load_records(out)} for out in runs.values()))
+    table = {f"{m}-{ms}ms": summarize(out, seeds) for (m, ms), out in runs.items()}
     base = table.get("sync-0ms")
     print(f"{'run':>14} {'success':>9} {'vs sync +/-':>11} {'seam jump':>10} {'inner jump':>11} {'seam jerk':>10}")
     for name, row in table.items():
