@@ -164,6 +164,21 @@ def test_async_computes_each_chunk_d_steps_ahead_and_uses_it_from_row_d(debug_po
     assert all(g is None or all(x is None for x in g) for g in spy.guidance)  # naive async: no guidance
 
 
+def test_async_with_the_delay_equal_to_the_steps_per_chunk(debug_policy: LBMPolicy) -> None:
+    """d = s: each chunk is launched the step it takes over (the first one's successor at once)."""
+    policy = debug_policy.eval()
+    s = d = policy.config.n_action_steps
+    actions, spy = _run(policy, ExecutionConfig(n_action_steps=s, mode="async", delay_steps=d), steps=3 * s)
+    c = [chunk for _, chunk in spy.calls]
+    assert len(c) == 4 and [idx for _, idx, _ in spy.windows] == [[k, k] for k in range(4)]
+    frames = make_obs([ARM] * 2, t=3 * s, seed=5)
+    for k, t in ((1, 0), (2, s), (3, 2 * s)):  # chunk k observed at step t
+        torch.testing.assert_close(spy.windows[k][0].state[:, -1], frames.state[:, t])
+    torch.testing.assert_close(actions[:, :s], c[0][:, :s])
+    torch.testing.assert_close(actions[:, s : 2 * s], c[1][:, d : d + s])
+    torch.testing.assert_close(actions[:, 2 * s :], c[2][:, d : d + s])
+
+
 def test_sync_mode_is_async_with_zero_delay(debug_policy: LBMPolicy) -> None:
     policy = debug_policy.eval()
     s = policy.config.n_action_steps

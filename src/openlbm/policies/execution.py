@@ -298,29 +298,45 @@ class ChunkExecutor:
         for i in range(b):
             frame = _Frame({c: v[i, -1] for c, v in obs.images.items()}, obs.state[i, -1], obs.instruction[i], obs.embodiment[i])
             self._push(i, frame)
+        for slot in self.slots:
+            self._take_due(slot)
         need = [i for i, s in enumerate(self.slots) if self._launches(s)]
         if need:
-            group = [self.slots[i] for i in need]
-            requests = [ChunkRequest(i, s.episode_key, s.n_chunks, self._guidance(s)) for i, s in zip(need, group, strict=True)]
-            result = _Result(predict(self._window(group, obs.state.device), requests))
-            for j, slot in enumerate(group):
-                slot.n_chunks += 1
-                first = slot.chunk is None or self.execution.temporal_ensemble is not None
-                slot.pending = (result, j, slot.pos + (0 if first else self.execution.delay_steps))
+            self._launch(need, obs.state.device, predict)
+        if self.execution.temporal_ensemble is None:
+            # with d = s the chunk after an episode's first one is launched at once, from the same observation
+            again = [i for i in need if self._launches(self.slots[i])]
+            if again:
+                self._launch(again, obs.state.device, predict)
         actions = [self._act(s) for s in self.slots]
         width = max(a.shape[-1] for a in actions)
         return torch.stack([torch.nn.functional.pad(a, (0, width - a.shape[-1])) for a in actions])
 
+    def _launch(self, need: list[int], device: torch.device, predict: Predict) -> None:
+        """Request chunks for the slots ``need`` (one ``predict`` call); a slot's first chunk is waited for."""
+        group = [self.slots[i] for i in need]
+        requests = [ChunkRequest(i, s.episode_key, s.n_chunks, self._guidance(s)) for i, s in zip(need, group, strict=True)]
+        result = _Result(predict(self._window(group, device), requests))
+        for j, slot in enumerate(group):
+            slot.n_chunks += 1
+            first = slot.chunk is None or self.execution.temporal_ensemble is not None
+            slot.pending = (result, j, slot.pos + (0 if first else self.execution.delay_steps))
+            self._take_due(slot)
+
+    def _take_due(self, slot: _Slot) -> None:
+        """Switch to the pending chunk once it is due."""
+        if slot.pending is None or slot.pos < slot.pending[2]:
+            return
+        result, j, _ = slot.pending
+        chunk, slot.pending = result.get()[j], None
+        if self.execution.temporal_ensemble is not None:
+            slot.ensemble.append([chunk, 0])
+            return
+        first = slot.chunk is None
+        slot.chunk, slot.start = chunk, 0 if first else self.execution.delay_steps
+        slot.pos, slot.seams = slot.start, slot.seams + (not first)
+
     def _act(self, slot: _Slot) -> Tensor:
-        if slot.pending is not None and slot.pos >= slot.pending[2]:
-            result, j, _ = slot.pending
-            chunk, slot.pending = result.get()[j], None
-            if self.execution.temporal_ensemble is not None:
-                slot.ensemble.append([chunk, 0])
-            else:
-                first = slot.chunk is None
-                slot.chunk, slot.start = chunk, 0 if first else self.execution.delay_steps
-                slot.pos, slot.seams = slot.start, slot.seams + (not first)
         if self.execution.temporal_ensemble is not None:
             return self._ensemble(slot)
         assert slot.chunk is not None
