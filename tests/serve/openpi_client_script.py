@@ -7,7 +7,7 @@ import json
 import sys
 
 import numpy as np
-from openpi_client import websocket_client_policy
+from openpi_client import action_chunk_broker, websocket_client_policy
 
 
 def main() -> None:
@@ -35,6 +35,15 @@ def main() -> None:
     except RuntimeError as e:  # openpi-client raises RuntimeError on a text frame
         error = str(e)
     after_error = client.infer(obs)
+    # A frame request is one control step: a broker that skips frames gets one row and fails loudly.
+    frame = {k: v for k, v in obs.items() if k != "episode_key"}
+    broker = action_chunk_broker.ActionChunkBroker(client, action_horizon=2)
+    try:
+        broker.infer(frame)
+        broker.infer(frame)
+        broker_error = None
+    except IndexError as e:
+        broker_error = type(e).__name__
     print(
         json.dumps(
             {
@@ -47,6 +56,7 @@ def main() -> None:
                 "infer_ms": [float(o["server_timing"]["infer_ms"]) for o in outs],
                 "error": error,
                 "after_error_shape": list(after_error["actions"].shape),
+                "broker_error": broker_error,
             }
         )
     )

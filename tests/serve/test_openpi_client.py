@@ -50,4 +50,5 @@ def test_openpi_client_against_our_server(
     assert "prev_total_ms" in out["timing"][1] and all(ms > 0 for ms in out["infer_ms"])
     assert out["error"] is not None and "missing keys ['observation/state']" in out["error"]
     assert out["after_error_shape"] == [h, a]
+    assert out["broker_error"] == "IndexError"  # a chunk broker skipping frames fails loudly, never silently
     assert refused.returncode != 0 and "401" in refused.stderr
