@@ -46,6 +46,7 @@ chunk's position in it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -231,7 +232,9 @@ class ChunkExecutor:
         """Start slot ``i`` over (a new episode)."""
         pending = self.slots[i].pending
         if pending is not None:
-            pending[0].get()  # a remote answer still in flight must be read off its connection
+            # A remote answer still in flight must be read off its connection; it is discarded, failed or not.
+            with contextlib.suppress(Exception):
+                pending[0].get()
         self.slots[i] = self._new_slot()
         return self.slots[i]
 
