@@ -273,3 +273,28 @@ def test_rtc_needs_the_flow_head() -> None:
     with pytest.raises(ValueError, match="'rtc' needs the flow head"):
         policy.set_execution(ExecutionConfig(n_action_steps=4, mode="rtc", delay_steps=1))
     randomize_zero_init(policy)
+
+
+def test_a_reset_discards_a_failed_chunk_still_in_flight() -> None:
+    """A remote chunk that failed must not make the slot unresettable (the server's frame connections rely on it)."""
+    from openlbm.policies.execution import ChunkExecutor
+
+    executor = ChunkExecutor(2, 8, ExecutionConfig(n_action_steps=4, mode="async", delay_steps=2), {"arm": ARM})
+    frames = make_obs([ARM], t=3)
+    calls = []
+
+    def predict(window, requests):
+        calls.append(len(requests))
+        if len(calls) == 1:
+            return torch.ones(1, 8, 3)
+
+        def fail():
+            raise RuntimeError("server went away")
+
+        return fail
+
+    for t in range(3):  # the second chunk is launched at step s - d = 2 and is not due yet
+        executor.step(step_obs(frames, t), predict)
+    assert calls == [1, 1] and executor.slots[0].pending is not None
+    executor.reset([0])
+    assert executor.slots[0].pending is None and executor.slots[0].chunk is None
