@@ -84,10 +84,12 @@ def policy(policy_dir: Path) -> torch.nn.Module:
 
 
 def make_request(seed: int, emb: EmbodimentSpec = EMB, prompt: str = "push the red block") -> dict:
+    """A window request (an episode-start frame with its ``episode_key``): its answer is a chunk."""
     rng = np.random.default_rng(seed)
     h, w = emb.image_size
     images = {cam: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for cam in emb.cameras}
-    return protocol.make_observation(images, rng.normal(size=emb.state_dim).astype(np.float32), prompt)
+    state = rng.normal(size=emb.state_dim).astype(np.float32)
+    return protocol.make_observation(images, state, prompt, episode_key=1000 + seed)
 
 
 def _openpi_venv_dir() -> Path:
@@ -137,7 +139,7 @@ def expected_chunk(policy: torch.nn.Module):
     """``expected_chunk(request) -> [H, A]``: the in-process ``predict_chunk`` answer for a request, alone."""
     from openlbm.serve.server import PolicyRunner, policy_facts
 
-    specs, _, _, n_obs = policy_facts(policy)
+    specs, _, n_obs = policy_facts(policy)
     runner = PolicyRunner(policy, noise_seed=NOISE_SEED)
 
     def expected(req: dict) -> np.ndarray:

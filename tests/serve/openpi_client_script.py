@@ -22,6 +22,7 @@ def main() -> None:
     }
     obs["observation/state"] = rng.normal(size=emb["state_dim"]).astype(np.float32)
     obs["prompt"] = "open the drawer"
+    obs["episode_key"] = 7  # a window request (an episode-start frame): the answer is a chunk
     outs = []
     for _ in range(n):
         out = client.infer(obs)
@@ -34,8 +35,15 @@ def main() -> None:
     except RuntimeError as e:  # openpi-client raises RuntimeError on a text frame
         error = str(e)
     after_error = client.infer(obs)
-    broker = action_chunk_broker.ActionChunkBroker(client, action_horizon=meta["n_action_steps"])
-    stepped = [broker.infer(obs)["actions"].tolist() for _ in range(meta["n_action_steps"] + 1)]
+    # A frame request is one control step: a broker that skips frames gets one row and fails loudly.
+    frame = {k: v for k, v in obs.items() if k != "episode_key"}
+    broker = action_chunk_broker.ActionChunkBroker(client, action_horizon=2)
+    try:
+        broker.infer(frame)
+        broker.infer(frame)
+        broker_error = None
+    except IndexError as e:
+        broker_error = type(e).__name__
     print(
         json.dumps(
             {
@@ -48,7 +56,7 @@ def main() -> None:
                 "infer_ms": [float(o["server_timing"]["infer_ms"]) for o in outs],
                 "error": error,
                 "after_error_shape": list(after_error["actions"].shape),
-                "broker_steps": stepped,
+                "broker_error": broker_error,
             }
         )
     )

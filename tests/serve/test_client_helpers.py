@@ -1,4 +1,4 @@
-"""Torch-free client pieces: request validation, chunk broker, temporal ensembling, import hygiene."""
+"""Torch-free client pieces: request validation (frames and windows), import hygiene."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from openlbm.serve import protocol
-from openlbm.serve.client import ChunkBroker, TemporalEnsembler
 
 SPEC = protocol.WireSpec("arm", ("front", "wrist"), (8, 6), state_dim=4, action_dim=3)
 SPECS = {"arm": SPEC, "other": protocol.WireSpec("other", ("front",), (4, 4), 2, 2)}
@@ -30,13 +29,19 @@ def test_parse_accepts_slash_and_dot_keys_and_float64_state() -> None:
     assert parsed.embodiment == "arm" and parsed.prompt == "stack the cups" and parsed.chunk_index == 0
     dotted = {k.replace("/", "."): v for k, v in _obs().items()}
     dotted["observation.state"] = np.arange(4, dtype=np.float64)
-    parsed2 = protocol.parse_observation({**dotted, "reset": True}, SPECS, "arm")  # reset: accepted, no effect
-    assert parsed2.state.dtype == np.float32 and parsed2.state.shape == (1, 4)
+    parsed2 = protocol.parse_observation({**dotted, "reset": True}, SPECS, "arm")
+    assert parsed2.state.dtype == np.float32 and parsed2.state.shape == (1, 4) and parsed2.reset
     np.testing.assert_array_equal(parsed2.images["wrist"], parsed.images["wrist"])
 
 
-def test_a_single_frame_is_an_episode_start_window() -> None:
-    w = protocol.parse_observation(_obs(), SPECS, "arm", n_obs_steps=3)
+def test_without_episode_key_a_request_is_one_frame_of_the_connections_episode() -> None:
+    f = protocol.parse_observation(_obs(), SPECS, "arm", n_obs_steps=3)
+    assert f.is_frame and not f.reset and f.state.shape == (1, 4) and f.images["front"].shape == (1, 8, 6, 3)
+
+
+def test_a_single_frame_window_is_an_episode_start_window() -> None:
+    w = protocol.parse_observation(_obs(episode_key=5), SPECS, "arm", n_obs_steps=3)
+    assert not w.is_frame and w.episode_key == 5
     assert w.is_pad.tolist() == [True, True, False] and w.state.shape == (3, 4)
     assert w.images["front"].shape == (3, 8, 6, 3)
     np.testing.assert_array_equal(w.state[0], w.state[2])  # padding repeats the frame (the dataset's convention)
@@ -47,9 +52,13 @@ def test_a_window_passes_through_with_its_padding_and_chunk_index() -> None:
     images = {c: rng.integers(0, 256, (3, 8, 6, 3), dtype=np.uint8) for c in ("front", "wrist")}
     state = rng.normal(size=(3, 4)).astype(np.float32)
     pad = np.array([True, False, False])
-    req = protocol.make_observation(images, state, "p", is_pad=pad, chunk_index=7)
+    prefix = rng.normal(size=(5, 3)).astype(np.float32)
+    req = protocol.make_observation(
+        images, state, "p", is_pad=pad, chunk_index=7, episode_key=9, action_prefix=prefix, frozen_steps=2
+    )
     w = protocol.parse_observation(req, SPECS, "arm", n_obs_steps=3)
-    assert w.is_pad.tolist() == pad.tolist() and w.chunk_index == 7
+    assert w.is_pad.tolist() == pad.tolist() and w.chunk_index == 7 and w.frozen_steps == 2
+    np.testing.assert_array_equal(w.action_prefix, prefix)
     np.testing.assert_array_equal(w.state, state)
     np.testing.assert_array_equal(w.images["wrist"], images["wrist"])
     del req["observation/is_pad"]
@@ -61,6 +70,7 @@ def _window(t: int, **override: object) -> dict:
         {"front": np.zeros((t, 8, 6, 3), np.uint8), "wrist": np.zeros((t, 8, 6, 3), np.uint8)},
         np.zeros((t, 4), np.float32),
         "p",
+        episode_key=1,
     )
     obs.update(override)
     return obs
@@ -78,6 +88,13 @@ def _window(t: int, **override: object) -> dict:
         (_window(3, chunk_index="0"), "chunk_index: expected an int with 0 <= value"),
         (_window(3, episode_key=2**63), "episode_key: expected an int with 0 <= value"),
         (_window(1, **{"observation/is_pad": np.array([True])}), "single frame it can only be"),
+        (_window(3, action_prefix=np.zeros((4, 2), np.float32)), r"action_prefix: expected a float32 numpy array \[K, 3\]"),
+        (_window(3, action_prefix=np.full((4, 3), np.nan, np.float32)), "action_prefix: contains NaN"),
+        (_window(3, action_prefix=np.zeros((4, 3), np.float32), frozen_steps=5), "frozen_steps: 5 exceeds"),
+        (_window(3, frozen_steps=1), "frozen_steps: only together with action_prefix"),
+        (_window(3, reset=True), "reset: only for frame requests"),
+        (_obs(chunk_index=1), r"\['chunk_index'\]: only in a window request"),
+        (_obs(**{"observation/state": np.zeros((3, 4), np.float32)}), "a frame request holds one frame"),
     ],
 )
 def test_bad_windows_are_rejected_with_named_field(obs: dict, match: str) -> None:
@@ -116,41 +133,6 @@ def test_bad_windows_are_rejected_with_named_field(obs: dict, match: str) -> Non
 def test_parse_rejects_with_named_field(obs: object, match: str) -> None:
     with pytest.raises(protocol.ProtocolError, match=match):
         protocol.parse_observation(obs, SPECS, "arm")
-
-
-def test_chunk_broker_executes_n_steps_per_chunk() -> None:
-    calls: list[int] = []
-
-    def infer(obs: dict) -> dict:
-        calls.append(obs["t"])
-        return {"actions": np.arange(10, dtype=np.float32)[:, None] + 100 * len(calls)}
-
-    broker = ChunkBroker(3, infer)
-    got = [float(broker.step({"t": t})[0]) for t in range(7)]
-    assert calls == [0, 3, 6]
-    assert got == [100, 101, 102, 200, 201, 202, 300]
-    broker.reset()
-    assert broker.needs_chunk and float(broker.step({"t": 7})[0]) == 400
-
-
-def _brute_force_ensemble(chunks: list[np.ndarray], t: int, coeff: float) -> np.ndarray:
-    h = chunks[0].shape[0]
-    preds = [chunks[s][t - s] for s in range(t + 1) if t - s < h]  # oldest first
-    w = np.exp(-coeff * np.arange(len(preds)))
-    return (np.stack(preds) * w[:, None]).sum(0) / w.sum()
-
-
-@pytest.mark.parametrize("coeff", [0.0, 0.01, 0.5, -0.2])
-def test_temporal_ensembler_matches_definition(coeff: float) -> None:
-    rng = np.random.default_rng(1)
-    chunks = [rng.normal(size=(5, 2)) for _ in range(12)]
-    ens = TemporalEnsembler(coeff)
-    for t, chunk in enumerate(chunks):
-        np.testing.assert_allclose(
-            ens.update(chunk), _brute_force_ensemble(chunks, t, coeff), rtol=1e-5, atol=1e-6
-        )
-    ens.reset()
-    np.testing.assert_allclose(ens.update(chunks[3]), chunks[3][0], rtol=1e-6)
 
 
 def test_client_module_does_not_import_torch() -> None:

@@ -1,4 +1,5 @@
-"""The real PyPI ``openpi-client`` (own venv, numpy<2) talks to our server: metadata, actions, errors, broker."""
+"""The real PyPI ``openpi-client`` (own venv, numpy<2) talks to our server: metadata, chunks, errors, auth. Its
+frame-per-step loop in every execution mode: ``test_execution_modes.py``."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def test_openpi_client_against_our_server(
         for k, v in out["obs"].items()
     }
     obs["observation/state"] = np.asarray(obs["observation/state"], dtype=np.float32)
+    obs["episode_key"] = int(obs["episode_key"])
     want = expected_chunk(obs)
     for got in actions:  # same observation three times -> the policy's chunk each time
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -48,7 +50,5 @@ def test_openpi_client_against_our_server(
     assert "prev_total_ms" in out["timing"][1] and all(ms > 0 for ms in out["infer_ms"])
     assert out["error"] is not None and "missing keys ['observation/state']" in out["error"]
     assert out["after_error_shape"] == [h, a]
-    n = policy.config.n_action_steps
-    steps = np.asarray(out["broker_steps"], dtype=np.float32)
-    np.testing.assert_allclose(steps[:n], want[:n], rtol=1e-4, atol=1e-5)  # openpi's broker walks our chunk
+    assert out["broker_error"] == "IndexError"  # a chunk broker skipping frames fails loudly, never silently
     assert refused.returncode != 0 and "401" in refused.stderr

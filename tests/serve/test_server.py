@@ -46,11 +46,16 @@ def test_client_gets_metadata_and_the_policys_chunk(
             "shape": [policy.config.horizon, emb.action_dim],
             "dtype": "float32",
         }
+        assert meta["execution"] == {**policy.execution.to_dict(), "noise_seed": 0}
         req = random_request(0)
         out = client.infer(req)
+        frame_req = {k: v for k, v in req.items() if k != "episode_key"}
+        step = client.infer(frame_req)["actions"]
     assert out["actions"].dtype == np.float32
     np.testing.assert_allclose(out["actions"], expected_chunk(req), rtol=1e-4, atol=1e-5)
-    # A lone frame is an episode start: the answer is what in-process execution does at an episode's first step.
+    # A frame request is a control step of the connection's episode (here its first): the answer is the action
+    # in-process execution takes at an episode's first step.
+    assert step.shape == (1, emb.action_dim)
     frame = EnvFrame(
         {c: req[f"observation/images/{c}"] for c in emb.cameras}, req["observation/state"], req["prompt"]
     )
@@ -58,7 +63,7 @@ def test_client_gets_metadata_and_the_policys_chunk(
     with torch.inference_mode():
         first = policy.select_action(observation_from_frames([frame], emb.name))
     policy.reset()
-    np.testing.assert_allclose(out["actions"][0], first[0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(step[0], first[0].numpy(), rtol=1e-4, atol=1e-5)
     assert out["server_timing"]["infer_ms"] > 0 and out["server_timing"]["batch_size"] == 1
 
 

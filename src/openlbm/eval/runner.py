@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,6 +102,14 @@ class EvalConfig:
     batch. ``0`` is also the default of ``lbm serve`` and of in-training evaluation: the three score the same
     sampler. ``None`` = torch's global RNG (not reproducible). Not used with ``server`` (the server's
     ``--noise-seed`` applies) or the expert."""
+    execution: Literal["sync", "async", "rtc"] = "sync"
+    """How the loaded policy's chunks become actions (``ExecutionConfig.mode``): ``sync`` (the simulation pauses
+    while a chunk is computed), ``async`` (the next chunk is computed while the current one executes and replaces
+    it ``delay_steps`` later) or ``rtc`` (async, guided to agree with the committed actions; flow head). With
+    ``server`` it must be what the server executes (its metadata), else the evaluation stops."""
+    delay_steps: int = 0
+    """Simulated inference delay for async/rtc, in control steps: a latency of D ms at the env's f Hz is
+    ``ceil(D * f / 1000)`` (``openlbm.policies.execution.delay_steps``)."""
     rank: int | None = None
     """This process's shard; ``None`` reads torchrun's ``RANK`` (0 without torchrun)."""
     world_size: int | None = None
@@ -246,11 +254,13 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
             raise ValueError(f"--server must be a ws:// or wss:// URL, got {cfg.server!r}")
         from openlbm.serve.client import RemotePolicy
 
-        remote = RemotePolicy(cfg.server)
+        # Everything this evaluation asks for that changes actions must be what the server executes.
+        expect = {"mode": cfg.execution, "delay_steps": cfg.delay_steps, "noise_seed": cfg.noise_seed}
+        remote = RemotePolicy(cfg.server, expect=expect)
         robot = robot_name(cfg.suite)
         if robot != remote.embodiment.name and robot in remote.metadata["embodiments"]:
             remote.close()  # a multi-embodiment server: drive the embodiment of this suite's robot
-            remote = RemotePolicy(cfg.server, embodiment=robot)
+            remote = RemotePolicy(cfg.server, embodiment=robot, expect=expect)
         try:
             yield remote
         finally:
@@ -271,7 +281,17 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
         policy.embodiment = policy.specs[suite_robot]
     policy.eval()
     policy.noise_seed = cfg.noise_seed
+    policy.set_execution(replace(policy.default_execution(), mode=cfg.execution, delay_steps=cfg.delay_steps))
     yield policy  # type: ignore[misc]
+
+
+def _execution_of(policy: PolicyLike) -> dict[str, Any] | None:
+    """What changes a policy's actions beyond its weights (``ExecutionConfig`` + noise seed); None for experts."""
+    execution = getattr(policy, "execution", None)
+    if execution is None:
+        return None
+    noise = policy.metadata["execution"]["noise_seed"] if hasattr(policy, "metadata") else getattr(policy, "noise_seed", None)
+    return {**execution.to_dict(), "noise_seed": noise}
 
 
 def _check_resume(out: Path, meta: dict[str, Any]) -> None:
@@ -280,7 +300,9 @@ def _check_resume(out: Path, meta: dict[str, Any]) -> None:
         write_json(path, meta)
         return
     old = read_json(path)
-    changed = changed_fields(old, meta, keys=_IDENTITY)
+    # dirs written before the execution was recorded were all evaluated with the policy's own (sync) execution
+    keys = [*_IDENTITY, *(["execution"] if "execution" in old else [])]
+    changed = changed_fields(old, meta, keys=keys)
     if changed:
         raise ValueError(
             f"{out} holds an evaluation with different settings ({'; '.join(changed)}); resuming would mix them. "
@@ -341,6 +363,7 @@ def evaluate(cfg: EvalConfig, policy: PolicyLike | None = None) -> EvalSummary:
             "cameras": list(env_cfg.cameras), "image_size": list(env_cfg.image_size), "max_steps": env_cfg.max_steps,
             "seed_formula": 'int.from_bytes(sha256(f"eval/{seed}/{task}/{k}")[:4], "little") & 0x7FFFFFFF',
             "embodiment": policy.embodiment.to_dict(),
+            "execution": _execution_of(policy),
         }
         _check_resume(out, meta)
         done = {r["episode_id"] for r in load_records(out)}

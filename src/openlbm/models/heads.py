@@ -71,6 +71,31 @@ class FlowHead(nn.Module):
             x = torch.add(x, denoise(x, t), alpha=dt)  # x + dt * v in one op
         return x
 
+    def sample_guided(
+        self, denoise: DenoiseFn, noise: Tensor, target: Tensor, weights: Tensor, beta: Tensor,
+        num_steps: int | None = None,
+    ) -> Tensor:
+        """Euler sampling guided towards ``target`` where ``weights > 0`` (real-time chunking's inpainting, Black
+        et al. 2025): at each step the clean chunk predicted from ``x_t``, ``x0 = x_t - t v``, is pulled towards
+        the target by the vector-Jacobian product ``g = (w * (target - x0))^T dx0/dx_t``, with weight
+        ``min(beta, ((1-t)^2 + t^2) / ((1-t) t))`` (the paper's ``(1-tau) / (tau r_tau^2)`` with ``tau = 1 - t``).
+        ``target``, ``weights``: ``[B, H, A]``, ``beta`` ``[B, 1, 1]`` (both broadcastable). Rows with zero weights
+        get exactly :meth:`sample`'s chunk. Runs with autograd on (the caller's tensors must not be inference
+        tensors)."""
+        steps = num_steps or self.cfg.num_steps
+        x, dt = noise.detach(), -1.0 / steps
+        for i in range(steps):
+            t = 1.0 + i * dt
+            t_emb = torch.full((x.shape[0],), t * self.cfg.time_scale, device=x.device)
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                v = denoise(xg, t_emb)
+                x0 = xg - t * v
+                (g,) = torch.autograd.grad(x0, xg, grad_outputs=weights * (target - x0.detach()))
+            w = beta if t >= 1.0 else beta.clamp(max=((1.0 - t) ** 2 + t**2) / ((1.0 - t) * t))
+            x = torch.add(x, v.detach() - w * g, alpha=dt)  # as in sample(): zero guidance gives its exact chunk
+        return x
+
 
 def squaredcos_alphas_cumprod(steps: int, max_beta: float = 0.999) -> Tensor:
     """``alpha_bar`` of the improved-DDPM cosine schedule (``squaredcos_cap_v2`` in diffusers)."""

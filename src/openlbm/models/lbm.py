@@ -244,6 +244,14 @@ class LBMModel(nn.Module):
         txt = nn.functional.normalize(self.language(text), dim=-1)  # [N, D]
         return img @ txt.T / self.image_text_temperature
 
-    def sample(self, enc: ObsEncoding, noise: Tensor, num_steps: int | None = None) -> Tensor:
-        """Normalized action chunk ``[B, H, A]`` from ``noise`` (reusing ``enc`` at every step)."""
-        return self.head.sample(lambda x, t: self.denoise(enc, x, t), noise, num_steps)
+    def sample(
+        self, enc: ObsEncoding, noise: Tensor, num_steps: int | None = None,
+        guide: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Normalized action chunk ``[B, H, A]`` from ``noise`` (reusing ``enc`` at every step); ``guide`` =
+        (target, weights, beta) samples guided towards ``target`` (flow head only: ``FlowHead.sample_guided``)."""
+        if guide is None:
+            return self.head.sample(lambda x, t: self.denoise(enc, x, t), noise, num_steps)
+        if not isinstance(self.head, FlowHead):
+            raise ValueError("real-time chunking guidance needs the flow head (policy.head='flow')")
+        return self.head.sample_guided(lambda x, t: self.denoise(enc, x, t), noise, *guide, num_steps=num_steps)

@@ -47,7 +47,8 @@ class PolicyConfig:
     horizon: int = 16
     """Actions predicted per chunk ``H``."""
     n_action_steps: int = 8
-    """Actions executed from each chunk before predicting the next (``<= horizon``)."""
+    """Actions executed from each chunk before predicting the next (``<= horizon``): the default of the policy's
+    execution (``LBMPolicy.default_execution``; the mode, delay and RTC are chosen at run time there)."""
     head: Literal["flow", "diffusion"] = "flow"
     """Action head: flow matching (Euler sampling) or DDPM training with DDIM sampling."""
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -74,7 +75,7 @@ class PolicyConfig:
     temporal_ensemble: float | None = None
     """ACT temporal ensembling coefficient ``m`` (weights ``exp(-m * i)``, ``i = 0`` the oldest prediction): when
     set, a chunk is predicted every step and overlapping predictions are averaged; None = execute
-    ``n_action_steps`` from a queue."""
+    ``n_action_steps`` per chunk. The default of the policy's execution, like ``n_action_steps``."""
 
     def __post_init__(self) -> None:
         if self.n_obs_steps < 1 or self.horizon < 1:

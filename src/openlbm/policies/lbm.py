@@ -25,7 +25,14 @@ from openlbm.jsonio import read_json, to_jsonable, write_json
 from openlbm.models.lbm import LBMModel, ObsEncoding, index_tensor
 from openlbm.models.rng import SampleRNG
 from openlbm.policies.config import PolicyConfig
-from openlbm.policies.execution import ChunkExecutor, frame_key
+from openlbm.policies.execution import (
+    ChunkExecutor,
+    ChunkRequest,
+    ExecutionConfig,
+    Guidance,
+    frame_key,
+    rtc_weights,
+)
 from openlbm.policies.normalize import MissingStatsError, Normalizer
 from openlbm.policies.pretrained import load_vision_weights, load_weights, state_dict_diff
 from openlbm.policies.text import build_text_encoder
@@ -80,9 +87,7 @@ class LBMPolicy(nn.Module):
         )
         if load_pretrained and (config.vision.pretrained is not None or config.vision.imagenet_weights):
             load_vision_weights(self.model.vision, config.vision.pretrained)
-        self.executor = ChunkExecutor(
-            config.n_obs_steps, config.n_action_steps, config.horizon, config.temporal_ensemble, self.specs
-        )
+        self.executor = ChunkExecutor(config.n_obs_steps, config.horizon, self.default_execution(), self.specs)
         self.noise_seed: int | None = 0
         """The sampler (the same in ``lbm eval``, in-training eval and ``lbm serve``): with an int, each chunk's
         initial noise is a fresh ``N(0, I)`` draw from a generator seeded by :func:`chunk_noise_seed` of (this
@@ -90,6 +95,22 @@ class LBMPolicy(nn.Module):
         chunk index since the episode start). Each chunk thus gets new noise (the real stochastic policy is
         sampled), yet evaluation is reproducible and a chunk depends neither on the rest of the batch nor on the
         env slot or worker that ran the episode. ``None`` = torch's global RNG. Not saved with the policy."""
+
+    def default_execution(self) -> ExecutionConfig:
+        """The execution the policy was configured with: its ``n_action_steps`` and ``temporal_ensemble``, sync."""
+        return ExecutionConfig(n_action_steps=self.config.n_action_steps, temporal_ensemble=self.config.temporal_ensemble)
+
+    @property
+    def execution(self) -> ExecutionConfig:
+        """How ``select_action`` turns chunks into actions (:class:`~openlbm.policies.execution.ExecutionConfig`)."""
+        return self.executor.execution
+
+    def set_execution(self, execution: ExecutionConfig) -> None:
+        """Switch the execution mode (sync / async / rtc, steps per chunk, ensembling); clears every slot."""
+        if execution.mode == "rtc" and self.config.head != "flow":
+            raise ValueError("execution mode 'rtc' needs the flow head; this policy's head is "
+                             f"{self.config.head!r} (use 'async')")
+        self.executor = ChunkExecutor(self.config.n_obs_steps, self.config.horizon, execution, self.specs)
 
     @property
     def device(self) -> torch.device:
@@ -196,14 +217,25 @@ class LBMPolicy(nn.Module):
         generator: torch.Generator | None = None,
         chunk_index: Sequence[int] | None = None,
         episode_key: Sequence[int | None] | None = None,
+        guidance: Sequence[Guidance | None] | None = None,
     ) -> Tensor:
         """Action chunk ``[B, horizon, A]`` in physical units; ``A`` = the largest native action dim among the
         batch's embodiments (= the native dim when the batch has one embodiment; narrower ones are zero-padded).
-        ``num_steps`` overrides the head's sampling steps; noise: see :meth:`initial_noise`."""
+        ``num_steps`` overrides the head's sampling steps; noise: see :meth:`initial_noise`. ``guidance[i]``
+        (real-time chunking, flow head): sample ``i``'s chunk is guided to agree with its prefix
+        (:mod:`openlbm.policies.execution`); ``None`` entries sample unguided."""
         self.check_observation(obs)
         noise = self.initial_noise(obs, chunk_index, generator, episode_key)
         obs = obs.to(self.device)
-        chunk = self.sample_actions(self.encode_observation(obs), num_steps, noise=noise)
+        if guidance is None or all(g is None for g in guidance):
+            chunk = self.sample_actions(self.encode_observation(obs), num_steps, noise=noise)
+        else:
+            # Guidance differentiates through the denoiser: leave inference mode so the encoding can be saved for
+            # backward (it is computed here, without grad, as a normal tensor).
+            with torch.inference_mode(False):
+                enc = self.encode_observation(obs)
+                guide = self._guide_target(guidance, obs.embodiment)
+                chunk = self.model.sample(enc, noise.clone().to(self.device), num_steps, guide=guide).detach()
         chunk = self.normalizer.unnormalize("action", chunk, obs.embodiment)
         width = max(self.specs[e].action_dim for e in obs.embodiment)
         return chunk[..., :width]
@@ -215,6 +247,28 @@ class LBMPolicy(nn.Module):
         encoder's cache lock and its string keys would split the graph and recompile per instruction set)."""
         batch.meta[INSTRUCTION_EMBEDDING] = self.text_encoder.encode(batch.obs.instruction)
         return batch
+
+    def _guide_target(
+        self, guidance: Sequence[Guidance | None], embodiment: Sequence[str]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Normalized target ``[B, H, A_max]``, weights ``[B, H, A_max]`` (0 off the prefix and native dims) and
+        the guidance clip ``beta`` ``[B, 1, 1]``."""
+        h, a_max = self.config.horizon, self.max_action_dim
+        if len(guidance) != len(embodiment):
+            raise ValueError(f"guidance has {len(guidance)} entries for a batch of {len(embodiment)}")
+        target = torch.zeros(len(guidance), h, a_max, device=self.device)
+        weights = torch.zeros(len(guidance), h, 1, device=self.device)
+        beta = torch.ones(len(guidance), 1, 1, device=self.device)
+        for i, g in enumerate(guidance):
+            if g is None:
+                continue
+            beta[i] = g.beta
+            k, a = min(g.prefix.shape[0], h), min(g.prefix.shape[-1], a_max)
+            target[i, :k, :a] = g.prefix[:k, :a].to(self.device, torch.float32)
+            weights[i, :, 0] = rtc_weights(h, k, g.frozen).to(self.device)
+        target = self.normalizer.normalize("action", target, embodiment)
+        dims = self.model.native_dim_mask(embodiment, a_max, self.device)  # [B, A_max]
+        return target, weights * dims[:, None, :], beta
 
     def loss_weight(self, batch: Batch) -> dict[str, Tensor]:
         """Per objective, the number of elements its loss in :meth:`compute_loss` is a mean over (the trainer weights
@@ -306,9 +360,16 @@ class LBMPolicy(nn.Module):
     def select_action(self, obs: Observation) -> Tensor:
         """``[B, A]`` for a ``T = 1`` observation of ``B`` independent envs (see :mod:`openlbm.policies.execution`)."""
         self.check_observation(obs, n_steps=1)
-        return self.executor.step(
-            obs.to(self.device), lambda w, key, idx: self.predict_chunk(w, chunk_index=idx, episode_key=key)
-        )
+
+        def predict(window: Observation, requests: list[ChunkRequest]) -> Tensor:
+            return self.predict_chunk(
+                window,
+                chunk_index=[r.chunk_index for r in requests],
+                episode_key=[r.episode_key for r in requests],
+                guidance=[r.guidance for r in requests],
+            )
+
+        return self.executor.step(obs.to(self.device), predict)
 
     def reset(self, indices: Sequence[int] | None = None) -> None:
         """Clear history and queued actions of the given batch slots (all when None)."""

@@ -1,16 +1,14 @@
 """Client side of the policy server: numpy + msgpack + websockets only (no torch at import time).
 
 - :class:`RemotePolicy` — a :class:`openlbm.types.PolicyLike` backed by a server: the observation history and the
-  action queue are kept here by :class:`openlbm.policies.execution.ChunkExecutor` (the code in-process execution
-  runs), and each chunk request carries the whole window, so a served policy acts exactly like an in-process one.
-  This is how a robot should call the server (torch is imported lazily, only here).
-- :class:`PolicyClient` — one websocket connection: ``.metadata``, ``.infer(obs) -> {"actions": [H, A], ...}``,
-  reconnects when the connection drops. Works with any openpi-protocol server, not only openlbm's.
-- :class:`ChunkBroker` — executes ``n_action_steps`` actions of each chunk before asking for the next one (like
-  openpi's ``ActionChunkBroker``). It sends single frames, which the server takes as episode starts: exact only for
-  policies with ``n_obs_steps = 1``.
-- :class:`TemporalEnsembler` — ACT-style: ask every step, average all predictions for the current step with
-  exponential weights (oldest prediction weighted most for ``coeff > 0``).
+  chunk schedule are kept here by :class:`openlbm.policies.execution.ChunkExecutor` (the code in-process execution
+  runs), configured from the server's metadata (``execution``), and each chunk request carries the whole window.
+  In async/RTC modes a request goes out when the chunk is launched and its answer is read ``delay_steps`` later,
+  so the robot keeps executing meanwhile (torch is imported lazily, only here).
+- :class:`PolicyClient` — one websocket connection: ``.metadata``, ``.infer(obs) -> {"actions": ..., ...}``,
+  reconnects when the connection drops. Works with any openpi-protocol server, not only openlbm's. Torch-free:
+  send one frame per control step (``protocol.make_observation``) and the server executes the policy for the
+  connection (``actions[0]`` is the action for this step).
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +28,7 @@ from openlbm.serve import codec, protocol
 if TYPE_CHECKING:
     import torch
 
+    from openlbm.policies.execution import ChunkRequest
     from openlbm.types import EmbodimentSpec, Observation
 
 log = logging.getLogger(__name__)
@@ -151,93 +149,18 @@ class PolicyClient:
         self.close()
 
 
-class ChunkBroker:
-    """Run ``n_action_steps`` actions of each predicted chunk, then ask for a new chunk.
-
-    ``broker.step(obs)`` calls ``infer(obs)`` only when the queue is empty. Pipelined callers use
-    :attr:`needs_chunk`, :meth:`add_chunk` and :meth:`pop` directly.
-    """
-
-    def __init__(
-        self, n_action_steps: int, infer: Callable[[dict], dict] | None = None, key: str = "actions"
-    ):
-        if n_action_steps < 1:
-            raise ValueError(f"n_action_steps must be >= 1, got {n_action_steps}")
-        self.n_action_steps = n_action_steps
-        self._infer = infer
-        self._key = key
-        self._queue: deque[np.ndarray] = deque()
-
-    @property
-    def needs_chunk(self) -> bool:
-        return not self._queue
-
-    def add_chunk(self, chunk: np.ndarray) -> None:
-        """Queue the first ``n_action_steps`` rows of a ``[H, A]`` chunk (replacing what is left)."""
-        if chunk.ndim != 2 or chunk.shape[0] < 1:
-            raise ValueError(f"an action chunk must be [H, A], got shape {list(chunk.shape)}")
-        self._queue = deque(chunk[: self.n_action_steps])
-
-    def pop(self) -> np.ndarray:
-        if not self._queue:
-            raise RuntimeError("ChunkBroker.pop() on an empty queue: add_chunk() first")
-        return self._queue.popleft()
-
-    def step(self, obs: dict) -> np.ndarray:
-        if self.needs_chunk:
-            if self._infer is None:
-                raise RuntimeError("ChunkBroker.step() needs the infer callable given at construction")
-            self.add_chunk(np.asarray(self._infer(obs)[self._key]))
-        return self.pop()
-
-    def reset(self) -> None:
-        self._queue.clear()
-
-
-class TemporalEnsembler:
-    """ACT's temporal ensembling: query every step; the action for step t averages every chunk that covered t.
-
-    Weights are ``exp(-coeff * i)`` with ``i = 0`` for the oldest prediction (ACT's convention; ``coeff = 0`` is a
-    plain mean, larger values trust old predictions more). Averages are updated online in ``O(H * A)`` per step.
-    """
-
-    def __init__(self, coeff: float = 0.01) -> None:
-        self.coeff = coeff
-        self._avg: np.ndarray | None = None
-        self._count: np.ndarray | None = None
-
-    def update(self, chunk: np.ndarray) -> np.ndarray:
-        """Fold in a chunk ``[H, A]`` predicted at the current step and return the action ``[A]`` to execute now."""
-        chunk = np.asarray(chunk, dtype=np.float64)
-        h = chunk.shape[0]
-        w = np.exp(-self.coeff * np.arange(h + 1))
-        wcum = np.cumsum(w)
-        if self._avg is None or self._count is None:
-            avg, count = chunk.copy(), np.ones(h, dtype=np.int64)
-        else:
-            n = min(len(self._avg), h)
-            c = self._count[:n]
-            avg, count = self._avg, self._count
-            avg[:n] = (avg[:n] * wcum[c - 1, None] + chunk[:n] * w[c, None]) / wcum[c, None]
-            count[:n] += 1
-            avg = np.concatenate([avg, chunk[n:]])
-            count = np.concatenate([count, np.ones(h - n, dtype=np.int64)])
-        action = avg[0].astype(np.float32)
-        self._avg, self._count = avg[1:], count[1:]
-        return action
-
-    def reset(self) -> None:
-        self._avg = self._count = None
-
-
 class RemotePolicy:
     """A served policy as a :class:`~openlbm.types.PolicyLike`: ``select_action`` / ``reset`` over websockets.
 
-    History, action queue and chunk counting per batch slot live in a
-    :class:`~openlbm.policies.execution.ChunkExecutor`, exactly as in ``LBMPolicy.select_action``; a slot whose
-    queue ran out sends its whole ``n_obs_steps`` window (with ``observation/is_pad``, ``episode_key`` and
-    ``chunk_index``) to the stateless server. The windows of all slots that need a chunk go out on separate connections before any reply is
-    read, so the server can batch them.
+    History, chunk schedule and chunk counting per batch slot live in a
+    :class:`~openlbm.policies.execution.ChunkExecutor` built from the server's ``execution`` metadata, exactly as
+    in ``LBMPolicy.select_action``; a slot that starts an inference sends its whole ``n_obs_steps`` window (with
+    ``observation/is_pad``, ``episode_key``, ``chunk_index`` and, for RTC, ``action_prefix``) on its own
+    connection. All slots' requests go out before any reply is read (the server can batch them), and a reply is
+    only read when the executor needs the chunk.
+
+    ``expect`` names execution settings the caller relies on (``ExecutionConfig`` fields and ``noise_seed``); one
+    that differs from the server's raises ``ValueError`` instead of silently evaluating something else.
     """
 
     def __init__(
@@ -246,11 +169,10 @@ class RemotePolicy:
         api_key: str | None = None,
         *,
         embodiment: str | None = None,
-        n_action_steps: int | None = None,
-        temporal_ensemble: float | None = None,
+        expect: Mapping[str, Any] | None = None,
         connect_timeout_s: float = 30.0,
     ) -> None:
-        from openlbm.policies.execution import ChunkExecutor
+        from openlbm.policies.execution import ChunkExecutor, ExecutionConfig
         from openlbm.types import EmbodimentSpec
 
         self.url, self.api_key, self.connect_timeout_s = url, api_key, connect_timeout_s
@@ -265,42 +187,53 @@ class RemotePolicy:
         self.embodiment: EmbodimentSpec = EmbodimentSpec.from_dict(
             {"name": name, **self.metadata["embodiments"][name]}
         )
-        self.n_action_steps = int(n_action_steps or self.metadata["n_action_steps"])
+        served = self.metadata.get("execution")
+        if not isinstance(served, dict):
+            raise ValueError(f"{url}: the server's metadata has no 'execution' (an older openlbm server?)")
+        wrong = {k: (v, served.get(k, "<absent>")) for k, v in (expect or {}).items() if served.get(k, "<absent>") != v}
+        if wrong:
+            raise ValueError(f"{url} executes differently than expected (field: expected, served): {wrong}")
+        self.execution = ExecutionConfig.from_dict(served)
+        self.n_action_steps = self.execution.n_action_steps
         self.executor = ChunkExecutor(
-            int(self.metadata["n_obs_steps"]),
-            self.n_action_steps,
-            int(self.metadata["horizon"]),
-            temporal_ensemble,
-            {name: self.embodiment},
+            int(self.metadata["n_obs_steps"]), int(self.metadata["horizon"]), self.execution, {name: self.embodiment}
         )
 
-    def _request(self, window: Observation, j: int, episode_key: int, chunk_index: int) -> dict[str, Any]:
+    def _request(self, window: Observation, j: int, req: ChunkRequest) -> dict[str, Any]:
         from openlbm.types import hwc_from_chw
 
         images = {cam: hwc_from_chw(window.images[cam][j]) for cam in self.embodiment.cameras}  # [T, Hi, Wi, 3]
         state = window.state[j, :, : self.embodiment.state_dim].cpu().numpy()  # [T, S]
         is_pad = window.obs_is_pad[j].cpu().numpy() if window.obs_is_pad is not None else None
+        g = req.guidance
         return protocol.make_observation(
             images,
             state,
             window.instruction[j],
             embodiment=self.embodiment.name if self._send_embodiment else None,
             is_pad=is_pad,
-            episode_key=episode_key,
-            chunk_index=chunk_index,
+            episode_key=req.episode_key,
+            chunk_index=req.chunk_index,
+            action_prefix=None if g is None else g.prefix[:, : self.embodiment.action_dim].cpu().numpy(),
+            frozen_steps=None if g is None else g.frozen,
         )
 
-    def _predict(self, window: Observation, episode_key: list[int], chunk_index: list[int]) -> torch.Tensor:
-        """``[n, H, A]`` for the ``n`` windows the executor needs chunks for (one connection each)."""
+    def _predict(self, window: Observation, requests: list[ChunkRequest]) -> Callable[[], torch.Tensor]:
+        """Send the ``n`` windows now (slot ``i`` on connection ``i``); the returned callable reads ``[n, H, A]``."""
         import torch
 
-        n = window.batch_size
-        while len(self._clients) < n:
+        need = max(r.slot for r in requests) + 1
+        while len(self._clients) < need:
             self._clients.append(PolicyClient(self.url, self.api_key, connect_timeout_s=self.connect_timeout_s))
-        for j in range(n):
-            self._clients[j].send(self._request(window, j, episode_key[j], chunk_index[j]))
-        chunks = [np.asarray(self._clients[j].recv()[protocol.ACTIONS_KEY], dtype=np.float32) for j in range(n)]
-        return torch.from_numpy(np.stack(chunks)).to(window.state.device)  # [n, H, A]
+        for j, r in enumerate(requests):
+            self._clients[r.slot].send(self._request(window, j, r))
+        device = window.state.device
+
+        def receive() -> torch.Tensor:
+            chunks = [np.asarray(self._clients[r.slot].recv()[protocol.ACTIONS_KEY], np.float32) for r in requests]
+            return torch.from_numpy(np.stack(chunks)).to(device)  # [n, H, A]
+
+        return receive
 
     def select_action(self, obs: Observation) -> torch.Tensor:
         """``[B, A]`` for a ``T = 1`` observation of ``B`` independent envs (as ``LBMPolicy.select_action``)."""

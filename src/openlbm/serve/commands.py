@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 
 def load_policy(path: Path, device: str):  # -> LBMPolicy (imported lazily: keeps `lbm --help` fast)
@@ -41,13 +42,21 @@ class Serve:
     noise_seed: int | None = 0
     """The sampler's noise seed: fresh noise per chunk keyed by (seed, episode key, chunk index), the same sampler
     as in-process evaluation with the same ``EvalConfig.noise_seed`` (default 0). ``None`` uses torch's global RNG."""
+    execution: Literal["sync", "async", "rtc"] = "sync"
+    """How chunks become actions (``ExecutionConfig.mode``; in the metadata, run by the server for frame requests
+    and by ``RemotePolicy`` for windows): ``sync`` waits for each chunk, ``async`` computes the next chunk while the
+    current one executes, ``rtc`` also guides it to agree with the committed actions (flow head)."""
+    delay_steps: int = 0
+    """Inference delay in control steps assumed by async/rtc (``ceil(latency_ms * fps / 1000)``)."""
+    rtc_beta: float = 5.0
+    """RTC's guidance weight clip."""
     log_level: str = "INFO"
     """Python logging level."""
 
     def run(self) -> int:
         from openlbm.devices import check_device
         from openlbm.errors import UserError
-        from openlbm.serve.server import PolicyServer, ServerConfig
+        from openlbm.serve.server import PolicyServer, ServerConfig, served_execution
 
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port}: must be 0..65535 (0 picks a free port)")
@@ -56,6 +65,14 @@ class Serve:
         logging.basicConfig(
             level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        policy = load_policy(self.policy, self.device)
+        try:
+            execution = replace(
+                policy.default_execution(), mode=self.execution, delay_steps=self.delay_steps, rtc_beta=self.rtc_beta
+            )
+            served_execution(policy, execution)
+        except ValueError as e:
+            raise UserError(f"--execution {self.execution} --delay-steps {self.delay_steps}: {e}") from None
         cfg = ServerConfig(
             host=self.host,
             port=self.port,
@@ -64,8 +81,8 @@ class Serve:
             max_wait_ms=self.max_wait_ms,
             max_message_bytes=int(self.max_message_mb * 1024 * 1024),
             noise_seed=self.noise_seed,
+            execution=execution,
         )
-        policy = load_policy(self.policy, self.device)
         PolicyServer(policy, cfg, device=self.device).run()
         return 0
 

@@ -1,34 +1,43 @@
 """The observation/action dictionaries exchanged with the policy server (openpi-style flat dicts).
 
-The server is stateless: every request carries the whole observation window the policy conditions on, built by
-the client with :class:`openlbm.policies.execution.ChunkExecutor` (the history in-process execution uses), so a
-served chunk equals the in-process one. A plain openpi client sends one frame; that frame is taken as an episode
-start (see below), which is in-distribution: every training episode starts with such a window.
+Two kinds of request, told apart by ``episode_key``:
+
+- A **frame** (no ``episode_key``): one control step of the connection's episode, what a plain openpi client sends.
+  The server keeps the connection's observation history and chunk schedule in a
+  :class:`openlbm.policies.execution.ChunkExecutor` (the code in-process execution runs) and answers the one
+  action to execute now, ``actions`` ``[1, A]``. Send one frame per control step; the episode starts over on a new
+  connection or with ``"reset": true``.
+- A **window** (with ``episode_key``): the whole ``n_obs_steps`` observation window, built by the client's own
+  ``ChunkExecutor`` (:class:`openlbm.serve.client.RemotePolicy`); the answer is the chunk ``[horizon, A]`` and
+  depends only on the request (the server keeps no state for it).
 
 Request (one msgpack map per websocket binary frame)::
 
     "observation/images/<camera>"  uint8   [Hi, Wi, 3]     one per camera of the embodiment (dots also accepted:
-                                           or [T, Hi, Wi, 3]  "observation.images.<camera>")
+                                           or [T, Hi, Wi, 3]  "observation.images.<camera>"); T only in a window
     "observation/state"            float32 [S] or [T, S]    native state dim of the embodiment (float64 accepted);
                                                             every value finite with |x| <= its max_abs_state
     "prompt"                       str                      the language instruction (openpi's field name)
     "embodiment"                   str  (optional)          which embodiment of a multi-embodiment policy; default
                                                             the first one (see metadata)
-    "observation/is_pad"           bool [T] (optional)      with a window: True for the frames before the episode
-                                                            start (copies of its first frame); default all False
-    "episode_key"                  int  (optional)          the episode's noise stream, 0 <= key < 2**63: the
-                                                            frame key of its first frame (default: the key of
-                                                            this request's last frame, i.e. an episode start)
-    "chunk_index"                  int  (optional)          chunks requested since the episode start (default 0)
-    "reset"                        bool (optional)          accepted for compatibility; no effect (no server state)
+    "reset"                        bool (optional, frame)   true: this frame starts a new episode
+    "episode_key"                  int  (window)            the episode's noise stream, 0 <= key < 2**63: the
+                                                            frame key of its first frame
+    "chunk_index"                  int  (optional, window)  chunks requested since the episode start (default 0)
+    "observation/is_pad"           bool [T] (optional, window) True for the frames before the episode start
+                                                            (copies of its first frame); default all False
+    "action_prefix"                float32 [K, A] (optional, window) real-time chunking: the previous chunk's
+                                                            actions for this chunk's rows 0..K-1 (physical units)
+    "frozen_steps"                 int  (with action_prefix) the prefix rows executed during this inference
 
-A single frame (no ``T`` axis, or ``T = 1``) is padded to ``n_obs_steps`` by repeating it, the copies flagged as
-padding: exactly the window the policy sees at the first step of an episode. A window has ``T = n_obs_steps``
-frames, oldest first, all arrays with the same ``T``.
+A window has ``T = n_obs_steps`` frames, oldest first, all arrays with the same ``T``; a window of one frame
+(``T = 1`` or no ``T`` axis) is an episode start: padded to ``n_obs_steps`` by repeating it, the copies flagged as
+padding.
 
 Response::
 
-    "actions"        float32 [horizon, A]   the predicted chunk, physical units, native action dim (like openpi)
+    "actions"        float32 [horizon, A]   a window's chunk, physical units, native action dim (like openpi);
+                     or [1, A]              a frame's action to execute now
     "server_timing"  {"infer_ms": float, "queue_ms": float, "batch_size": int, "prev_total_ms": float}
 
 Errors come back as a websocket *text* frame (openpi's convention) and the connection stays open.
@@ -51,6 +60,8 @@ STATE_WIRE_KEY = "observation/state"
 PROMPT_KEY = "prompt"
 EMBODIMENT_KEY = "embodiment"
 RESET_KEY = "reset"
+PREFIX_KEY = "action_prefix"
+FROZEN_KEY = "frozen_steps"
 IS_PAD_KEY = "observation/is_pad"
 CHUNK_INDEX_KEY = "chunk_index"
 EPISODE_KEY = "episode_key"
@@ -130,11 +141,23 @@ class ParsedObservation:
     prompt: str
     chunk_index: int
     episode_key: int | None
-    """``None``: the request did not say (the policy then keys the noise by the window's last frame)."""
+    """``None``: a frame of the connection's episode (the server's executor supplies the key)."""
+    reset: bool = False
+    """A frame that starts a new episode."""
+    action_prefix: np.ndarray | None = None
+    """float32 ``[K, A]``: real-time chunking's guidance target (a window's ``action_prefix``)."""
+    frozen_steps: int = 0
+    """Rows of ``action_prefix`` executed during this inference (weight 1)."""
+
+    @property
+    def is_frame(self) -> bool:
+        """A single control step of the connection's episode (the server keeps its history)."""
+        return self.episode_key is None
 
     def shape_key(self) -> tuple:
         """Requests with equal keys can be stacked into one batch."""
-        return (self.embodiment, tuple((c, a.shape) for c, a in self.images.items()), self.state.shape)
+        guided = self.action_prefix is not None
+        return (self.embodiment, tuple((c, a.shape) for c, a in self.images.items()), self.state.shape, guided)
 
 
 def build_metadata(
@@ -146,8 +169,10 @@ def build_metadata(
     policy: Mapping[str, Any],
     max_message_bytes: int,
     max_batch: int,
+    execution: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The first message on every connection: everything a client needs to build valid requests."""
+    """The first message on every connection: everything a client needs to build valid requests, and everything
+    that changes the executed actions (``execution``: ``ExecutionConfig`` fields + ``noise_seed``)."""
     return {
         "protocol": PROTOCOL,
         "server": "openlbm",
@@ -167,12 +192,13 @@ def build_metadata(
             for s in specs
         },
         "instruction_key": PROMPT_KEY,
-        "optional_keys": [EMBODIMENT_KEY, IS_PAD_KEY, EPISODE_KEY, CHUNK_INDEX_KEY, RESET_KEY],
+        "optional_keys": [EMBODIMENT_KEY, RESET_KEY, EPISODE_KEY, CHUNK_INDEX_KEY, IS_PAD_KEY, PREFIX_KEY, FROZEN_KEY],
         "action_key": ACTIONS_KEY,
         "horizon": horizon,
         "n_action_steps": n_action_steps,
         "n_obs_steps": n_obs_steps,
-        "history": "client",
+        "execution": dict(execution or {}),
+        "history": "server per connection for frames; client for windows",
         "max_message_bytes": max_message_bytes,
         "max_batch": max_batch,
     }
@@ -220,7 +246,7 @@ def _check_state(key: str, value: Any, spec: WireSpec) -> np.ndarray:
 
 
 def _check_window(
-    obs: dict[str, Any], images: dict[str, np.ndarray], state: np.ndarray, n_obs_steps: int
+    raw_pad: Any, images: dict[str, np.ndarray], state: np.ndarray, n_obs_steps: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Pad a single frame to an episode-start window; check a given window's length and padding flags."""
     lengths = {STATE_WIRE_KEY: state.shape[0], **{image_wire_key(c): a.shape[0] for c, a in images.items()}}
@@ -231,7 +257,6 @@ def _check_window(
         raise ProtocolError(
             f"{STATE_WIRE_KEY}: a window of {t} frames; this policy takes one frame or n_obs_steps={n_obs_steps}"
         )
-    raw_pad = obs.get(IS_PAD_KEY)
     if t == 1 and n_obs_steps > 1:
         # An episode start: the first frame repeated before itself, flagged as padding (the dataset's convention).
         pad = np.arange(n_obs_steps) < n_obs_steps - 1
@@ -283,21 +308,14 @@ def parse_observation(
     reset = obs.pop(RESET_KEY, False)
     if not isinstance(reset, bool):
         raise ProtocolError(f"{RESET_KEY}: expected a bool, got {type(reset).__name__}")
-    chunk_index = _check_int(CHUNK_INDEX_KEY, obs.pop(CHUNK_INDEX_KEY, 0))
     episode_key = obs.pop(EPISODE_KEY, None)
-    if episode_key is not None:
-        episode_key = _check_int(EPISODE_KEY, episode_key)
-    image_keys = [image_wire_key(c) for c in spec.cameras]
-    expected = {*image_keys, STATE_WIRE_KEY, PROMPT_KEY}
-    present = obs.keys() - {IS_PAD_KEY}
-    missing, extra = sorted(expected - present), sorted(present - expected)
-    if missing or extra:
-        parts = ([f"missing keys {missing}"] if missing else []) + (
-            [f"unexpected keys {extra}"] if extra else []
-        )
-        raise ProtocolError(
-            f"observation for embodiment {emb!r}: {'; '.join(parts)}; expected {sorted(expected)}"
-        )
+    window_only = {k: obs.pop(k) for k in (CHUNK_INDEX_KEY, IS_PAD_KEY, PREFIX_KEY, FROZEN_KEY) if k in obs}
+    if episode_key is None and window_only:
+        raise ProtocolError(f"{sorted(window_only)}: only in a window request (one with {EPISODE_KEY}); a frame "
+                            "request is one control step and the server keeps its history")
+    if episode_key is not None and reset:
+        raise ProtocolError(f"{RESET_KEY}: only for frame requests; a window (with {EPISODE_KEY}) carries its history")
+    _check_keys(obs, spec, emb)
     prompt = obs[PROMPT_KEY]
     if not isinstance(prompt, str):
         raise ProtocolError(
@@ -305,10 +323,46 @@ def parse_observation(
         )
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ProtocolError(f"{PROMPT_KEY}: {len(prompt)} characters, at most {MAX_PROMPT_CHARS} accepted")
-    images = {c: _check_image(k, obs[k], spec) for c, k in zip(spec.cameras, image_keys, strict=True)}
+    images = {c: _check_image(image_wire_key(c), obs[image_wire_key(c)], spec) for c in spec.cameras}
     state = _check_state(STATE_WIRE_KEY, obs[STATE_WIRE_KEY], spec)
-    images, state, is_pad = _check_window(obs, images, state, n_obs_steps)
-    return ParsedObservation(emb, images, state, is_pad, prompt, chunk_index, episode_key)
+    if episode_key is None:
+        if state.shape[0] != 1 or any(a.shape[0] != 1 for a in images.values()):
+            raise ProtocolError(f"a frame request holds one frame (no T axis); a window needs {EPISODE_KEY}")
+        return ParsedObservation(emb, images, state, np.zeros(1, dtype=bool), prompt, 0, None, reset=reset)
+    images, state, is_pad = _check_window(window_only.get(IS_PAD_KEY), images, state, n_obs_steps)
+    prefix, frozen = _check_prefix(window_only.get(PREFIX_KEY), window_only.get(FROZEN_KEY), spec)
+    chunk_index = _check_int(CHUNK_INDEX_KEY, window_only.get(CHUNK_INDEX_KEY, 0))
+    return ParsedObservation(emb, images, state, is_pad, prompt, chunk_index, _check_int(EPISODE_KEY, episode_key),
+                             action_prefix=prefix, frozen_steps=frozen)
+
+
+def _check_keys(obs: dict[str, Any], spec: WireSpec, emb: str) -> None:
+    expected = {*(image_wire_key(c) for c in spec.cameras), STATE_WIRE_KEY, PROMPT_KEY}
+    missing, extra = sorted(expected - obs.keys()), sorted(obs.keys() - expected)
+    if missing or extra:
+        parts = ([f"missing keys {missing}"] if missing else []) + (
+            [f"unexpected keys {extra}"] if extra else []
+        )
+        raise ProtocolError(
+            f"observation for embodiment {emb!r}: {'; '.join(parts)}; expected {sorted(expected)}"
+        )
+
+
+def _check_prefix(prefix: Any, frozen: Any, spec: WireSpec) -> tuple[np.ndarray | None, int]:
+    """-> (float32 ``[K, A]`` or None, frozen rows)."""
+    if prefix is None:
+        if frozen is not None:
+            raise ProtocolError(f"{FROZEN_KEY}: only together with {PREFIX_KEY}")
+        return None, 0
+    a = spec.action_dim
+    if not isinstance(prefix, np.ndarray) or prefix.dtype.kind != "f" or prefix.ndim != 2 or prefix.shape[1] != a:
+        raise ProtocolError(f"{PREFIX_KEY}: expected a float32 numpy array [K, {a}], got {prefix!r:.60}")
+    if not np.isfinite(prefix).all():
+        raise ProtocolError(f"{PREFIX_KEY}: contains NaN or inf")
+    k = _check_int(FROZEN_KEY, 0 if frozen is None else frozen)
+    if k > prefix.shape[0]:
+        raise ProtocolError(f"{FROZEN_KEY}: {k} exceeds the prefix's {prefix.shape[0]} rows")
+    return prefix.astype(np.float32), k
 
 
 def make_observation(
@@ -320,6 +374,9 @@ def make_observation(
     is_pad: np.ndarray | None = None,
     episode_key: int | None = None,
     chunk_index: int | None = None,
+    action_prefix: np.ndarray | None = None,
+    frozen_steps: int | None = None,
+    reset: bool | None = None,
 ) -> dict[str, Any]:
     """Build a request dict from camera -> HWC uint8 images (``[Hi, Wi, 3]``, or a window ``[T, Hi, Wi, 3]``), a
     state (``[S]`` or ``[T, S]``) and the instruction; the optional fields as in the module docstring."""
@@ -336,4 +393,9 @@ def make_observation(
         obs[EPISODE_KEY] = int(episode_key)
     if chunk_index is not None:
         obs[CHUNK_INDEX_KEY] = int(chunk_index)
+    if action_prefix is not None:
+        obs[PREFIX_KEY] = np.ascontiguousarray(action_prefix, dtype=np.float32)
+        obs[FROZEN_KEY] = int(frozen_steps or 0)
+    if reset is not None:
+        obs[RESET_KEY] = bool(reset)
     return obs

@@ -5,10 +5,13 @@ every binary msgpack observation with ``{"actions": [H, A], "server_timing": {..
 explaining what was wrong and the connection stays open. The model runs on one worker thread
 (:class:`~openlbm.serve.batching.InferenceWorker`) so the event loop never blocks on inference.
 
-The server keeps no observation history: each request carries its whole window (a lone frame is an episode start,
-see :mod:`openlbm.serve.protocol`), so an answer depends only on that request, whatever the connection, the order
-or the batch it shares. Errors reach the client as one short line; tracebacks stay in the server log. A chunk with
-a non-finite value is never sent: the client gets an error instead.
+Two kinds of request (:mod:`openlbm.serve.protocol`): a *window* carries its whole observation history, so its
+chunk depends only on that request, whatever the connection, the order or the batch it shares; a *frame* (what a
+plain openpi client sends, one per control step) is executed by the connection's own
+:class:`~openlbm.policies.execution.ChunkExecutor` (history, chunk schedule, ensembling, async/RTC: the code
+in-process execution runs), which answers the action for this step; its chunks go through the same worker.
+Errors reach the client as one short line; tracebacks stay in the server log. A non-finite action is never sent:
+the client gets an error instead.
 
 HTTP on the same port: ``GET /healthz`` -> ``200 OK`` (no key needed), ``GET /metadata`` -> the metadata as JSON.
 With an API key configured every other request needs ``Authorization: Api-Key <key>`` (openpi's header) or gets 401.
@@ -34,9 +37,10 @@ import torch
 import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection
 
+from openlbm.policies.execution import ChunkExecutor, ChunkRequest, ExecutionConfig, Guidance
 from openlbm.serve import codec, protocol
-from openlbm.serve.batching import InferenceError, InferenceWorker
-from openlbm.types import Observation, chw_from_hwc
+from openlbm.serve.batching import InferenceError, InferenceResult, InferenceWorker
+from openlbm.types import Observation, chw_from_hwc, hwc_from_chw
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +69,20 @@ class ServerConfig:
     """The sampler's noise seed (``LBMPolicy.noise_seed``, same default as ``lbm eval``): each chunk's noise is
     drawn afresh from (this seed, the request's ``episode_key`` and ``chunk_index``), so an answer is reproducible
     and independent of batching. ``None`` draws from torch's global RNG (answers then vary from call to call)."""
+    execution: ExecutionConfig | None = None
+    """How chunks become actions (steps per chunk, ensembling, sync/async/RTC): run by the server for frame
+    requests, by ``RemotePolicy`` for windows; in the metadata either way. ``None`` = the policy's own
+    (``LBMPolicy.execution``)."""
 
 
 class PolicyRunner:
     """Turns windows into one ``predict_chunk`` call on the device. Runs on the inference thread only."""
 
     def __init__(
-        self, policy: torch.nn.Module, device: str | torch.device = "cpu", noise_seed: int | None = 0
+        self, policy: torch.nn.Module, device: str | torch.device = "cpu", noise_seed: int | None = 0,
+        beta: float = ExecutionConfig.rtc_beta,
     ) -> None:
+        self.beta = beta
         self.policy = policy.to(device).eval()
         self.device = torch.device(device)
         if hasattr(self.policy, "noise_seed"):
@@ -95,16 +105,31 @@ class PolicyRunner:
             obs_is_pad=torch.from_numpy(np.stack([w.is_pad for w in windows])),  # [B, T]
         )
         index, keys = [w.chunk_index for w in windows], [w.episode_key for w in windows]
+        guidance = [
+            None if w.action_prefix is None else Guidance(torch.from_numpy(w.action_prefix), w.frozen_steps, self.beta)
+            for w in windows
+        ]
         with torch.inference_mode():
-            actions = self.policy.predict_chunk(obs.to(self.device), chunk_index=index, episode_key=keys)  # [B, H, A]
+            actions = self.policy.predict_chunk(
+                obs.to(self.device), chunk_index=index, episode_key=keys, guidance=guidance
+            )  # [B, H, A]
         return actions.float().cpu().numpy()
 
 
-def policy_facts(policy: Any) -> tuple[list[protocol.WireSpec], int, int, int]:
-    """(wire specs, horizon, n_action_steps, n_obs_steps) of an LBMPolicy-like object."""
+def policy_facts(policy: Any) -> tuple[list[protocol.WireSpec], int, int]:
+    """(wire specs, horizon, n_obs_steps) of an LBMPolicy-like object."""
     specs = [protocol.WireSpec.from_dict(e.to_dict()) for e in policy.embodiments]
     cfg = policy.config
-    return specs, int(cfg.horizon), int(cfg.n_action_steps), int(cfg.n_obs_steps)
+    return specs, int(cfg.horizon), int(cfg.n_obs_steps)
+
+
+def served_execution(policy: Any, execution: ExecutionConfig | None) -> ExecutionConfig:
+    """``execution``, or the policy's; checked against the policy's horizon and head."""
+    execution = execution or policy.execution
+    execution.check(int(policy.config.horizon))
+    if execution.mode == "rtc" and getattr(policy.config, "head", "flow") != "flow":
+        raise ValueError(f"execution mode 'rtc' needs the flow head; the served policy's is {policy.config.head!r}")
+    return execution
 
 
 @dataclass
@@ -133,21 +158,24 @@ class PolicyServer:
         self, policy: torch.nn.Module, cfg: ServerConfig, device: str | torch.device = "cpu"
     ) -> None:
         self.cfg = cfg
-        specs, self.horizon, self.n_action_steps, self.n_obs_steps = policy_facts(policy)
+        specs, self.horizon, self.n_obs_steps = policy_facts(policy)
+        self.execution = served_execution(policy, cfg.execution)
         self.specs = {s.name: s for s in specs}
+        self.embodiments = {e.name: e for e in policy.embodiments}
         self.default_embodiment = specs[0].name
         self.metadata = protocol.build_metadata(
             specs,
             horizon=self.horizon,
-            n_action_steps=self.n_action_steps,
+            n_action_steps=self.execution.n_action_steps,
             n_obs_steps=self.n_obs_steps,
-            policy={"class": type(policy).__name__, "device": str(device), "noise_seed": cfg.noise_seed},
+            policy={"class": type(policy).__name__, "device": str(device)},
+            execution={**self.execution.to_dict(), "noise_seed": cfg.noise_seed},
             max_message_bytes=cfg.max_message_bytes,
             max_batch=cfg.max_batch,
         )
         self._metadata_bytes = codec.packb(self.metadata)
         self.worker = InferenceWorker(
-            PolicyRunner(policy, device, cfg.noise_seed),
+            PolicyRunner(policy, device, cfg.noise_seed, self.execution.rtc_beta),
             max_batch=cfg.max_batch,
             max_wait_ms=cfg.max_wait_ms if cfg.max_batch > 1 else 0.0,
             max_pending=cfg.max_pending,
@@ -191,12 +219,14 @@ class PolicyServer:
         stats = _ClientStats()
         log.info("%s connected", name)
         self._connected += 1
+        # The connection's episode, for frame requests: a new connection is a new episode.
+        executor = ChunkExecutor(self.n_obs_steps, self.horizon, self.execution, self.embodiments)
         try:
             await ws.send(self._metadata_bytes)
             prev_total_ms: float | None = None
             async for message in ws:
                 t0 = time.perf_counter()
-                reply = await self._answer(message, stats, prev_total_ms)
+                reply = await self._answer(message, stats, prev_total_ms, executor)
                 await ws.send(reply)
                 if isinstance(reply, bytes):
                     prev_total_ms = (time.perf_counter() - t0) * 1000.0
@@ -212,7 +242,7 @@ class PolicyServer:
             )
 
     async def _answer(
-        self, message: str | bytes, stats: _ClientStats, prev_total_ms: float | None
+        self, message: str | bytes, stats: _ClientStats, prev_total_ms: float | None, executor: ChunkExecutor
     ) -> bytes | str:
         """The reply to one frame: packed actions (bytes) or an error text."""
         stats.bytes_in += len(message)
@@ -224,7 +254,7 @@ class PolicyServer:
             window = protocol.parse_observation(
                 codec.unpackb(message), self.specs, self.default_embodiment, self.n_obs_steps
             )
-            result = await self._infer(window)
+            result = await (self._step(window, executor) if window.is_frame else self._infer(window))
             if not np.isfinite(result.actions).all():
                 log.error("non-finite actions for a request (state range [%g, %g]); not sent",
                           float(window.state.min()), float(window.state.max()))
@@ -248,6 +278,35 @@ class PolicyServer:
         return codec.packb(
             {protocol.ACTIONS_KEY: np.ascontiguousarray(result.actions), protocol.TIMING_KEY: timing}
         )
+
+    async def _step(self, frame: protocol.ParsedObservation, executor: ChunkExecutor) -> InferenceResult:
+        """One control step of the connection's episode: the executor's action ``[1, A]`` for this frame."""
+        loop = asyncio.get_running_loop()
+        obs = Observation(
+            images={c: chw_from_hwc(a[None]) for c, a in frame.images.items()},  # [1, 1, Hi, Wi, 3] -> [1, 1, 3, Hi, Wi]
+            state=torch.from_numpy(frame.state[None]),  # [1, 1, S]
+            instruction=[frame.prompt],
+            embodiment=[frame.embodiment],
+        )
+
+        def predict(window: Observation, requests: list[ChunkRequest]) -> Any:
+            futures = [
+                asyncio.run_coroutine_threadsafe(self._infer(_as_window(window, j, r)), loop)
+                for j, r in enumerate(requests)
+            ]
+            # Resolved when the executor needs the chunk: at once in sync mode, delay_steps frames later otherwise
+            # (the connection keeps getting the current chunk's actions meanwhile).
+            return lambda: torch.from_numpy(np.stack([f.result().actions for f in futures]))  # [n, H, A]
+
+        def step() -> torch.Tensor:  # off the event loop: it may wait for a chunk the loop delivers
+            if frame.reset:
+                executor.reset()
+            return executor.step(obs, predict)  # [1, A]
+
+        t0 = time.perf_counter()
+        action = await asyncio.to_thread(step)
+        ms = (time.perf_counter() - t0) * 1000.0
+        return InferenceResult(action.float().numpy(), ms, 0.0, 1)
 
     async def _infer(self, window: protocol.ParsedObservation) -> Any:
         key = window.shape_key()
@@ -302,6 +361,22 @@ class PolicyServer:
             await self.serve(stop)
 
         asyncio.run(main())
+
+
+def _as_window(window: Observation, j: int, request: ChunkRequest) -> protocol.ParsedObservation:
+    """Row ``j`` of an executor's window as a parsed window request (what ``RemotePolicy`` would have sent)."""
+    g = request.guidance
+    return protocol.ParsedObservation(
+        embodiment=window.embodiment[j],
+        images={c: hwc_from_chw(v[j]) for c, v in window.images.items()},  # [T, Hi, Wi, 3]
+        state=window.state[j].numpy(),  # [T, S]
+        is_pad=window.obs_is_pad[j].numpy() if window.obs_is_pad is not None else np.zeros(window.n_steps, bool),
+        prompt=window.instruction[j],
+        chunk_index=request.chunk_index,
+        episode_key=request.episode_key,
+        action_prefix=None if g is None else g.prefix.float().numpy(),
+        frozen_steps=0 if g is None else g.frozen,
+    )
 
 
 @contextlib.contextmanager
