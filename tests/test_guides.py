@@ -33,7 +33,8 @@ def test_guide_commands_run_on_a_fresh_checkout(guide: Path, tmp_path: Path) -> 
     assert block is not None
     (tmp_path / "tests").symlink_to(ROOT / "tests")
     python = shlex.quote(sys.executable)
-    script = "set -euo pipefail\n" + block.replace(".venv/bin/lbm", f"{python} -m openlbm.cli").replace(
-        ".venv/bin/torchrun", f"{python} -m torch.distributed.run")
+    tools = {"lbm": f"{python} -m openlbm.cli", "torchrun": f"{python} -m torch.distributed.run", "python": python}
+    script = "set -euo pipefail\n" + re.sub(r"(?<![\w/])\.venv/bin/(lbm|torchrun|python)\b",
+                                              lambda m: tools[m.group(1)], block)
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{guide.name}: a command failed\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
