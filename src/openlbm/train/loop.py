@@ -330,10 +330,12 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
             meter.add(metrics, cfg.batch_size, waited, t1 - t0 - waited, time.perf_counter() - t1)
             if step % cfg.log.every == 0 or step == cfg.steps:
                 summary = meter.summary()  # the one read of the logged values
-                shown_loss = summary["loss"]
+                shown_loss, rates = summary["loss"], (summary["samples_per_s"], summary["data_wait_frac"])
                 logger.log(step, {**summary, "lr": lr})
                 meter.reset()
-            logger.advance(step, shown_loss, *meter.rates())
+            else:
+                rates = meter.rates()  # just after a reset the meter has no samples yet: keep the logged rates
+            logger.advance(step, shown_loss, *rates)
             if cfg.eval_every and eval_fn is not None and step % cfg.eval_every == 0:
                 t_eval = time.perf_counter()
                 _run_eval(eval_fn, export(), step, logger, info, cfg.eval_timeout_s)
