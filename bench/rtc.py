@@ -10,32 +10,16 @@ in interleaved rounds in one process (so a busy machine slows both alike), and t
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 
+from inference import stats, timed  # bench/ is on the path when run as `python bench/rtc.py`
 from openlbm.configs.presets import policy_preset as preset
 from openlbm.policies.execution import Guidance
 from openlbm.types import EmbodimentSpec, Observation
 
 EMB = EmbodimentSpec("metaworld_sawyer", ("corner2", "gripperPOV"), (64, 64), state_dim=4, action_dim=4, fps=80.0)
-
-
-def stats(n: int) -> dict[str, list]:
-    return {"mean": [0.0] * n, "std": [1.0] * n, "min": [-1.0] * n, "max": [1.0] * n,
-            "q01": [-1.0] * n, "q99": [1.0] * n, "count": [1]}
-
-
-def timed(fn, repeats: int) -> float:
-    """Best-of-``repeats`` milliseconds of ``fn()`` after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, (time.perf_counter() - t0) * 1e3)
-    return best
 
 
 def main() -> None:

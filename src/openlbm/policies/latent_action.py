@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -33,10 +33,8 @@ from torch import Tensor, nn
 from openlbm.jsonio import from_jsonable, read_json, to_jsonable, write_json
 from openlbm.models.latent_action import LatentActionConfig, LatentActionOutput
 from openlbm.policies.pretrained import load_weights, state_dict_diff
+from openlbm.policies.warm_start import InitReport
 from openlbm.types import Batch, EmbodimentSpec
-
-if TYPE_CHECKING:
-    from openlbm.policies.lbm import InitReport
 
 FORMAT = "openlbm.latent_action"
 VERSION = 1
@@ -200,8 +198,6 @@ class LAM(nn.Module):
 
     def init_from(self, directory: str | Path) -> InitReport:
         """Continue from another LAM dir's weights and codebook (same sizes), e.g. to adapt it to new video."""
-        from openlbm.policies.lbm import InitReport
-
         d = Path(directory)
         _, embodiments = self.read_dir(d)
         loaded = self._load_tensors(d)

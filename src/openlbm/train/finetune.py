@@ -27,8 +27,8 @@ from torch import nn
 
 from openlbm.configs.train import FinetuneConfig, TrainConfig
 from openlbm.data.mixture import DataConfig, stats_sources
-from openlbm.policies.lbm import PER_EMBODIMENT
 from openlbm.policies.policy_dir import POLICY_DIR
+from openlbm.policies.warm_start import PER_EMBODIMENT
 
 log = logging.getLogger(__name__)
 
