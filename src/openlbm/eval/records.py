@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openlbm.envs.tasks import task_groups
+from openlbm.envs.difficulty import task_groups
 from openlbm.eval.stats import MeanOfRates, Outcomes, RateEstimate, estimate, mean_of_rates
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class EvalSummary:
     """Episodes planned (all ranks); ``complete`` when every one has a record."""
     num_episodes: int
     groups: dict[str, RateEstimate] = field(default_factory=dict)
-    """Difficulty group -> its episodes' success (Meta-World tasks: :data:`openlbm.envs.tasks.METAWORLD_DIFFICULTY`);
+    """Difficulty group -> its episodes' success (Meta-World tasks: :data:`openlbm.envs.difficulty.METAWORLD_DIFFICULTY`);
     empty when the tasks have no groups."""
     group_mean: MeanOfRates | None = None
     """The mean of the group rates (each group weighs the same), as MT50 results are published."""
