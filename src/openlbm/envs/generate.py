@@ -113,19 +113,35 @@ def features(cfg: GenerateConfig) -> dict[str, FeatureSpec]:
 def demo_starts(root: Path) -> dict[str, list[int]]:
     """task -> the initial-state seeds of the dataset's kept demos, in episode order: where a policy trained on them
     must succeed (the positive control of ``lbm eval --demo-starts``). Only datasets made by ``lbm data generate``
-    record them; a resumed dataset's uncommitted attempts are left out as the generator itself does."""
+    record them; attempts whose episode was never committed are left out, as the generator itself does."""
+    from openlbm.data.layout import read_info
+
     path = Path(root) / ATTEMPTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; demo initial states are recorded by `lbm data generate` only")
+    committed = int(read_info(Path(root)).get("total_episodes") or 0)
     starts: dict[str, list[tuple[int, int]]] = {}
-    for raw in path.read_text().splitlines():
-        try:
-            rec = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
-            continue  # a torn last line: that attempt was never committed
-        if rec.get("episode_index") is not None:
+    for rec in _logged_attempts(path):
+        if rec.get("episode_index") is not None and rec["episode_index"] < committed:
             starts.setdefault(str(rec["task"]), []).append((int(rec["episode_index"]), int(rec["seed"])))
     return {task: [seed for _, seed in sorted(eps)] for task, eps in starts.items()}
+
+
+def _logged_attempts(path: Path) -> list[dict[str, Any]]:
+    """Every record of an attempts log; a torn last line (a crash mid-write) is no record, any other bad line is an
+    error naming it."""
+    out = []
+    raw_lines = path.read_text().splitlines()
+    for i, raw in enumerate(raw_lines):
+        if not raw.strip():
+            continue
+        try:
+            out.append(json.loads(raw))
+        except json.JSONDecodeError:
+            if i == len(raw_lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
+    return out
 
 
 def _read_attempts(root: Path, committed: int) -> list[dict[str, Any]]:
@@ -133,19 +149,7 @@ def _read_attempts(root: Path, committed: int) -> list[dict[str, Any]]:
     path = root / ATTEMPTS_FILE
     if not path.exists():
         return []
-    lines = []
-    raw_lines = path.read_text().splitlines()
-    for i, raw in enumerate(raw_lines):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
-            if i == len(raw_lines) - 1:
-                break  # torn last line from a crash mid-write
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
-        if rec.get("episode_index") is None or rec["episode_index"] < committed:
-            lines.append(rec)
+    lines = [r for r in _logged_attempts(path) if r.get("episode_index") is None or r["episode_index"] < committed]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
     tmp.replace(path)
