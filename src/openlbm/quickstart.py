@@ -17,6 +17,8 @@ from typing import Literal
 from rich.console import Console
 from rich.table import Table
 
+from openlbm.envs import METAWORLD_CAMERAS
+
 log = logging.getLogger(__name__)
 console = Console()
 
@@ -36,10 +38,9 @@ class Quickstart:
     """Closed-loop evaluation episodes per task (initial states disjoint from the demos' by construction)."""
     instructions: Literal["train", "heldout"] = "train"
     """Instruction paraphrases used at evaluation: those seen in training, or held-out ones."""
-    cameras: tuple[str, ...] = ("corner2_lerobot", "gripperPOV")
-    """Cameras recorded and fed to the policy: the scene camera where LeRobot's MT50 protocol puts it (nearer the
-    table than Meta-World's own ``corner2``: plate-slide went from 13 to 18 of 25 on the same starts, docs/results.md)
-    and the wrist camera."""
+    cameras: tuple[str, ...] = METAWORLD_CAMERAS
+    """Cameras recorded and fed to the policy (default: the Meta-World suite's, ``corner2_lerobot`` and the wrist
+    camera ``gripperPOV``)."""
     size: int = 64
     """Square camera resolution in pixels (demos, training and evaluation)."""
     preset: Literal["quickstart", "debug", "small", "base", "large"] = "quickstart"

@@ -7,6 +7,11 @@ any submodule imports ``mujoco`` or ``metaworld``. An explicit ``MUJOCO_GL`` alw
 import os
 from collections.abc import Sequence
 
+METAWORLD_CAMERAS: tuple[str, ...] = ("corner2_lerobot", "gripperPOV")
+"""The default cameras of every Meta-World command: the scene camera where LeRobot's MT50 protocol puts it and the
+wrist camera. Nearer the table than the scene's own ``corner2``, it lifted plate-slide from 13 to 18 of 25 on the
+same starts (docs/results.md). Here, not in ``envs.metaworld``, so the CLI reads it without importing a simulator."""
+
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
 

@@ -24,7 +24,7 @@ class Generate:
     episodes_per_task: int = 50
     """Successful episodes to keep per task."""
     cameras: str | None = None
-    """Comma-separated cameras to record (default: corner2,gripperPOV for metaworld; top,left_wrist,right_wrist for
+    """Comma-separated cameras to record (default: corner2_lerobot,gripperPOV for metaworld; top,left_wrist,right_wrist for
     aloha)."""
     size: int = 128
     """Square image size in pixels."""
@@ -74,7 +74,7 @@ class ImageText:
     """Scripted episodes per task (all kept, successful or not: the captions say which)."""
     size: int = 128
     """Square image size in pixels."""
-    cameras: str = "corner2"
+    cameras: str = "corner2_lerobot"
     """Comma-separated cameras; each kept step gives one sample per camera."""
     shard_size: int = 1000
     """Samples per shard."""

@@ -50,7 +50,7 @@ class ImageTextGenConfig:
     """Episodes rolled out per task (every one is kept, successful or not)."""
     size: int = 128
     """Square render size in pixels."""
-    cameras: tuple[str, ...] = ("corner2",)
+    cameras: tuple[str, ...] = ("corner2_lerobot",)
     """Cameras rendered; each kept step gives one sample per camera (same caption)."""
     shard_size: int = 1000
     """Samples per shard (the last shard may hold fewer)."""

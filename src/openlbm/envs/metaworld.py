@@ -24,8 +24,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-import openlbm.envs  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
-from openlbm.envs import check_env_fields
+from openlbm.envs import METAWORLD_CAMERAS, check_env_fields
 from openlbm.envs.tasks import ALL_TASKS, instructions
 from openlbm.types import EmbodimentSpec, EnvFrame
 
@@ -58,7 +57,7 @@ GL_HELP = (
 class MetaWorldConfig:
     """How Meta-World environments are built: cameras, image size, episode length."""
 
-    cameras: tuple[str, ...] = ("corner2", "gripperPOV")
+    cameras: tuple[str, ...] = METAWORLD_CAMERAS
     """Cameras rendered every step, in order (the first one is used for videos). Empty = no rendering."""
     image_size: tuple[int, int] = (128, 128)
     """``(height, width)`` of every rendered image, in pixels (8..1024)."""
