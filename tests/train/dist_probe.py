@@ -7,7 +7,8 @@
   is left waiting in a collective);
 - ``wait``: ranks waiting for rank 0 on the store give up after their timeout with a ``TimeoutError``;
 - ``bf16``: FSDP2 under ``precision="bf16"``: the dtypes a trunk block's weight and gradient take, and how many
-  reduce-scatters (and in which dtype) a step makes with one micro-batch and with two.
+  reduce-scatters (and in which dtype) a step makes with one micro-batch and with two;
+- ``ddp_accumulation``: how many gradient all-reduces DDP makes in a step of one micro-batch and of two.
 """
 
 from __future__ import annotations
@@ -124,11 +125,32 @@ def probe_bf16() -> dict:
             "reduce_scatters": counts, "losses": losses}
 
 
+def probe_ddp_accumulation() -> dict:
+    """How many gradient buckets DDP all-reduces in a step of one micro-batch and in one of two."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    torch.manual_seed(0)
+    cfg = debug()
+    policy = policy_preset("debug").build([ARM], {"arm": make_stats(ARM)})
+    model = dist_utils.wrap_model(LossModule(policy), "ddp", dist_utils.setup("cpu"))
+    opt = build_optimizer(policy.param_groups(0.0), cfg.optim, policy)
+    buckets: list[int] = []
+    model.register_comm_hook(None, lambda state, bucket: (buckets.append(1), allreduce_hook(state, bucket))[1])
+    counts = []
+    for step, n in enumerate((1, 2)):
+        batches = [make_batch([ARM, ARM], policy.config.horizon, seed=2 * i + dist.get_rank()) for i in range(n)]
+        before = len(buckets)
+        train_step(model, batches, opt, cfg, step)
+        counts.append(len(buckets) - before)
+    return {"all_reduces": counts}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    report = {"shard": probe_shard(), "nonfinite": probe_nonfinite(), "wait": probe_wait(), "bf16": probe_bf16()}
+    report = {"shard": probe_shard(), "nonfinite": probe_nonfinite(), "wait": probe_wait(), "bf16": probe_bf16(),
+              "ddp_accumulation": probe_ddp_accumulation()}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
     dist.destroy_process_group()
 

@@ -112,6 +112,12 @@ def test_fsdp_bf16_gathers_bf16_weights_and_reduces_fp32_gradients_once_per_step
         assert all(math.isfinite(v) for v in s["losses"])
 
 
+def test_ddp_accumulation_all_reduces_once_per_step(probe: list[dict]) -> None:
+    for rank in probe:
+        one, two = rank["ddp_accumulation"]["all_reduces"]
+        assert one > 0 and two == one, (one, two)
+
+
 def test_fsdp_bf16_two_processes_track_one_bf16_process(tiny_dataset: Path, tmp_path: Path) -> None:
     """bf16 losses of 2 FSDP2 ranks x 2 micro-batches vs 1 process x 1: not bit-equal (norm weights and biases are
     bf16 under FSDP, the gradients bf16 before their fp32 reduction), but close; the first step, from the same
