@@ -220,7 +220,14 @@ class VectorQuantizer(nn.Module):
         return self.codebook[torch.arange(self.cfg.groups, device=indices.device), indices]  # [B, G] -> [B, G, D]
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """``z [B, G, D]`` -> (straight-through codes ``[B, G, D]``, indices ``[B, G]``, commitment loss, stats)."""
+        """``z [B, G, D]`` -> (straight-through codes ``[B, G, D]``, indices ``[B, G]``, commitment loss, stats).
+
+        Always in fp32, also under bf16 autocast: the codebook's moving averages are fp32 buffers that bf16
+        counts and sums would round (or fail to update in place), and nearby codes' similarities would tie."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         z = F.normalize(z, dim=-1)
         sim = torch.einsum("bgd,gkd->bgk", z, self.codebook)  # [B, G, K]
         indices = sim.argmax(dim=-1)  # [B, G]
