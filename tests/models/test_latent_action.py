@@ -79,6 +79,19 @@ def test_first_training_batch_initialises_the_codebook_and_encode_never_updates_
     assert torch.equal(out.indices, indices) and torch.allclose(out.codes, codes)
 
 
+def test_bf16_autocast_trains_with_an_fp32_codebook() -> None:
+    torch.manual_seed(0)
+    model = TINY.build()
+    for seed in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(*frames(8, seed=seed))
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and out.codes.dtype == torch.float32
+    q = model.quantizer
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in (q.codebook, q.embed_sum, q.cluster_size))
+    assert model.encoder.mlp[-1].weight.grad.abs().sum() > 0
+
+
 def test_a_never_chosen_code_is_reinitialised() -> None:
     torch.manual_seed(0)
     model = TINY.build()

@@ -196,7 +196,8 @@ class TrainConfig:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16`` runs forward/backward under bfloat16 autocast on the training device, CUDA or CPU (weights and
-    optimizer stay fp32)."""
+    optimizer stay fp32). Under FSDP2 the parameters are also gathered in bf16 and the gradients reduced in fp32
+    (``openlbm.train.distributed.fsdp_mixed_precision``)."""
     compile: bool = False
     """``torch.compile`` the policy's ``compute_loss`` (worth it on GPU for long runs)."""
     distributed: Literal["ddp", "fsdp"] = "ddp"

@@ -101,8 +101,9 @@ class LatentActionOutput:
     """Code indices ``[B, G]`` int64."""
     pred: Tensor
     """Reconstructed ``o_{t+k}``, float ``[B, C, H, W]`` on the ``[0, 1]`` scale."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    """``recon``, ``recon_static`` (MSE of copying ``o_t``: the bar the decoder must beat), ``commit``,
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    """0-d tensors on the model's device (read them when needed: the trainer does once per log step): ``recon``,
+    ``recon_static`` (MSE of copying ``o_t``: the bar the decoder must beat), ``commit``,
     ``perplexity`` (exp entropy of this batch's code use, mean over groups; K = all codes used equally),
     ``usage`` (fraction of codes used in this batch), ``dead_reset`` (codes re-initialised this step)."""
 
@@ -218,28 +219,41 @@ class VectorQuantizer(nn.Module):
         """Code indices ``[B, G]`` -> code vectors ``[B, G, D]``."""
         return self.codebook[torch.arange(self.cfg.groups, device=indices.device), indices]  # [B, G] -> [B, G, D]
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
-        """``z [B, G, D]`` -> (straight-through codes ``[B, G, D]``, indices ``[B, G]``, commitment loss, stats)."""
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """``z [B, G, D]`` -> (straight-through codes ``[B, G, D]``, indices ``[B, G]``, commitment loss, stats).
+
+        Always in fp32, also under bf16 autocast: the codebook's moving averages are fp32 buffers that bf16
+        counts and sums would round (or fail to update in place), and nearby codes' similarities would tie."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         z = F.normalize(z, dim=-1)
         sim = torch.einsum("bgd,gkd->bgk", z, self.codebook)  # [B, G, K]
         indices = sim.argmax(dim=-1)  # [B, G]
         q = self.lookup(indices)
         commit = F.mse_loss(z, q.detach())
-        counts = F.one_hot(indices, self.cfg.codebook_size).to(z.dtype).sum(0)  # [B, G, K] -> [G, K]
-        reset = 0
+        counts = self._one_hot(indices, z.dtype).sum(0)  # [B, G, K] -> [G, K]
+        reset = torch.zeros((), device=z.device)
         if self.training:
             counts, reset = self._update(z.detach(), indices)
         p = counts / counts.sum(-1, keepdim=True).clamp(min=1)  # [G, K]
         entropy = -(p * p.clamp(min=1e-12).log()).sum(-1)  # [G]
-        stats = {"perplexity": float(entropy.exp().mean()), "usage": float((counts > 0).float().mean()),
-                 "dead_reset": float(reset)}
+        # 0-d tensors, left on the device: the trainer reads its metrics only at logging steps
+        stats = {"perplexity": entropy.exp().mean().detach(), "usage": (counts > 0).float().mean(),
+                 "dead_reset": reset.float()}
         return z + (q - z).detach(), indices, commit, stats
 
+    def _one_hot(self, indices: Tensor, dtype: torch.dtype) -> Tensor:
+        """``[B, G]`` -> ``[B, G, K]``; unlike ``F.one_hot``, which reads the indices' range back on CPU devices."""
+        k = torch.arange(self.cfg.codebook_size, device=indices.device)
+        return (indices[..., None] == k).to(dtype)
+
     @torch.no_grad()
-    def _update(self, z: Tensor, indices: Tensor) -> tuple[Tensor, int]:
+    def _update(self, z: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
         """EMA step of the codebook over this (global) batch, then re-initialise dead codes; returns the global
-        per-code counts ``[G, K]`` and the number of codes re-initialised."""
-        onehot = F.one_hot(indices, self.cfg.codebook_size).to(z.dtype)  # [B, G, K]
+        per-code counts ``[G, K]`` and the number of codes re-initialised (a 0-d tensor)."""
+        onehot = self._one_hot(indices, z.dtype)  # [B, G, K]
         counts = onehot.sum(0)  # [G, K]
         sums = torch.einsum("bgk,bgd->gkd", onehot, z)  # [G, K, D]
         _all_reduce_sum(counts, sums)
@@ -249,22 +263,27 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(F.normalize(self.embed_sum, dim=-1, eps=1e-12))
         self.unused.add_(1).masked_fill_(counts > 0, 0)
         if self.cfg.dead_after <= 0:
-            return counts, 0
+            return counts, torch.zeros((), device=z.device)
+        return counts, self._restart_dead(z, counts)
+
+    def _restart_dead(self, z: Tensor, counts: Tensor) -> Tensor:
+        """Re-initialise the dead codes from rows of ``z`` (rank 0's); returns how many (a 0-d tensor).
+
+        Candidates are drawn and broadcast every training step, dead codes or not, and swapped in with ``where``:
+        asking whether any code is dead would read the device every step (a stall on a GPU), the draw is tiny."""
         share = counts[0].sum() / self.cfg.codebook_size  # uniform assignments per code in the global batch
         dead = self.unused >= self.cfg.dead_after  # [G, K]
-        n_dead = int(dead.sum())
-        if n_dead:
-            g, k, d = self.codebook.shape
-            pick = torch.randint(0, z.shape[0], (g, k), device=z.device)  # a batch row per (group, code)
-            cand = z[pick, torch.arange(g, device=z.device)[:, None]]  # [G, K, D]
-            # a little noise keeps codes drawn from the same row apart (tiny batches, first step)
-            cand = F.normalize(cand + 0.01 * torch.randn_like(cand), dim=-1)
-            _broadcast_from_rank0(cand)
-            self.codebook[dead] = cand[dead]
-            self.embed_sum[dead] = cand[dead] * share
-            self.cluster_size[dead] = share
-            self.unused[dead] = 0
-        return counts, n_dead
+        g, k, d = self.codebook.shape
+        pick = torch.randint(0, z.shape[0], (g, k), device=z.device)  # a batch row per (group, code)
+        cand = z[pick, torch.arange(g, device=z.device)[:, None]]  # [G, K, D]
+        # a little noise keeps codes drawn from the same row apart (tiny batches, first step)
+        cand = F.normalize(cand + 0.01 * torch.randn_like(cand), dim=-1)
+        _broadcast_from_rank0(cand)
+        self.codebook.copy_(torch.where(dead[..., None], cand, self.codebook))
+        self.embed_sum.copy_(torch.where(dead[..., None], cand * share, self.embed_sum))
+        self.cluster_size.copy_(torch.where(dead, share, self.cluster_size))
+        self.unused.masked_fill_(dead, 0)
+        return dead.sum()
 
 
 class LatentActionModel(nn.Module):
@@ -286,7 +305,7 @@ class LatentActionModel(nn.Module):
                              f"(2 ** len(decoder_widths))")
         return images.float() / 255.0
 
-    def quantize(self, o_t: Tensor, o_tk: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
+    def quantize(self, o_t: Tensor, o_tk: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """(straight-through code vectors ``[B, L]``, indices ``[B, G]``, commitment loss, codebook stats)."""
         z = self.encoder(self._floats(o_t, "o_t"), self._floats(o_tk, "o_t+k"))
         q, indices, commit, stats = self.quantizer(z)
@@ -313,7 +332,6 @@ class LatentActionModel(nn.Module):
         loss = recon + self.cfg.commitment * commit * (self.cfg.latent_dim / target[0].numel())
         with torch.no_grad():
             static = F.mse_loss(self._floats(o_t, "o_t"), target)
-        metrics = {"recon": float(recon.detach()), "recon_static": float(static), "commit": float(commit.detach()),
-                   **stats}
+        metrics = {"recon": recon.detach(), "recon_static": static, "commit": commit.detach(), **stats}
         return LatentActionOutput(loss, recon, commit, codes, indices, pred, metrics)
 

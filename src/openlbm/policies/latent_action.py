@@ -126,8 +126,9 @@ class LAM(nn.Module):
                              f"{self.config.frame_gap} apart and needs n_obs_steps = {self.config.n_obs_steps}")
         return self.model(frames[:, 0].to(self.device), frames[:, -1].to(self.device))
 
-    def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        """Reconstruction + commitment loss, a mean over the batch's samples; metrics as in ``LatentActionOutput``."""
+    def compute_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Reconstruction + commitment loss, a mean over the batch's samples; metrics as in ``LatentActionOutput``
+        (0-d device tensors: nothing is read back to the host)."""
         out = self.forward_pairs(batch)
         return out.loss, {**out.metrics, "loss": out.loss.detach()}
 

@@ -13,11 +13,14 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,12 +147,15 @@ def broadcast_object(obj: object) -> object:
 
 
 def wrap_model(
-    model: nn.Module, kind: Literal["ddp", "fsdp"], info: DistInfo, units: Sequence[nn.Module] = ()
+    model: nn.Module, kind: Literal["ddp", "fsdp"], info: DistInfo, units: Sequence[nn.Module] = (),
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> nn.Module:
     """Wrap for data parallelism. Returns the module to call forward on; the unwrapped module stays ``model``.
 
     DDP averages gradients over ranks; FSDP2 (``fully_shard``) shards parameters, gradients and optimizer state:
-    see :func:`shard` (``units``: the layers sharded one by one, in forward order).
+    see :func:`shard` (``units``: the layers sharded one by one, in forward order; ``precision``: the run's
+    ``TrainConfig.precision``, see :func:`fsdp_mixed_precision`). DDP's parameters and gradients stay fp32 under
+    bf16 (autocast casts per op), so DDP reduces fp32 gradients.
     """
     if info.world_size == 1:
         return model
@@ -160,14 +166,31 @@ def wrap_model(
         # find_unused_parameters: embodiment-specific heads that a batch does not touch receive no gradient.
         return DDP(model, device_ids=ids, find_unused_parameters=True)
     if kind == "fsdp":
-        shard(model, units)
+        shard(model, units, fsdp_mixed_precision(precision))
         return model
     raise ValueError(f"distributed must be 'ddp' or 'fsdp', got {kind!r}")
 
 
-def shard(model: nn.Module, units: Sequence[nn.Module]) -> None:
+def fsdp_mixed_precision(precision: Literal["fp32", "bf16"]) -> MixedPrecisionPolicy | None:
+    """FSDP2's share of ``--precision bf16`` (None for fp32): the sharded parameters (the optimizer's master
+    weights) stay fp32; each unit casts its shard to bf16 *before* the all-gather (half the bytes) and computes
+    with bf16 weights; gradients are reduce-scattered in fp32, and accumulated in fp32 while gradient sync is off.
+
+    Autocast (the loop's, around every forward) stays the one mechanism for activations: it finds the weights
+    already bf16, so nothing is cast twice, and FSDP leaves the forward inputs alone (``cast_forward_inputs=False``)
+    so that activations, norms and losses take the same dtypes sharded or not (fp32 residual stream, fp32
+    losses)."""
+    if precision == "fp32":
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def shard(model: nn.Module, units: Sequence[nn.Module], mp_policy: MixedPrecisionPolicy | None = None) -> None:
     """FSDP2 per block: each of ``units`` is its own FSDP unit (gathered just for its own calls, resharded after
     them, its gradients reduce-scattered as soon as its backward is done), the rest of ``model`` is the root unit.
+``mp_policy``: every unit's mixed precision (:func:`fsdp_mixed_precision`; None: fp32 throughout).
 
     A unit's ``outside_forward`` methods (e.g. a trunk block's cross-attention K/V cache, computed once per chunk
     outside ``forward``) are registered with ``register_fsdp_forward_method``, so they gather the unit's
@@ -177,11 +200,12 @@ def shard(model: nn.Module, units: Sequence[nn.Module]) -> None:
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     units = list(units)
+    kwargs = {} if mp_policy is None else {"mp_policy": mp_policy}
     for unit in units:
-        fully_shard(unit)
+        fully_shard(unit, **kwargs)
         for name in getattr(unit, "outside_forward", ()):
             register_fsdp_forward_method(unit, name)
-    fully_shard(model)
+    fully_shard(model, **kwargs)
     for unit, following in zip(units, units[1:], strict=False):
         unit.set_modules_to_forward_prefetch([following])  # type: ignore[operator]
 
@@ -189,8 +213,10 @@ def shard(model: nn.Module, units: Sequence[nn.Module]) -> None:
 @contextlib.contextmanager
 def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Whether the backward passes inside reduce gradients over ranks: off for all but the last micro-batch of a
-    step (DDP ``no_sync``; FSDP2 ``set_requires_gradient_sync``, which accumulates unsharded gradients and
-    reduce-scatters once). A no-op for a module that is neither."""
+    step (DDP ``no_sync``; FSDP2 ``set_requires_gradient_sync``, which accumulates unsharded gradients, in fp32
+    under bf16, and reduce-scatters once per step: one collective per unit instead of one per micro-batch, for
+    the memory of a whole unsharded gradient per rank between micro-batches). A no-op for a module that is
+    neither."""
     if enabled:
         yield
         return

@@ -298,6 +298,7 @@ def _train(cfg: TrainConfig, info: dist_utils.DistInfo, eval_fn: EvalFn | None, 
     logger = MetricsLogger(cfg.run_dir, cfg.log, cfg.steps, state.step, cfg.to_dict()) if info.is_main else NullLogger()
     autocast = None
     if cfg.precision == "bf16":
+        # per-op dtypes, sharded or not; under FSDP the weights arrive in bf16 already (fsdp_mixed_precision)
         autocast = torch.autocast(info.device.type, dtype=torch.bfloat16)
     weight_fn = model_weight_fn(policy)
     prepare = getattr(policy, "prepare_batch", None)
@@ -387,7 +388,7 @@ def _wrap(policy: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo) -> nn.
     if cfg.distributed == "fsdp" and info.world_size > 1:
         from torch.distributed.fsdp import register_fsdp_forward_method
 
-        dist_utils.wrap_model(policy, "fsdp", info, getattr(policy, "shard_units", list)())
+        dist_utils.wrap_model(policy, "fsdp", info, getattr(policy, "shard_units", list)(), cfg.precision)
         register_fsdp_forward_method(policy, "compute_loss")
         model: nn.Module = LossModule(policy, validated=True)
     else:
