@@ -190,7 +190,7 @@ def fsdp_mixed_precision(precision: Literal["fp32", "bf16"]) -> MixedPrecisionPo
 def shard(model: nn.Module, units: Sequence[nn.Module], mp_policy: MixedPrecisionPolicy | None = None) -> None:
     """FSDP2 per block: each of ``units`` is its own FSDP unit (gathered just for its own calls, resharded after
     them, its gradients reduce-scattered as soon as its backward is done), the rest of ``model`` is the root unit.
-``mp_policy``: every unit's mixed precision (:func:`fsdp_mixed_precision`; None: fp32 throughout).
+    ``mp_policy``: every unit's mixed precision (:func:`fsdp_mixed_precision`; None: fp32 throughout).
 
     A unit's ``outside_forward`` methods (e.g. a trunk block's cross-attention K/V cache, computed once per chunk
     outside ``forward``) are registered with ``register_fsdp_forward_method``, so they gather the unit's
