@@ -400,8 +400,10 @@ def _wrap(policy: nn.Module, cfg: TrainConfig, info: dist_utils.DistInfo) -> nn.
 
 def _limit_cpu_threads(cfg: TrainConfig, info: dist_utils.DistInfo) -> None:
     """On CPU, use the cores that are free now: a fixed single thread leaves half of an idle 2-core machine unused,
-    while threads beyond the free cores spin against other jobs (two study runs sharing the machine)."""
-    if info.device.type != "cpu":
+    while threads beyond the free cores spin against other jobs (two study runs sharing the machine). An explicit
+    ``OMP_NUM_THREADS`` wins: jobs that start later are invisible at start, and spinning threads can slow a step
+    tenfold when they arrive."""
+    if info.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return
     threads = cpu_threads(info.world_size)
     if threads != torch.get_num_threads():
