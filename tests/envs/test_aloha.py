@@ -106,7 +106,8 @@ def test_initial_state_is_a_function_of_the_seed() -> None:
 
 
 def test_expert_succeeds_through_the_runner() -> None:
-    specs = _specs(ALOHA_TASKS, [3])
+    # with the eased start (ease_in): seeds 0..29 measured 30/30 transfer-cube, 27/30 insertion (docs/simulation.md)
+    specs = _specs(ALOHA_TASKS, [1, 2, 3])
     with RolloutRunner(NO_RENDER, num_workers=2) as runner:
         results = runner.run(AlohaExpert(NO_RENDER), specs, progress=False, record_trajectory=True)
     for res in results:

@@ -70,7 +70,7 @@ class Serve:
             execution = replace(
                 policy.default_execution(), mode=self.execution, delay_steps=self.delay_steps, rtc_beta=self.rtc_beta
             )
-            served_execution(policy, execution)
+            served_execution(policy, execution)  # per embodiment: one with its own schedule may not fit the mode
         except ValueError as e:
             raise UserError(f"--execution {self.execution} --delay-steps {self.delay_steps}: {e}") from None
         cfg = ServerConfig(
