@@ -72,7 +72,8 @@ class ServerConfig:
     execution: ExecutionConfig | None = None
     """How chunks become actions (steps per chunk, ensembling, sync/async/RTC): run by the server for frame
     requests, by ``RemotePolicy`` for windows; in the metadata either way. ``None`` = the policy's own
-    (``LBMPolicy.execution``)."""
+    (``LBMPolicy.base_execution``). An embodiment the policy config gives its own chunk schedule
+    (``PolicyConfig.embodiment_execution``) runs it with this mode, delay and RTC (metadata ``executions``)."""
 
 
 class PolicyRunner:
@@ -123,7 +124,7 @@ def policy_facts(policy: Any) -> tuple[list[protocol.WireSpec], int, int]:
     return specs, int(cfg.horizon), int(cfg.n_obs_steps)
 
 
-def served_execution(policy: Any, execution: ExecutionConfig | None) -> dict[str, ExecutionConfig]:
+def served_executions(policy: Any, execution: ExecutionConfig | None) -> dict[str, ExecutionConfig]:
     """Embodiment name -> how its chunks become actions: ``execution`` (default: the policy's run-time
     ``base_execution``, else its ``execution``), with an embodiment's own chunk schedule where the policy config has
     one (``LBMPolicy.execution_for``); each checked against the policy's horizon and head."""
@@ -164,7 +165,7 @@ class PolicyServer:
     ) -> None:
         self.cfg = cfg
         specs, self.horizon, self.n_obs_steps = policy_facts(policy)
-        self.executions = served_execution(policy, cfg.execution)
+        self.executions = served_executions(policy, cfg.execution)
         self.specs = {s.name: s for s in specs}
         self.embodiments = {e.name: e for e in policy.embodiments}
         self.default_embodiment = specs[0].name
@@ -228,13 +229,13 @@ class PolicyServer:
         self._connected += 1
         # The connection's episode, for frame requests: a new connection is a new episode. One executor, for the
         # embodiment of the latest frame (a frame of another embodiment starts a new episode anyway).
-        executor: dict[str, ChunkExecutor] = {}
+        executors: dict[str, ChunkExecutor] = {}
         try:
             await ws.send(self._metadata_bytes)
             prev_total_ms: float | None = None
             async for message in ws:
                 t0 = time.perf_counter()
-                reply = await self._answer(message, stats, prev_total_ms, executor)
+                reply = await self._answer(message, stats, prev_total_ms, executors)
                 await ws.send(reply)
                 if isinstance(reply, bytes):
                     prev_total_ms = (time.perf_counter() - t0) * 1000.0
@@ -250,7 +251,7 @@ class PolicyServer:
             )
 
     async def _answer(
-        self, message: str | bytes, stats: _ClientStats, prev_total_ms: float | None, executor: dict[str, ChunkExecutor]
+        self, message: str | bytes, stats: _ClientStats, prev_total_ms: float | None, executors: dict[str, ChunkExecutor]
     ) -> bytes | str:
         """The reply to one frame: packed actions (bytes) or an error text."""
         stats.bytes_in += len(message)
@@ -262,7 +263,7 @@ class PolicyServer:
             window = protocol.parse_observation(
                 codec.unpackb(message), self.specs, self.default_embodiment, self.n_obs_steps
             )
-            result = await (self._step(window, executor) if window.is_frame else self._infer(window))
+            result = await (self._step(window, executors) if window.is_frame else self._infer(window))
             if not np.isfinite(result.actions).all():
                 log.error("non-finite actions for a request (state range [%g, %g]); not sent",
                           float(window.state.min()), float(window.state.max()))
