@@ -44,7 +44,7 @@ def test_policy_presets_round_trip_through_json(name: str) -> None:
 def test_training_presets_use_the_policy_size_of_their_name() -> None:
     for name in set(PRESETS) & set(POLICY_PRESETS):
         assert preset(name).policy == policy_preset(name)
-    with pytest.raises(ValueError, match="unknown policy preset 'huge'; valid: debug, small, base, large"):
+    with pytest.raises(ValueError, match="unknown policy preset 'huge'; valid: debug, small, aloha, base, large"):
         policy_preset("huge")
 
 

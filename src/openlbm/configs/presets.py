@@ -7,6 +7,7 @@ Policy sizes (:data:`POLICY_PRESETS`, :func:`policy_preset`), a :class:`~openlbm
 | debug   | 0.07 M  | ResNet (8,16) x (1,1), no stem pool (8x8 @ 32)   | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
 | small   | 4.5 M   | EfficientNet-Lite0 to block 5, ImageNet, frozen  | 192 x 4 (+2 obs)    | all-MiniLM-L6-v2 | CPU training       |
 |         |         | + 3x3 neck, 32 keypoints (8x8 @ 64)               |                     |                  |                    |
+| aloha   | 4.5 M   | as small; horizon 50, ALOHA: temporal ensembling  | as small            | all-MiniLM-L6-v2 | ALOHA on a CPU     |
 | base    | 96 M    | ResNet-18 (64..512) x (2,2,2,2), no stem pool     | 640 x 8 (+2 obs)    | all-MiniLM-L6-v2 | GPU pretraining    |
 |         |         | (8x8 @ 128)                                      |                     |                  |                    |
 | large   | 346 M   | as base                                          | 1024 x 12 (+4 obs)  | all-MiniLM-L6-v2 | multi-GPU (FSDP2)  |
@@ -20,6 +21,8 @@ line. Datasets are never part of a preset (pass ``--dataset`` or ``--data.source
 | ``debug``    | debug   | 4       | 4     | tests and smoke runs: seconds on a laptop CPU                |
 | ``small``    | small   | 20 000  | 64    | CPU-trainable single-task / few-task policies               |
 | ``quickstart`` | small | 2 000   | 64    | ``lbm quickstart``: 5 Meta-World tasks, 64 px (time: README)   |
+| ``aloha``    | aloha   | 20 000  | 64    | ALOHA: small, 50-step chunks, temporal ensembling on ALOHA  |
+| ``aloha-debug`` | (debug) | 4    | 4     | tests of ALOHA's per-embodiment execution                   |
 | ``base``     | base    | 200 000 | 256   | 96 M-parameter multitask pretraining on GPU (bf16)          |
 | ``large``    | large   | 400 000 | 1024  | 346 M parameters, FSDP2 over many GPUs                      |
 | ``lam``      | (LAM)   | 6 000   | 64    | a latent action model on video (docs/latent-actions.md)     |
@@ -54,7 +57,7 @@ from openlbm.models.heads import DiffusionConfig, FlowConfig
 from openlbm.models.latent_action import LatentActionConfig
 from openlbm.models.trunk import TrunkConfig
 from openlbm.models.vision import VisionConfig
-from openlbm.policies.config import LanguageConfig, PolicyConfig
+from openlbm.policies.config import EmbodimentExecution, LanguageConfig, PolicyConfig
 from openlbm.policies.latent_action import LAMConfig
 
 T = TypeVar("T")
@@ -115,9 +118,22 @@ def large_policy() -> PolicyConfig:
     )
 
 
+ALOHA_EXECUTION = EmbodimentExecution("aloha_bimanual", n_action_steps=1, temporal_ensemble=0.01)
+"""ALOHA's chunk schedule (the ACT paper's): a chunk every 20 ms control step, the overlapping predictions of the
+last ``horizon`` chunks averaged with weights ``exp(-0.01 i)``. Joint-position targets at 50 Hz jump where one
+chunk hands over to the next; ensembling smooths them (the name is ``openlbm.envs.aloha.EMBODIMENT_NAME``)."""
+
+
+def aloha_policy() -> PolicyConfig:
+    """The small policy with ALOHA's chunking: 50-step chunks (1 s at 50 Hz), temporal ensembling for the ALOHA
+    embodiment; any other embodiment of the same policy executes 25 steps per chunk."""
+    return replace(small_policy(), horizon=50, n_action_steps=25, embodiment_execution=(ALOHA_EXECUTION,))
+
+
 POLICY_PRESETS: dict[str, Callable[[], PolicyConfig]] = {
     "debug": debug_policy,
     "small": small_policy,
+    "aloha": aloha_policy,
     "base": base_policy,
     "large": large_policy,
 }
@@ -167,6 +183,17 @@ def quickstart() -> TrainConfig:
         ema=EMAConfig(decay=0.995),
         checkpoint=CheckpointConfig(every=1_000, keep_last_k=2),
     )
+
+
+def aloha() -> TrainConfig:
+    """The small preset with ALOHA's chunking (:func:`aloha_policy`): bimanual 50 Hz joint control on a CPU."""
+    return replace(small(), policy=aloha_policy(), run_dir=Path("runs/aloha"))
+
+
+def aloha_debug() -> TrainConfig:
+    """The debug preset with ALOHA's schedule on 16-step chunks: tests of the per-embodiment execution."""
+    policy = replace(debug_policy(), horizon=16, n_action_steps=8, embodiment_execution=(ALOHA_EXECUTION,))
+    return replace(debug(), policy=policy, run_dir=Path("runs/aloha-debug"))
 
 
 def base() -> TrainConfig:
@@ -271,6 +298,8 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "debug": debug,
     "small": small,
     "quickstart": quickstart,
+    "aloha": aloha,
+    "aloha-debug": aloha_debug,
     "base": base,
     "large": large,
     "lam": lam,

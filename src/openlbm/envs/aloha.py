@@ -63,7 +63,9 @@ class AlohaConfig:
     cameras: tuple[str, ...] = ("top", "left_wrist", "right_wrist")
     """Cameras rendered every step, in order (the first one is used for videos). Empty = no rendering."""
     image_size: tuple[int, int] = (128, 128)
-    """``(height, width)`` of every rendered image, in pixels (8..1024)."""
+    """``(height, width)`` of every rendered image, in pixels (8..1024). Any aspect shows the horizontal field of
+    view of gym-aloha's 640x480 renders (:func:`fovy_for`); ``(64, 128)`` frames the table band with both arms and
+    no empty rows, a square image adds empty rows above and below."""
     max_steps: int = 400
     """Time limit per episode in control steps (8 s at 50 Hz; the scripted experts' waypoints end at step 400)."""
     terminate_on_success: bool = False
@@ -155,6 +157,24 @@ def substeps(physics: Any) -> int:
     return n
 
 
+NATIVE_ASPECT = 4 / 3
+"""Width / height of gym-aloha's own renders (640x480), for which the scene's camera ``fovy`` values were chosen."""
+
+
+def fovy_for(fovy: float, image_size: tuple[int, int]) -> float:
+    """Vertical field of view (degrees) that gives an ``image_size`` render the horizontal field of view a 4:3
+    render has at ``fovy``.
+
+    MuJoCo fixes a camera's *vertical* field of view and derives the horizontal one from the image's aspect, so a
+    square render of the ``top`` camera loses the sides of the 4:3 view, where the arms enter the scene (and its top
+    and bottom rows are table-less background). Keeping the horizontal extent instead makes the image's width always
+    span the same scene, whatever its height.
+    """
+    h, w = image_size
+    half = np.tan(np.deg2rad(fovy) / 2) * NATIVE_ASPECT * h / w
+    return float(np.rad2deg(2 * np.arctan(half)))
+
+
 def _apply_fast_render(model: Any) -> None:
     model.vis.quality.offsamples = 0
     model.light_castshadow[:] = 0
@@ -205,6 +225,9 @@ class AlohaEnv(gym.Env):
         if self.cfg.fast_render:
             _apply_fast_render(model)
         h, w = self.cfg.image_size
+        for cam in self.cfg.cameras:
+            cam_id = self._physics.model.name2id(cam, "camera")
+            model.cam_fovy[cam_id] = fovy_for(float(model.cam_fovy[cam_id]), (h, w))
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), w)
         model.vis.global_.offheight = max(int(model.vis.global_.offheight), h)
         try:

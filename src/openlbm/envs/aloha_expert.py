@@ -5,7 +5,8 @@ pose(s) from ``obs.privileged``, builds a waypoint schedule for both grippers (p
 fixed control steps; linear interpolation in between), and executes it in gym-aloha's *end-effector* scene (the
 grippers are welded to mocap bodies that follow the waypoints) started from the same object pose. The joint angles
 that scene goes through, with each gripper's commanded opening in place of its measured one, become the joint-position
-commands replayed, one per step, in the joint-position environment. The replay does not always reproduce the
+commands replayed, one per step, in the joint-position environment, after the first :data:`RAMP_STEPS` are eased
+from the start pose (:func:`ease_in`: the planning scene snaps its arms onto its first targets). The replay does not always reproduce the
 mocap run (joint servos lag and contacts differ slightly), which is why the success rate is measured through the
 rollout runner in the joint environment, never assumed.
 
@@ -27,6 +28,13 @@ from openlbm.types import EmbodimentSpec, Observation
 
 PLAN_STEPS = 400
 """Length of every scripted schedule in control steps (the last waypoint); the replay holds the final command."""
+
+RAMP_STEPS = 20
+"""Control steps (0.4 s) over which the replayed joint commands ease from the start pose onto the plan (see
+:func:`ease_in`)."""
+
+ARM_JOINTS = np.array([0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12])
+"""The 12 arm-joint dims of the 14-d action (6 and 13 are the grippers)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,25 @@ def interpolate(schedule: list[Waypoint], t: int) -> tuple[np.ndarray, np.ndarra
     return a.xyz + (b.xyz - a.xyz) * frac, a.quat + (b.quat - a.quat) * frac, a.gripper + (b.gripper - a.gripper) * frac
 
 
+def ease_in(commands: np.ndarray, steps: int = RAMP_STEPS) -> np.ndarray:
+    """Joint commands ``[T, 14]`` whose arm joints cross-fade from holding ``commands[0]`` (the start pose) to
+    following ``commands`` over the first ``steps`` (a cosine ease: zero velocity at the start, on the plan at its
+    velocity at ``steps``); grippers unchanged.
+
+    Why: gym-aloha's end-effector scene starts its mocap targets at fixed poses, not at the grippers' poses in the
+    start arm pose, and the stiffened welds snap the arms onto them within two control steps (shoulder commands
+    -0.96 -> -1.44 -> -1.70 rad at steps 0..2). Replayed as joint-position targets, such a jump makes the servos
+    overshoot (the measured shoulder reached -2.13 rad). Over the first ``steps`` the arms are in free space, far from
+    any object, so a smooth path to the plan's pose at ``steps`` changes nothing the task depends on.
+    """
+    out = commands.copy()
+    ease = (1 - np.cos(np.pi * np.arange(steps + 1) / steps)) / 2  # [steps + 1]: 0 -> 1, zero slope at 0 and 1
+    start, plan = commands[0, ARM_JOINTS], commands[: steps + 1, ARM_JOINTS]  # [12], [steps + 1, 12]
+    # a cross-fade from holding the start pose to the plan: at ``steps`` it is on the plan, at the plan's velocity
+    out[: steps + 1, ARM_JOINTS] = start + ease[:, None] * (plan - start)
+    return out
+
+
 class _MocapSim:
     """gym-aloha's end-effector scene for one task, reused across plans."""
 
@@ -144,7 +171,7 @@ class _MocapSim:
             physics.step(self.n_sub)
             commands[t + 1] = self.task_def.get_qpos(physics)
             commands[t + 1, [6, 13]] = lg, rg  # the commanded opening, not the measured one
-        return commands
+        return ease_in(commands)
 
 
 class AlohaExpert:

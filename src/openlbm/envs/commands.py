@@ -27,7 +27,10 @@ class Generate:
     """Comma-separated cameras to record (default: corner2_lerobot,gripperPOV for metaworld; top,left_wrist,right_wrist for
     aloha)."""
     size: int = 128
-    """Square image size in pixels."""
+    """Image width in pixels (and height, unless --height is given)."""
+    height: int | None = None
+    """Image height in pixels (default: --size, square). For aloha, --size 128 --height 64 frames the table band
+    with both arms; every aspect keeps gym-aloha's horizontal view."""
     max_steps: int | None = None
     """Time limit per attempt (default: 200 for metaworld, 400 for aloha)."""
     workers: int = max(1, os.cpu_count() or 1)
@@ -48,7 +51,7 @@ class Generate:
         cfg = GenerateConfig(
             out=self.out, tasks=self.tasks, episodes_per_task=self.episodes_per_task,
             cameras=None if self.cameras is None else tuple(c.strip() for c in self.cameras.split(",") if c.strip()),
-            size=self.size,
+            size=self.size, height=self.height,
             max_steps=self.max_steps, workers=self.workers, seed=self.seed, action_noise=self.action_noise,
             video_codec=self.video_codec, suite=self.suite, progress=self.progress,
         )

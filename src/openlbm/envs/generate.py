@@ -52,7 +52,10 @@ class GenerateConfig:
     cameras: tuple[str, ...] | None = None
     """Cameras to record (stored as ``observation.images.<camera>`` videos); ``None`` = the suite's defaults."""
     size: int = 128
-    """Square image size in pixels."""
+    """Image width in pixels (and height, unless ``height`` is given)."""
+    height: int | None = None
+    """Image height in pixels; ``None`` = ``size`` (square). ALOHA's cameras keep gym-aloha's horizontal view at any
+    aspect, and ``--size 128 --height 64`` frames its table band with both arms (docs/simulation.md)."""
     max_steps: int | None = None
     """Time limit per attempt (``None`` = the suite's default: 200 Meta-World, 400 ALOHA); attempts that do not
     succeed by then are dropped (and counted)."""
@@ -73,7 +76,11 @@ class GenerateConfig:
 
     def env_config(self) -> Any:
         """The suite's env config (``MetaWorldConfig`` / ``AlohaConfig``) for these settings."""
-        return suites.env_config(self.suite, self.cameras, (self.size, self.size), self.max_steps)
+        return suites.env_config(self.suite, self.cameras, self.image_size(), self.max_steps)
+
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of every recorded image."""
+        return (self.size if self.height is None else self.height), self.size
 
     def task_list(self) -> list[str]:
         return resolve_tasks(self.tasks if self.tasks is not None else DEFAULT_TASKS[self.suite], suite=self.suite)
@@ -99,7 +106,7 @@ def episode_seed(base_seed: int, task: str, k: int) -> int:
 def features(cfg: GenerateConfig) -> dict[str, FeatureSpec]:
     env_cfg = cfg.env_config()
     feats = {
-        camera_key(cam): FeatureSpec("video", (cfg.size, cfg.size, 3), ("height", "width", "channels"))
+        camera_key(cam): FeatureSpec("video", (*cfg.image_size(), 3), ("height", "width", "channels"))
         for cam in env_cfg.cameras
     }
     state_names, action_names = suites.feature_names(cfg.suite)
@@ -114,6 +121,16 @@ def demo_starts(root: Path) -> dict[str, list[int]]:
     """task -> the initial-state seeds of the dataset's kept demos, in episode order: where a policy trained on them
     must succeed (the positive control of ``lbm eval --demo-starts``). Only datasets made by ``lbm data generate``
     record them; attempts whose episode was never committed are left out, as the generator itself does."""
+    return {task: [seed for _, seed in eps] for task, eps in _kept_demos(root).items()}
+
+
+def demo_episodes(root: Path) -> dict[str, list[int]]:
+    """task -> the dataset's episode indices of its kept demos, in the order of :func:`demo_starts`."""
+    return {task: [ep for ep, _ in eps] for task, eps in _kept_demos(root).items()}
+
+
+def _kept_demos(root: Path) -> dict[str, list[tuple[int, int]]]:
+    """task -> sorted ``(episode index, seed)`` of the committed demos."""
     from openlbm.data.layout import read_info
 
     path = Path(root) / ATTEMPTS_FILE
@@ -124,7 +141,7 @@ def demo_starts(root: Path) -> dict[str, list[int]]:
     for rec in _logged_attempts(path):
         if rec.get("episode_index") is not None and rec["episode_index"] < committed:
             starts.setdefault(str(rec["task"]), []).append((int(rec["episode_index"]), int(rec["seed"])))
-    return {task: [seed for _, seed in sorted(eps)] for task, eps in starts.items()}
+    return {task: sorted(eps) for task, eps in starts.items()}
 
 
 def _logged_attempts(path: Path) -> list[dict[str, Any]]:
@@ -277,11 +294,11 @@ def _open_writer(cfg: GenerateConfig) -> tuple[Any, list[dict[str, Any]]]:
     return writer, []
 
 
-def check_size(size: int) -> None:
+def check_size(size: int, flag: str = "--size") -> None:
     """Refuse a camera side the demo videos cannot hold, before anything is written."""
     if size < 2 or size % 2:
         # the videos are yuv420p (chroma at half resolution): odd sides cannot be encoded
-        raise ValueError(f"--size must be an even number of pixels >= 2 (the videos are yuv420p), got {size}")
+        raise ValueError(f"{flag} must be an even number of pixels >= 2 (the videos are yuv420p), got {size}")
 
 
 def generate_demos(cfg: GenerateConfig) -> Path:
@@ -291,6 +308,8 @@ def generate_demos(cfg: GenerateConfig) -> Path:
     if cfg.action_noise < 0:
         raise ValueError(f"action_noise must be >= 0, got {cfg.action_noise}")
     check_size(cfg.size)
+    if cfg.height is not None:
+        check_size(cfg.height, "--height")
     cfg.task_list()  # fail on a typo or a task of another suite before touching the output directory
     env_cfg = cfg.env_config()
     writer, attempts = _open_writer(cfg)

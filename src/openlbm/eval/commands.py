@@ -65,6 +65,12 @@ class Eval:
             table.add_row(t, f"{e.successes}/{e.n}", _pct(e.rate), f"{_pct(e.wilson[0])}–{_pct(e.wilson[1])}", str(err))
         console.print(table)
         _print_groups(console, summary)
+        from openlbm.eval.action_error import ERROR_FILE, ActionError
+
+        error_file = out / ERROR_FILE
+        if cfg.demo_starts is not None and error_file.is_file():
+            console.print("\n".join(ActionError(**{k: v for k, v in json.loads(error_file.read_text()).items()
+                                                   if k != "overall"}).lines()), highlight=False)
         seq = out / "sequential.json"
         if cfg.sequential_baseline is not None and seq.is_file():
             state = json.loads(seq.read_text())

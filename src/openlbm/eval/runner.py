@@ -80,7 +80,9 @@ class EvalConfig:
     demo_starts: Path | None = None
     """A dataset made by ``lbm data generate``: evaluate on the initial states of its first ``episodes_per_task``
     demos of each task instead of held-out ones (``seed`` is then unused). The positive control: a policy trained on
-    those demos that fails on their own starts has a bug, not too little data."""
+    those demos that fails on their own starts has a bug, not too little data. A loaded policy's teacher-forced
+    action error per action dim on those demos is written beside (``action_error.json``, printed by ``lbm eval``;
+    ``openlbm.eval.action_error``)."""
     num_workers: int = 2
     """Env processes per rank (about one per CPU core)."""
     max_steps: int | None = None
@@ -375,6 +377,14 @@ def evaluate(cfg: EvalConfig, policy: PolicyLike | None = None) -> EvalSummary:
             _run_sequential(cfg, policy, env_cfg, plan, records_path(out, rank, world))
         elif todo:
             _rollout(cfg, policy, env_cfg, [todo], records_path(out, rank, world))
+        if cfg.demo_starts is not None and rank == 0 and hasattr(policy, "specs"):
+            from openlbm.eval.action_error import write_demo_error
+
+            # where the rollouts failed, which action dims the policy had not fit on those very demos
+            try:
+                write_demo_error(policy, cfg.demo_starts, tasks, cfg.episodes_per_task, out)
+            except ValueError as e:  # e.g. a mixture policy whose cameras the dataset lacks: the rollouts still count
+                log.warning("%s: no teacher-forced action error: %s", cfg.demo_starts, e)
     if rank != 0:
         return summarize(out, load_records(out), tasks, len(plan), cfg.server or cfg.policy)
     records = _wait_for_ranks(out, len(plan), cfg.merge_timeout_s) if world > 1 else load_records(out)

@@ -39,6 +39,21 @@ class LanguageConfig:
 
 
 @dataclass(frozen=True)
+class EmbodimentExecution:
+    """One embodiment's chunk schedule, in place of the policy's ``n_action_steps`` / ``temporal_ensemble`` (the
+    horizon is the model's, shared). E.g. ALOHA's 50 Hz joint control executes one action per chunk with temporal
+    ensembling (as ACT does) in a policy whose other robots execute 8 per chunk."""
+
+    embodiment: str
+    """Embodiment name (``EmbodimentSpec.name``, e.g. ``aloha_bimanual``)."""
+    n_action_steps: int
+    """Actions executed from each chunk for this embodiment (``<= horizon``)."""
+    temporal_ensemble: float | None = None
+    """ACT temporal ensembling coefficient for this embodiment (a chunk every step, predictions averaged);
+    ``None`` = execute ``n_action_steps`` per chunk."""
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     """The LBM policy: observation history, action chunking, encoders, trunk and action head."""
 
@@ -76,6 +91,19 @@ class PolicyConfig:
     """ACT temporal ensembling coefficient ``m`` (weights ``exp(-m * i)``, ``i = 0`` the oldest prediction): when
     set, a chunk is predicted every step and overlapping predictions are averaged; None = execute
     ``n_action_steps`` per chunk. The default of the policy's execution, like ``n_action_steps``."""
+    embodiment_execution: tuple[EmbodimentExecution, ...] = ()
+    """Per-embodiment chunk schedules that replace ``n_action_steps`` / ``temporal_ensemble`` for the embodiments
+    they name, in process (``LBMPolicy.select_action``) and served (the server's metadata ``executions``); the
+    run-time mode, delay and RTC settings still apply to them. Names that are none of the policy's embodiments are
+    ignored (a preset can carry ALOHA's schedule into a Meta-World-only policy)."""
+
+    def schedule(self, embodiment: str) -> tuple[int, float | None]:
+        """``(n_action_steps, temporal_ensemble)`` of ``embodiment``: its :class:`EmbodimentExecution` or the
+        policy's own."""
+        for e in self.embodiment_execution:
+            if e.embodiment == embodiment:
+                return e.n_action_steps, e.temporal_ensemble
+        return self.n_action_steps, self.temporal_ensemble
 
     def __post_init__(self) -> None:
         if self.n_obs_steps < 1 or self.horizon < 1:
@@ -87,6 +115,11 @@ class PolicyConfig:
                              f"{self.image_text_temperature}")
         if self.head not in ("flow", "diffusion"):
             raise ValueError(f"head must be 'flow' or 'diffusion', got {self.head!r}")
+        names = [e.embodiment for e in self.embodiment_execution]
+        bad = [e.embodiment for e in self.embodiment_execution if not 1 <= e.n_action_steps <= self.horizon]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(f"embodiment_execution needs one entry per embodiment, each with n_action_steps in "
+                             f"[1, horizon={self.horizon}]; got {[(e.embodiment, e.n_action_steps) for e in self.embodiment_execution]}")
 
     def build(
         self, embodiments: Sequence[EmbodimentSpec], stats: dict[str, dict[str, dict[str, Any]]], load_pretrained: bool = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ class LBMPolicy(nn.Module):
             raise ValueError(f"embodiment names must be unique, non-empty and dot-free, got {names}")
         self.config = config
         self.embodiments = list(embodiments)
-        self.embodiment = self.embodiments[0]
+        self._embodiment = self.embodiments[0]
         self.specs = {e.name: e for e in self.embodiments}
         self.normalizer = Normalizer(self.embodiments, stats, config.normalization)
         self.stats = {n: to_jsonable(stats[n]) for n in names}
@@ -83,7 +84,11 @@ class LBMPolicy(nn.Module):
         )
         if load_pretrained and (config.vision.pretrained is not None or config.vision.imagenet_weights):
             load_vision_weights(self.model.vision, config.vision.pretrained)
-        self.executor = ChunkExecutor(config.n_obs_steps, config.horizon, self.default_execution(), self.specs)
+        self.base_execution = self.default_execution()
+        """The execution chosen at run time (:meth:`set_execution`), with the policy-level chunk schedule; the
+        executor runs it with the active embodiment's schedule (:meth:`execution_for`)."""
+        self.executor = ChunkExecutor(config.n_obs_steps, config.horizon, self.execution_for(self._embodiment.name),
+                                      self.specs)
         self.noise_seed: int | None = 0
         """The sampler (the same in ``lbm eval``, in-training eval and ``lbm serve``): with an int, each chunk's
         initial noise is a fresh ``N(0, I)`` draw from a generator seeded by :func:`chunk_noise_seed` of (this
@@ -92,9 +97,43 @@ class LBMPolicy(nn.Module):
         sampled), yet evaluation is reproducible and a chunk depends neither on the rest of the batch nor on the
         env slot or worker that ran the episode. ``None`` = torch's global RNG. Not saved with the policy."""
 
-    def default_execution(self) -> ExecutionConfig:
-        """The execution the policy was configured with: its ``n_action_steps`` and ``temporal_ensemble``, sync."""
-        return ExecutionConfig(n_action_steps=self.config.n_action_steps, temporal_ensemble=self.config.temporal_ensemble)
+    @property
+    def embodiment(self) -> EmbodimentSpec:
+        """The embodiment ``select_action`` acts as by default (the first; the eval runner picks its suite's robot).
+        Setting it switches the executor to that embodiment's chunk schedule (clearing every slot when it
+        changes)."""
+        return self._embodiment
+
+    @embodiment.setter
+    def embodiment(self, spec: EmbodimentSpec) -> None:
+        self._embodiment = spec
+        if self.execution_for(spec.name) != self.executor.execution:
+            self.executor = ChunkExecutor(self.config.n_obs_steps, self.config.horizon, self.execution_for(spec.name),
+                                          self.specs)
+
+    def default_execution(self, embodiment: str | None = None) -> ExecutionConfig:
+        """The execution the policy was configured with, sync: the chunk schedule of ``embodiment``
+        (``PolicyConfig.schedule``), or with ``None`` the policy-level ``n_action_steps`` and
+        ``temporal_ensemble``."""
+        if embodiment is None:
+            return ExecutionConfig(n_action_steps=self.config.n_action_steps,
+                                   temporal_ensemble=self.config.temporal_ensemble)
+        n, ensemble = self.config.schedule(embodiment)
+        return ExecutionConfig(n_action_steps=n, temporal_ensemble=ensemble)
+
+    def execution_for(self, embodiment: str, execution: ExecutionConfig | None = None) -> ExecutionConfig:
+        """``execution`` (default :attr:`base_execution`) as ``embodiment`` runs it: with that embodiment's
+        ``PolicyConfig.embodiment_execution`` schedule when it has one (mode, delay and RTC kept), else unchanged.
+        The one rule in process and in ``lbm serve``."""
+        execution = self.base_execution if execution is None else execution
+        if not any(e.embodiment == embodiment for e in self.config.embodiment_execution):
+            return execution
+        n, ensemble = self.config.schedule(embodiment)
+        try:
+            return replace(execution, n_action_steps=n, temporal_ensemble=ensemble)
+        except ValueError as e:
+            raise ValueError(f"embodiment {embodiment!r} executes n_action_steps={n}, temporal_ensemble={ensemble} "
+                             f"(policy config embodiment_execution): {e}") from None
 
     @property
     def execution(self) -> ExecutionConfig:
@@ -102,11 +141,14 @@ class LBMPolicy(nn.Module):
         return self.executor.execution
 
     def set_execution(self, execution: ExecutionConfig) -> None:
-        """Switch the execution mode (sync / async / rtc, steps per chunk, ensembling); clears every slot."""
+        """Switch the execution mode (sync / async / rtc, steps per chunk, ensembling); clears every slot. The
+        active embodiment runs it with its own chunk schedule if the config gives one (:meth:`execution_for`)."""
         if execution.mode == "rtc" and self.config.head != "flow":
             raise ValueError("execution mode 'rtc' needs the flow head; this policy's head is "
                              f"{self.config.head!r} (use 'async')")
-        self.executor = ChunkExecutor(self.config.n_obs_steps, self.config.horizon, execution, self.specs)
+        effective = self.execution_for(self._embodiment.name, execution)
+        self.executor = ChunkExecutor(self.config.n_obs_steps, self.config.horizon, effective, self.specs)
+        self.base_execution = execution
 
     @property
     def device(self) -> torch.device:

@@ -153,7 +153,8 @@ class RemotePolicy:
     """A served policy as a :class:`~openlbm.types.PolicyLike`: ``select_action`` / ``reset`` over websockets.
 
     History, chunk schedule and chunk counting per batch slot live in a
-    :class:`~openlbm.policies.execution.ChunkExecutor` built from the server's ``execution`` metadata, exactly as
+    :class:`~openlbm.policies.execution.ChunkExecutor` built from the server's metadata (``executions`` of this
+    embodiment, else ``execution``), exactly as
     in ``LBMPolicy.select_action``; a slot that starts an inference sends its whole ``n_obs_steps`` window (with
     ``observation/is_pad``, ``episode_key``, ``chunk_index`` and, for RTC, ``action_prefix``) on its own
     connection. All slots' requests go out before any reply is read (the server can batch them), and a reply is
@@ -187,7 +188,8 @@ class RemotePolicy:
         self.embodiment: EmbodimentSpec = EmbodimentSpec.from_dict(
             {"name": name, **self.metadata["embodiments"][name]}
         )
-        served = self.metadata.get("execution")
+        # this embodiment's execution (servers before per-embodiment schedules sent only the default one)
+        served = self.metadata.get("executions", {}).get(name) or self.metadata.get("execution")
         if not isinstance(served, dict):
             raise ValueError(f"{url}: the server's metadata has no 'execution' (an older openlbm server?)")
         wrong = {k: (v, served.get(k, "<absent>")) for k, v in (expect or {}).items() if served.get(k, "<absent>") != v}

@@ -56,7 +56,7 @@ class Serve:
     def run(self) -> int:
         from openlbm.devices import check_device
         from openlbm.errors import UserError
-        from openlbm.serve.server import PolicyServer, ServerConfig, served_execution
+        from openlbm.serve.server import PolicyServer, ServerConfig, served_executions
 
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port}: must be 0..65535 (0 picks a free port)")
@@ -70,7 +70,7 @@ class Serve:
             execution = replace(
                 policy.default_execution(), mode=self.execution, delay_steps=self.delay_steps, rtc_beta=self.rtc_beta
             )
-            served_execution(policy, execution)
+            served_executions(policy, execution)  # per embodiment: one with its own schedule may not fit the mode
         except ValueError as e:
             raise UserError(f"--execution {self.execution} --delay-steps {self.delay_steps}: {e}") from None
         cfg = ServerConfig(

@@ -170,9 +170,12 @@ def build_metadata(
     max_message_bytes: int,
     max_batch: int,
     execution: Mapping[str, Any] | None = None,
+    executions: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The first message on every connection: everything a client needs to build valid requests, and everything
-    that changes the executed actions (``execution``: ``ExecutionConfig`` fields + ``noise_seed``)."""
+    that changes the executed actions (``execution``: ``ExecutionConfig`` fields + ``noise_seed``, for the default
+    embodiment; ``executions``: the same per embodiment, which differ where the policy gives an embodiment its own
+    chunk schedule)."""
     return {
         "protocol": PROTOCOL,
         "server": "openlbm",
@@ -198,6 +201,7 @@ def build_metadata(
         "n_action_steps": n_action_steps,
         "n_obs_steps": n_obs_steps,
         "execution": dict(execution or {}),
+        "executions": {name: dict(ex) for name, ex in (executions or {}).items()},
         "history": "server per connection for frames; client for windows",
         "max_message_bytes": max_message_bytes,
         "max_batch": max_batch,

@@ -72,7 +72,8 @@ class ServerConfig:
     execution: ExecutionConfig | None = None
     """How chunks become actions (steps per chunk, ensembling, sync/async/RTC): run by the server for frame
     requests, by ``RemotePolicy`` for windows; in the metadata either way. ``None`` = the policy's own
-    (``LBMPolicy.execution``)."""
+    (``LBMPolicy.base_execution``). An embodiment the policy config gives its own chunk schedule
+    (``PolicyConfig.embodiment_execution``) runs it with this mode, delay and RTC (metadata ``executions``)."""
 
 
 class PolicyRunner:
@@ -123,13 +124,18 @@ def policy_facts(policy: Any) -> tuple[list[protocol.WireSpec], int, int]:
     return specs, int(cfg.horizon), int(cfg.n_obs_steps)
 
 
-def served_execution(policy: Any, execution: ExecutionConfig | None) -> ExecutionConfig:
-    """``execution``, or the policy's; checked against the policy's horizon and head."""
-    execution = execution or policy.execution
-    execution.check(int(policy.config.horizon))
-    if execution.mode == "rtc" and getattr(policy.config, "head", "flow") != "flow":
-        raise ValueError(f"execution mode 'rtc' needs the flow head; the served policy's is {policy.config.head!r}")
-    return execution
+def served_executions(policy: Any, execution: ExecutionConfig | None) -> dict[str, ExecutionConfig]:
+    """Embodiment name -> how its chunks become actions: ``execution`` (default: the policy's run-time
+    ``base_execution``, else its ``execution``), with an embodiment's own chunk schedule where the policy config has
+    one (``LBMPolicy.execution_for``); each checked against the policy's horizon and head."""
+    base = execution or getattr(policy, "base_execution", None) or policy.execution
+    for_embodiment = getattr(policy, "execution_for", lambda name, ex: ex)
+    out = {e.name: for_embodiment(e.name, base) for e in policy.embodiments}
+    for ex in out.values():
+        ex.check(int(policy.config.horizon))
+        if ex.mode == "rtc" and getattr(policy.config, "head", "flow") != "flow":
+            raise ValueError(f"execution mode 'rtc' needs the flow head; the served policy's is {policy.config.head!r}")
+    return out
 
 
 @dataclass
@@ -159,10 +165,11 @@ class PolicyServer:
     ) -> None:
         self.cfg = cfg
         specs, self.horizon, self.n_obs_steps = policy_facts(policy)
-        self.execution = served_execution(policy, cfg.execution)
+        self.executions = served_executions(policy, cfg.execution)
         self.specs = {s.name: s for s in specs}
         self.embodiments = {e.name: e for e in policy.embodiments}
         self.default_embodiment = specs[0].name
+        self.execution = self.executions[self.default_embodiment]
         self.metadata = protocol.build_metadata(
             specs,
             horizon=self.horizon,
@@ -170,6 +177,7 @@ class PolicyServer:
             n_obs_steps=self.n_obs_steps,
             policy={"class": type(policy).__name__, "device": str(device)},
             execution={**self.execution.to_dict(), "noise_seed": cfg.noise_seed},
+            executions={n: {**ex.to_dict(), "noise_seed": cfg.noise_seed} for n, ex in self.executions.items()},
             max_message_bytes=cfg.max_message_bytes,
             max_batch=cfg.max_batch,
         )
@@ -219,14 +227,15 @@ class PolicyServer:
         stats = _ClientStats()
         log.info("%s connected", name)
         self._connected += 1
-        # The connection's episode, for frame requests: a new connection is a new episode.
-        executor = ChunkExecutor(self.n_obs_steps, self.horizon, self.execution, self.embodiments)
+        # The connection's episode, for frame requests: a new connection is a new episode. One executor, for the
+        # embodiment of the latest frame (a frame of another embodiment starts a new episode anyway).
+        executors: dict[str, ChunkExecutor] = {}
         try:
             await ws.send(self._metadata_bytes)
             prev_total_ms: float | None = None
             async for message in ws:
                 t0 = time.perf_counter()
-                reply = await self._answer(message, stats, prev_total_ms, executor)
+                reply = await self._answer(message, stats, prev_total_ms, executors)
                 await ws.send(reply)
                 if isinstance(reply, bytes):
                     prev_total_ms = (time.perf_counter() - t0) * 1000.0
@@ -242,7 +251,7 @@ class PolicyServer:
             )
 
     async def _answer(
-        self, message: str | bytes, stats: _ClientStats, prev_total_ms: float | None, executor: ChunkExecutor
+        self, message: str | bytes, stats: _ClientStats, prev_total_ms: float | None, executors: dict[str, ChunkExecutor]
     ) -> bytes | str:
         """The reply to one frame: packed actions (bytes) or an error text."""
         stats.bytes_in += len(message)
@@ -254,7 +263,7 @@ class PolicyServer:
             window = protocol.parse_observation(
                 codec.unpackb(message), self.specs, self.default_embodiment, self.n_obs_steps
             )
-            result = await (self._step(window, executor) if window.is_frame else self._infer(window))
+            result = await (self._step(window, executors) if window.is_frame else self._infer(window))
             if not np.isfinite(result.actions).all():
                 log.error("non-finite actions for a request (state range [%g, %g]); not sent",
                           float(window.state.min()), float(window.state.max()))
@@ -279,9 +288,16 @@ class PolicyServer:
             {protocol.ACTIONS_KEY: np.ascontiguousarray(result.actions), protocol.TIMING_KEY: timing}
         )
 
-    async def _step(self, frame: protocol.ParsedObservation, executor: ChunkExecutor) -> InferenceResult:
-        """One control step of the connection's episode: the executor's action ``[1, A]`` for this frame."""
+    async def _step(self, frame: protocol.ParsedObservation, executors: dict[str, ChunkExecutor]) -> InferenceResult:
+        """One control step of the connection's episode: the executor's action ``[1, A]`` for this frame, run with
+        the frame's embodiment's execution."""
         loop = asyncio.get_running_loop()
+        if frame.embodiment not in executors:
+            executors.clear()
+            executors[frame.embodiment] = ChunkExecutor(
+                self.n_obs_steps, self.horizon, self.executions[frame.embodiment], self.embodiments
+            )
+        executor = executors[frame.embodiment]
         obs = Observation(
             images={c: chw_from_hwc(a[None]) for c, a in frame.images.items()},  # [1, 1, Hi, Wi, 3] -> [1, 1, 3, Hi, Wi]
             state=torch.from_numpy(frame.state[None]),  # [1, 1, S]
