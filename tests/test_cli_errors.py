@@ -125,7 +125,10 @@ def test_ctrl_c_keeps_committed_episodes_and_prints_one_line(tmp_path: Path) -> 
     proc = subprocess.Popen(
         [sys.executable, "-m", "openlbm.cli", "data", "generate", "--tasks", "reach-v3", "--episodes-per-task", "40",
          "--size", "32", "--cameras", "corner2", "--workers", "2", "--no-progress", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # a shell that runs the tests in the background ignores SIGINT, and children inherit that: restore the
+        # default so the CLI sees the Ctrl-C a terminal would send
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     attempts = out / "meta" / "generation_attempts.jsonl"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not (attempts.is_file() and len(attempts.read_text().splitlines()) >= 2):

@@ -11,7 +11,7 @@ from openlbm.configs.presets import POLICY_PRESETS
 from openlbm.models.vision import MIN_GRID, VisionConfig, VisionEncoder
 from openlbm.policies.pretrained import load_vision_weights
 
-DEFAULT_SIZE = {"debug": 32, "small": 64, "base": 128, "large": 128}
+DEFAULT_SIZE = {"debug": 32, "small": 64, "aloha": 64, "base": 128, "large": 128}
 """The image size each preset is used at (tests and smoke runs, the quickstart, GPU pretraining)."""
 
 

@@ -34,7 +34,7 @@ def test_the_presets_table_states_the_real_counts() -> None:
     """`openlbm.configs.presets`' table (the one place sizes are written down) rounds each built model's count."""
     stated = {k: float(v) for k, v in ((m.group(1), m.group(2)) for m in
                                        re.finditer(r"^\| (\w+)\s+\| ([\d.]+) M", presets.__doc__ or "", re.M))}
-    assert set(stated) == {"debug", "small", "base", "large"}
+    assert set(stated) == set(presets.POLICY_PRESETS)
     for name, millions in stated.items():
         digits = len(str(millions).split(".")[1].rstrip("0")) if "." in str(millions) else 0
         assert round(count(name) / 1e6, max(digits, 0)) == millions, (name, count(name), millions)

@@ -7,7 +7,7 @@ Policy sizes (:data:`POLICY_PRESETS`, :func:`policy_preset`), a :class:`~openlbm
 | debug   | 0.07 M  | ResNet (8,16) x (1,1), no stem pool (8x8 @ 32)   | 32 x 2 (+1 obs)     | hash (no model)  | tests, smoke runs  |
 | small   | 4.5 M   | EfficientNet-Lite0 to block 5, ImageNet, frozen  | 192 x 4 (+2 obs)    | all-MiniLM-L6-v2 | CPU training       |
 |         |         | + 3x3 neck, 32 keypoints (8x8 @ 64)               |                     |                  |                    |
-| aloha   | 4.5 M   | as small; horizon 50, ALOHA: temporal ensembling  | as small            | all-MiniLM-L6-v2 | ALOHA on a CPU     |
+| aloha   | 4.6 M   | as small; horizon 50, ALOHA: temporal ensembling  | as small            | all-MiniLM-L6-v2 | ALOHA on a CPU     |
 | base    | 96 M    | ResNet-18 (64..512) x (2,2,2,2), no stem pool     | 640 x 8 (+2 obs)    | all-MiniLM-L6-v2 | GPU pretraining    |
 |         |         | (8x8 @ 128)                                      |                     |                  |                    |
 | large   | 346 M   | as base                                          | 1024 x 12 (+4 obs)  | all-MiniLM-L6-v2 | multi-GPU (FSDP2)  |
