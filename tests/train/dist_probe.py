@@ -57,12 +57,17 @@ def probe_shard() -> dict:
             "after_backward": _kind(weight()), "grad": _kind(weight().grad), **seen}
 
 
-def probe_nonfinite() -> dict:
+def _ddp_debug() -> tuple:
+    """The debug preset's config, policy, DDP-wrapped loss module and optimizer, seeded alike on every rank."""
     torch.manual_seed(0)
     cfg = debug()
     policy = policy_preset("debug").build([ARM], {"arm": make_stats(ARM)})
     model = dist_utils.wrap_model(LossModule(policy), "ddp", dist_utils.setup("cpu"))
-    opt = build_optimizer(policy.param_groups(0.0), cfg.optim, policy)
+    return cfg, policy, model, build_optimizer(policy.param_groups(0.0), cfg.optim, policy)
+
+
+def probe_nonfinite() -> dict:
+    cfg, policy, model, opt = _ddp_debug()
     batch = make_batch([ARM, ARM], policy.config.horizon, seed=dist.get_rank())
     if dist.get_rank() == 1:
         batch.action[0, 0, 0] = 3e38  # finite, but its squared error overflows to inf
@@ -129,11 +134,7 @@ def probe_ddp_accumulation() -> dict:
     """How many gradient buckets DDP all-reduces in a step of one micro-batch and in one of two."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    torch.manual_seed(0)
-    cfg = debug()
-    policy = policy_preset("debug").build([ARM], {"arm": make_stats(ARM)})
-    model = dist_utils.wrap_model(LossModule(policy), "ddp", dist_utils.setup("cpu"))
-    opt = build_optimizer(policy.param_groups(0.0), cfg.optim, policy)
+    cfg, policy, model, opt = _ddp_debug()
     buckets: list[int] = []
     model.register_comm_hook(None, lambda state, bucket: (buckets.append(1), allreduce_hook(state, bucket))[1])
     counts = []
