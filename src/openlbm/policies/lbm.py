@@ -111,15 +111,10 @@ class LBMPolicy(nn.Module):
             self.executor = ChunkExecutor(self.config.n_obs_steps, self.config.horizon, self.execution_for(spec.name),
                                           self.specs)
 
-    def default_execution(self, embodiment: str | None = None) -> ExecutionConfig:
-        """The execution the policy was configured with, sync: the chunk schedule of ``embodiment``
-        (``PolicyConfig.schedule``), or with ``None`` the policy-level ``n_action_steps`` and
-        ``temporal_ensemble``."""
-        if embodiment is None:
-            return ExecutionConfig(n_action_steps=self.config.n_action_steps,
-                                   temporal_ensemble=self.config.temporal_ensemble)
-        n, ensemble = self.config.schedule(embodiment)
-        return ExecutionConfig(n_action_steps=n, temporal_ensemble=ensemble)
+    def default_execution(self) -> ExecutionConfig:
+        """The execution the policy was configured with, sync: its policy-level ``n_action_steps`` and
+        ``temporal_ensemble`` (an embodiment's own schedule is applied by :meth:`execution_for`)."""
+        return ExecutionConfig(n_action_steps=self.config.n_action_steps, temporal_ensemble=self.config.temporal_ensemble)
 
     def execution_for(self, embodiment: str, execution: ExecutionConfig | None = None) -> ExecutionConfig:
         """``execution`` (default :attr:`base_execution`) as ``embodiment`` runs it: with that embodiment's
