@@ -187,3 +187,24 @@ def test_resume_appends_after_finalize(tiny: Path) -> None:
     np.testing.assert_array_equal(e["action"][:, 0], 300 + np.arange(7))
     assert psnr(e[CAM][6], smooth(3, 6)) >= 35
     assert psnr(ds.get_episode(0)[CAM][0], smooth(0, 0)) >= 35
+
+
+def test_finalize_of_a_finished_dataset_touches_no_file(tiny: Path) -> None:
+    """Resuming a recording that had already finished must not re-join its (possibly huge) videos."""
+
+    def media() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in tiny.rglob("*") if p.suffix in {".mp4", ".parquet"} and "stats" not in p.name}
+
+    before = media()
+    w = DatasetWriter.open(tiny)
+    w.finalize()
+    w.close()
+    assert media() == before
+    from data_helpers import write_episodes
+
+    w = DatasetWriter.open(tiny)
+    write_episodes(w, (5,), first_ep=3)
+    w.finalize()  # a new episode: joined with the others again
+    w.close()
+    assert RobotDataset(tiny).meta.num_episodes == 4
+    assert len(list(tiny.glob("videos/*/chunk-*/file-*.mp4"))) == len(list(tiny.glob("videos/*/chunk-000/file-000.mp4")))

@@ -49,6 +49,9 @@ from openlbm.types import FeatureSpec
 log = logging.getLogger(__name__)
 JOURNAL = ".openlbm_finalize.json"
 STAGING = ".openlbm_finalize"
+# info.json key: how many episodes the last finalize joined. Equal to the episode count means nothing was added since,
+# so finalizing again (a resumed recording that had already finished) leaves every file as it is.
+JOINED_KEY = "openlbm_joined_episodes"
 
 
 def _apply_journal(root: Path) -> None:
@@ -456,6 +459,9 @@ class DatasetWriter:
             self.clear_episode()
         if not self.episodes:
             return
+        if self.info.get(JOINED_KEY) == self.num_episodes:
+            log.info("%s: all %d episodes already joined; nothing to finalize", self.root, self.num_episodes)
+            return
         from openlbm.data.finalize import consolidate
 
         moves, new_rows = consolidate(self)
@@ -463,5 +469,6 @@ class DatasetWriter:
         L.write_json_atomic(self.root / JOURNAL, {"moves": moves, "delete": sorted(old)})  # commit point
         _apply_journal(self.root)
         self.episodes = new_rows
+        self.info[JOINED_KEY] = len(new_rows)  # recorded after the joined files are in place: a crash re-joins
         self._write_derived(exact=True)  # joined files hold the same frames: image histograms stay valid
         self._reset_buffer()
