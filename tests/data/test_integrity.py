@@ -188,7 +188,7 @@ def test_values_beyond_the_shared_bound_are_refused_naming_file_episode_frame_fe
     assert "|value| 1e+30 at frame 4, dim 2" in hit.message
     _refused(root, DATA, "episode 1", "frame 4", "field observation.state")
     # the server refuses the same value with the same bound
-    spec = protocol.WireSpec("arm", ("cam",), (32, 32), state_dim=3, action_dim=2)
+    spec = EmbodimentSpec("arm", ("cam",), (32, 32), state_dim=3, action_dim=2)
     assert spec.max_abs_state == bounds.DEFAULT_MAX_ABS
     obs = protocol.make_observation({"cam": smooth(1, 4)}, np.array([1, 4, 1e30], np.float32), "t")
     with pytest.raises(protocol.ProtocolError, match="exceeds the accepted bound"):
@@ -205,7 +205,7 @@ def test_a_dataset_declares_a_wider_bound_per_feature(tmp_path: Path) -> None:
     require_valid([root])
     # the declared bound travels with the policy to the server: the served embodiment accepts what trained
     [emb] = infer_embodiments([SourceConfig(root=str(root))], [DatasetMeta(root)])
-    served = protocol.WireSpec.from_dict(EmbodimentSpec.from_dict(emb.to_dict()).to_dict())
+    served = EmbodimentSpec.from_dict(emb.to_dict())
     assert served.max_abs_state == 1e7
     meta = protocol.build_metadata([served], horizon=4, n_action_steps=2, n_obs_steps=1, policy={},
                                    max_message_bytes=1 << 20, max_batch=1)

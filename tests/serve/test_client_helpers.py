@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from openlbm.embodiment import EmbodimentSpec
 from openlbm.serve import protocol
 
-SPEC = protocol.WireSpec("arm", ("front", "wrist"), (8, 6), state_dim=4, action_dim=3)
-SPECS = {"arm": SPEC, "other": protocol.WireSpec("other", ("front",), (4, 4), 2, 2)}
+SPEC = EmbodimentSpec("arm", ("front", "wrist"), (8, 6), state_dim=4, action_dim=3)
+SPECS = {"arm": SPEC, "other": EmbodimentSpec("other", ("front",), (4, 4), 2, 2)}
 
 
 def _obs(**override: object) -> dict:

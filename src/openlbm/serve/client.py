@@ -23,13 +23,14 @@ import numpy as np
 import websockets
 import websockets.sync.client
 
+from openlbm.embodiment import EmbodimentSpec
 from openlbm.serve import codec, protocol
 
 if TYPE_CHECKING:
     import torch
 
     from openlbm.policies.execution import ChunkRequest
-    from openlbm.types import EmbodimentSpec, Observation
+    from openlbm.types import Observation
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,6 @@ class RemotePolicy:
         connect_timeout_s: float = 30.0,
     ) -> None:
         from openlbm.policies.execution import ChunkExecutor, ExecutionConfig
-        from openlbm.types import EmbodimentSpec
 
         self.url, self.api_key, self.connect_timeout_s = url, api_key, connect_timeout_s
         self._clients: list[PolicyClient] = [PolicyClient(url, api_key, connect_timeout_s=connect_timeout_s)]

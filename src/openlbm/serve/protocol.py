@@ -52,7 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from openlbm.bounds import DEFAULT_MAX_ABS, first_out_of_bounds
+from openlbm.bounds import first_out_of_bounds
+from openlbm.embodiment import EmbodimentSpec
 
 PROTOCOL = "openlbm-policy/1"
 IMAGE_WIRE_PREFIX = "observation/images/"
@@ -83,48 +84,15 @@ def canonical_key(key: str) -> str:
     return key.replace(".", "/", 2) if key.startswith("observation.") else key
 
 
-@dataclass(frozen=True)
-class WireSpec:
-    """One embodiment as seen on the wire: cameras, image size, state and action dims."""
-
-    name: str
-    """Embodiment name (the value of the optional ``embodiment`` request field)."""
-    cameras: tuple[str, ...]
-    """Camera names; each needs an ``observation/images/<camera>`` entry."""
-    image_size: tuple[int, int]
-    """``(height, width)`` every image must have, exactly."""
-    state_dim: int
-    """Length of ``observation/state``."""
-    action_dim: int
-    """Width of the returned ``actions``."""
-    fps: float = 10.0
-    """Control frequency the policy was trained at."""
-    max_abs_state: float = DEFAULT_MAX_ABS
-    """Largest accepted ``|state|`` value: the bound its training data declared (:mod:`openlbm.bounds`), so what
-    trains and what is served agree. A value beyond it is a unit or encoding error, and would overflow the network's
-    float32 activations into non-finite actions (a state of 1e30 did)."""
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> WireSpec:
-        """Read :meth:`openlbm.types.EmbodimentSpec.to_dict` output (also the metadata's ``embodiments`` entries)."""
-        return cls(
-            name=str(d["name"]),
-            cameras=tuple(str(c) for c in d["cameras"]),
-            image_size=(int(d["image_size"][0]), int(d["image_size"][1])),
-            state_dim=int(d["state_dim"]),
-            action_dim=int(d["action_dim"]),
-            fps=float(d.get("fps", 10.0)),
-            max_abs_state=float(d.get("max_abs_state", DEFAULT_MAX_ABS)),
-        )
-
-    def observation_schema(self) -> dict[str, dict[str, Any]]:
-        h, w = self.image_size
-        schema: dict[str, dict[str, Any]] = {
-            image_wire_key(c): {"shape": [h, w, 3], "dtype": "uint8"} for c in self.cameras
-        }
-        schema[STATE_WIRE_KEY] = {"shape": [self.state_dim], "dtype": "float32"}
-        schema[PROMPT_KEY] = {"type": "str", "max_chars": MAX_PROMPT_CHARS}
-        return schema
+def observation_schema(spec: EmbodimentSpec) -> dict[str, dict[str, Any]]:
+    """The metadata's description of one embodiment's request fields."""
+    h, w = spec.image_size
+    schema: dict[str, dict[str, Any]] = {
+        image_wire_key(c): {"shape": [h, w, 3], "dtype": "uint8"} for c in spec.cameras
+    }
+    schema[STATE_WIRE_KEY] = {"shape": [spec.state_dim], "dtype": "float32"}
+    schema[PROMPT_KEY] = {"type": "str", "max_chars": MAX_PROMPT_CHARS}
+    return schema
 
 
 @dataclass
@@ -161,7 +129,7 @@ class ParsedObservation:
 
 
 def build_metadata(
-    specs: list[WireSpec],
+    specs: list[EmbodimentSpec],
     *,
     horizon: int,
     n_action_steps: int,
@@ -189,7 +157,7 @@ def build_metadata(
                 "action_dim": s.action_dim,
                 "fps": s.fps,
                 "max_abs_state": s.max_abs_state,
-                "observation": s.observation_schema(),
+                "observation": observation_schema(s),
                 "action": {"key": ACTIONS_KEY, "shape": [horizon, s.action_dim], "dtype": "float32"},
             }
             for s in specs
@@ -208,7 +176,7 @@ def build_metadata(
     }
 
 
-def _check_image(key: str, value: Any, spec: WireSpec) -> np.ndarray:
+def _check_image(key: str, value: Any, spec: EmbodimentSpec) -> np.ndarray:
     """-> uint8 ``[T, Hi, Wi, 3]`` (``T = 1`` for a single frame)."""
     h, w = spec.image_size
     if not isinstance(value, np.ndarray):
@@ -224,7 +192,7 @@ def _check_image(key: str, value: Any, spec: WireSpec) -> np.ndarray:
     return value if value.ndim == 4 else value[None]  # [Hi, Wi, 3] -> [1, Hi, Wi, 3]
 
 
-def _check_state(key: str, value: Any, spec: WireSpec) -> np.ndarray:
+def _check_state(key: str, value: Any, spec: EmbodimentSpec) -> np.ndarray:
     """-> float32 ``[T, S]``, finite and within the embodiment's ``max_abs_state``."""
     if not isinstance(value, np.ndarray):
         raise ProtocolError(
@@ -298,7 +266,7 @@ def _split_keys(msg: dict) -> dict[str, Any]:
 
 
 def parse_observation(
-    msg: Any, specs: Mapping[str, WireSpec], default_embodiment: str, n_obs_steps: int = 1
+    msg: Any, specs: Mapping[str, EmbodimentSpec], default_embodiment: str, n_obs_steps: int = 1
 ) -> ParsedObservation:
     """Validate one decoded request against the served embodiments and return its full window.
     Raises :class:`ProtocolError` naming the field."""
@@ -340,7 +308,7 @@ def parse_observation(
                              action_prefix=prefix, frozen_steps=frozen)
 
 
-def _check_keys(obs: dict[str, Any], spec: WireSpec, emb: str) -> None:
+def _check_keys(obs: dict[str, Any], spec: EmbodimentSpec, emb: str) -> None:
     expected = {*(image_wire_key(c) for c in spec.cameras), STATE_WIRE_KEY, PROMPT_KEY}
     missing, extra = sorted(expected - obs.keys()), sorted(obs.keys() - expected)
     if missing or extra:
@@ -352,7 +320,7 @@ def _check_keys(obs: dict[str, Any], spec: WireSpec, emb: str) -> None:
         )
 
 
-def _check_prefix(prefix: Any, frozen: Any, spec: WireSpec) -> tuple[np.ndarray | None, int]:
+def _check_prefix(prefix: Any, frozen: Any, spec: EmbodimentSpec) -> tuple[np.ndarray | None, int]:
     """-> (float32 ``[K, A]`` or None, frozen rows)."""
     if prefix is None:
         if frozen is not None:

@@ -40,7 +40,7 @@ from websockets.asyncio.server import Request, Response, ServerConnection
 from openlbm.policies.execution import ChunkExecutor, ChunkRequest, ExecutionConfig, Guidance
 from openlbm.serve import codec, protocol
 from openlbm.serve.batching import InferenceError, InferenceResult, InferenceWorker
-from openlbm.types import Observation, chw_from_hwc, hwc_from_chw
+from openlbm.types import EmbodimentSpec, Observation, chw_from_hwc, hwc_from_chw
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,9 @@ class PolicyRunner:
         return actions.float().cpu().numpy()
 
 
-def policy_facts(policy: Any) -> tuple[list[protocol.WireSpec], int, int]:
-    """(wire specs, horizon, n_obs_steps) of an LBMPolicy-like object."""
-    specs = [protocol.WireSpec.from_dict(e.to_dict()) for e in policy.embodiments]
+def policy_facts(policy: Any) -> tuple[list[EmbodimentSpec], int, int]:
+    """(embodiments, horizon, n_obs_steps) of an LBMPolicy-like object."""
+    specs = list(policy.embodiments)
     cfg = policy.config
     return specs, int(cfg.horizon), int(cfg.n_obs_steps)
 
