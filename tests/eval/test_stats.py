@@ -187,3 +187,30 @@ def test_clustered_bootstrap_difference() -> None:
     assert same.interval == (0.0, 0.0) and same.p_value == 1.0
     with pytest.raises(ValueError, match="at least one pair"):
         S.clustered_bootstrap_difference({})
+
+
+def test_compare_difficulty_groups_and_their_mean() -> None:
+    """MT50 tasks of two groups: a pooled paired test per group and the paired difference of the mean of group means,
+    where each group weighs the same whatever its number of tasks."""
+    easy, hard = ("reach-v3", "door-open-v3", "button-press-v3"), ("assembly-v3",)
+    a = {t: dict.fromkeys(range(10), False) for t in (*easy, *hard)}
+    b = {t: {s: t in hard for s in range(10)} for t in (*easy, *hard)}  # B gains all 10 on hard, nothing on easy
+    c = S.compare(a, b)
+    assert [g.task for g in c.groups] == ["easy", "hard"]
+    assert [(g.a_only, g.b_only, g.n_pairs) for g in c.groups] == [(0, 0, 30), (0, 10, 10)]
+    assert c.groups[1].p_value == pytest.approx(S.mcnemar_exact_pvalue(0, 10))
+    assert c.groups[1].p_adjusted == pytest.approx(min(1.0, 2 * c.groups[1].p_value))  # holm over the 2 groups
+    assert c.overall.diff == pytest.approx(10 / 40)  # episode-weighted
+    m = c.group_mean
+    assert m is not None and m.estimate == pytest.approx(0.5) and m.items == 40  # (0 + 1) / 2: groups weigh the same
+    assert m.interval == (0.5, 0.5) and m.p_value < 0.01  # every resample of this one-sided gain says the same
+    # one group only, or another suite: no group rows
+    assert S.compare({"reach-v3": a["reach-v3"]}, {"reach-v3": b["reach-v3"]}).groups == []
+    assert S.compare({"x": {0: True}}, {"x": {0: False}}).group_mean is None
+
+
+def test_weighted_bootstrap_is_the_weighted_mean() -> None:
+    pairs = {(0, t, i): (False, t == "y" and i < 5) for t in ("x", "y") for i in range(10)}
+    assert S.clustered_bootstrap_difference(pairs, replicates=200).estimate == pytest.approx(0.25)
+    w = S.clustered_bootstrap_difference(pairs, replicates=200, weights={"x": 1.0, "y": 3.0})
+    assert w.estimate == pytest.approx(0.375)  # (0 * 10 * 1 + 0.5 * 10 * 3) / (10 + 30)

@@ -14,7 +14,7 @@ from rich.console import Console
 from openlbm.eval.records import EvalSummary
 from openlbm.eval.runner import EvalConfig
 from openlbm.eval.sequential import Spending
-from openlbm.eval.stats import Correction, TestName
+from openlbm.eval.stats import Comparison, Correction, TestName
 
 
 def _pct(x: float) -> str:
@@ -127,6 +127,8 @@ class Compare:
                     if style else t.verdict,
                 )
             console.print(table)
+            if c.groups:
+                _print_group_comparison(console, c)
             results[str(other)] = c.to_dict()
             if self.sequential:
                 n_tasks = len(c.tasks)
@@ -150,6 +152,24 @@ class Compare:
             path = write_report(base, others=self.dirs[1:], out=self.report, title="openlbm comparison")
             console.print(f"report: {path}")
         return 0
+
+
+def _print_group_comparison(console: Console, c: Comparison) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"difficulty groups (episodes pooled per group; {c.correction} across groups)")
+    for col in ("group", "A", "B", "Δ pp", "only A/only B", "test", "p", "p adj.", "verdict"):
+        table.add_column(col, justify="left" if col in ("group", "verdict") else "right")
+    for g in c.groups:
+        table.add_row(g.task, _pct(g.a.rate), _pct(g.b.rate), f"{100 * g.diff:+.1f}", f"{g.a_only}/{g.b_only}", g.test,
+                      f"{g.p_value:.3g}", f"{g.p_adjusted:.3g}", g.verdict)
+    console.print(table)
+    m = c.group_mean
+    if m is not None:
+        lo, hi = m.interval
+        console.print(f"mean of {len(c.groups)} group means, B - A: {100 * m.estimate:+.1f} pp, 95% {100 * lo:+.1f} to "
+                      f"{100 * hi:+.1f} (bootstrap over initial states within tasks, {m.items} paired episodes), "
+                      f"p = {m.p_value:.3g}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from openlbm.eval.html import CSS, ci, pct, png_img, pyplot, read_metrics, training_curves
 from openlbm.eval.records import CONFIG_FILE, EvalSummary, load_records, outcomes
-from openlbm.eval.stats import BetaPosterior, Comparison, compare
+from openlbm.eval.stats import BetaPosterior, Comparison, TaskComparison, compare
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +101,33 @@ def _comparison_tables(summaries: list[EvalSummary], comparisons: list[Compariso
         for s in summaries
     )
     parts = [f"<h3>Runs</h3><table><tr><th>eval</th><th>success</th><th>rate</th><th>Wilson 95%</th></tr>{runs}</table>"]
+    head = ("<table><tr><th>{}</th><th>A</th><th>B</th><th>Δ pp</th><th>only A / only B</th><th>test</th>"
+            "<th>p</th><th>p adj.</th><th>P(B&gt;A)</th><th>verdict</th></tr>{}</table>")
     for s, c in zip(summaries[1:], comparisons, strict=True):
-        rows = []
-        for t in [*c.tasks, c.overall]:
-            rows.append(
-                f"<tr><td>{html.escape(t.task)}</td><td>{pct(t.a.rate)}</td><td>{pct(t.b.rate)}</td>"
-                f"<td>{100 * t.diff:+.1f}</td><td>{t.a_only}/{t.b_only}</td><td>{t.test}</td><td>{t.p_value:.3g}</td>"
-                f"<td>{t.p_adjusted:.3g}</td><td>{t.prob_b_better:.3f}</td>"
-                f"<td class=\"{t.verdict.split()[0]}\">{t.verdict}</td></tr>"
-            )
         parts.append(
             f"<h3>{html.escape(_label(s))} vs {html.escape(_label(base))}</h3>"
             f"<p class=muted>alpha={c.alpha}, {c.correction} correction across tasks; overall pools all episodes.</p>"
-            "<table><tr><th>task</th><th>A</th><th>B</th><th>Δ pp</th><th>only A / only B</th><th>test</th>"
-            f"<th>p</th><th>p adj.</th><th>P(B&gt;A)</th><th>verdict</th></tr>{''.join(rows)}</table>"
+            + head.format("task", _comparison_rows([*c.tasks, c.overall]))
         )
+        if c.groups:
+            parts.append(f"<p class=muted>Difficulty groups: episodes pooled per group, {c.correction} across groups.</p>"
+                         + head.format("group", _comparison_rows(c.groups)))
+        if c.group_mean is not None:
+            m = c.group_mean
+            parts.append(f"<p>Mean of {len(c.groups)} group means, B − A: {100 * m.estimate:+.1f} pp, 95% "
+                         f"{100 * m.interval[0]:+.1f} to {100 * m.interval[1]:+.1f} (bootstrap over initial states "
+                         f"within tasks, {m.items} paired episodes), p = {m.p_value:.3g}</p>")
     return "".join(parts)
+
+
+def _comparison_rows(items: list[TaskComparison]) -> str:
+    return "".join(
+        f"<tr><td>{html.escape(t.task)}</td><td>{pct(t.a.rate)}</td><td>{pct(t.b.rate)}</td>"
+        f"<td>{100 * t.diff:+.1f}</td><td>{t.a_only}/{t.b_only}</td><td>{t.test}</td><td>{t.p_value:.3g}</td>"
+        f"<td>{t.p_adjusted:.3g}</td><td>{t.prob_b_better:.3f}</td>"
+        f"<td class=\"{t.verdict.split()[0]}\">{t.verdict}</td></tr>"
+        for t in items
+    )
 
 
 def _videos(out_dir: Path, label: str) -> str:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
+
+from openlbm.envs.difficulty import task_groups
 
 Verdict = Literal["better", "worse", "no significant difference"]
 Correction = Literal["holm", "bh", "none"]
@@ -299,6 +301,7 @@ def clustered_bootstrap_difference(
     confidence: float = 0.95,
     replicates: int = 4000,
     seed: int = 0,
+    weights: Mapping[Any, float] | None = None,
 ) -> BootstrapDifference:
     """Difference ``mean(B) - mean(A)`` over ``pairs`` keyed ``(cluster, stratum, item)`` -> ``(A ok, B ok)``,
     with a percentile interval from a bootstrap over both sources of variation.
@@ -307,7 +310,9 @@ def clustered_bootstrap_difference(
     states) are crossed with them, the same items in every cluster. Each replicate draws clusters with
     replacement and, independently, items with replacement within each stratum (task), so both the run-to-run
     spread and the choice of initial states widen the interval; strata keep their sizes. The result is a pure
-    function of ``pairs`` and ``seed`` (a report rebuilt from the same records prints the same numbers)."""
+    function of ``pairs`` and ``seed`` (a report rebuilt from the same records prints the same numbers).
+    ``weights`` (stratum -> weight of each of its items) makes it a weighted mean, e.g. MT50's mean of difficulty-group
+    means; every item weighs the same without it."""
     import numpy as np
 
     if not pairs:
@@ -329,15 +334,20 @@ def clustered_bootstrap_difference(
         cols.append(start + rng.integers(0, len(items), size=(replicates, len(items))))
         start += len(items)
     it = np.concatenate(cols, axis=1)
+    w_col = np.array([1.0 if weights is None else float(weights[st]) for st, _ in columns])
     picked = diff[cl[:, :, None], it[:, None, :]]  # [R, clusters, items]
+    w = np.where(np.isnan(picked), 0.0, w_col[it][:, None, :])  # [R, clusters, items]: the resampled items' weights
     with np.errstate(invalid="ignore"):
-        reps = np.nanmean(picked.reshape(replicates, -1), axis=1)  # [R, clusters, items] -> [R, clusters * items]
+        # [R, clusters, items] -> [R, clusters * items] -> [R]: the weighted mean of each replicate
+        reps = np.nansum((picked * w).reshape(replicates, -1), axis=1) / w.reshape(replicates, -1).sum(axis=1)
+        full = np.where(np.isnan(diff), 0.0, w_col[None, :])  # [clusters, items]
+        est = float(np.nansum(diff * full) / full.sum())
     reps = reps[np.isfinite(reps)]
     tail = (1 - confidence) / 2
     lo, hi = (float(v) for v in np.quantile(reps, [tail, 1 - tail]))
     below, above = (np.sum(reps <= 0) + 1) / (len(reps) + 1), (np.sum(reps >= 0) + 1) / (len(reps) + 1)
     return BootstrapDifference(
-        estimate=float(np.nanmean(diff)), interval=(lo, hi), p_value=float(min(1.0, 2 * min(below, above))),
+        estimate=est, interval=(lo, hi), p_value=float(min(1.0, 2 * min(below, above))),
         clusters=len(clusters), items=len(columns), replicates=int(len(reps)),
     )
 
@@ -427,6 +437,12 @@ class Comparison:
     overall: TaskComparison
     alpha: float
     correction: Correction
+    groups: list[TaskComparison] = field(default_factory=list)
+    """Per difficulty group (Meta-World tasks of two or more MT50 groups), its episodes pooled; corrected across
+    groups. Empty otherwise."""
+    group_mean: BootstrapDifference | None = None
+    """The paired difference of the mean of group means (MT50's published figure), from a bootstrap over initial
+    states within tasks; ``None`` without groups or paired episodes."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -434,6 +450,8 @@ class Comparison:
             "correction": self.correction,
             "tasks": [t.to_dict() for t in self.tasks],
             "overall": self.overall.to_dict(),
+            "groups": [g.to_dict() for g in self.groups],
+            "group_mean": None if self.group_mean is None else self.group_mean.to_dict(),
         }
 
 
@@ -474,14 +492,28 @@ def compare(
     tasks = [t for t in a if t in b]
     if not tasks:
         raise ValueError(f"the evaluations share no task (A: {sorted(a)}, B: {sorted(b)})")
-    rows = [_compare_one(t, a[t], b[t], test) for t in tasks]
+    per_task = _corrected([_compare_one(t, a[t], b[t], test) for t in tasks], alpha, correction)
+
+    def pooled(o: Outcomes, ts: Sequence[str]) -> dict[tuple[str, int], bool]:
+        return {(t, s): v for t in ts for s, v in o[t].items()}
+
+    [overall] = _corrected([_compare_one("overall", pooled(a, tasks), pooled(b, tasks), test)], alpha, "none")
+    groups = task_groups(tasks)
+    if len(groups) < 2:
+        return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction)
+    rows = [_compare_one(g, pooled(a, ts), pooled(b, ts), test) for g, ts in groups.items()]
+    pairs = {(0, t, s): (a[t][s], b[t][s]) for t in tasks for s in set(a[t]) & set(b[t])}
+    # every group weighs the same, spread over its paired episodes
+    per_group = {g: sum(1 for _, t, _ in pairs if t in ts) for g, ts in groups.items()}
+    weights = {t: 1 / per_group[g] for g, ts in groups.items() for t in ts if per_group[g]}
+    return Comparison(
+        tasks=per_task, overall=overall, alpha=alpha, correction=correction,
+        groups=_corrected(rows, alpha, correction),
+        group_mean=clustered_bootstrap_difference(pairs, weights=weights) if pairs else None,
+    )
+
+
+def _corrected(rows: list[dict[str, Any]], alpha: float, correction: Correction) -> list[TaskComparison]:
     adjusted = adjust([r["p_value"] for r in rows], correction)
-    per_task = [
-        TaskComparison(**r, p_adjusted=q, verdict=verdict(r["a"].rate, r["b"].rate, q, alpha))
-        for r, q in zip(rows, adjusted, strict=True)
-    ]
-    pooled_a = {(t, s): v for t in tasks for s, v in a[t].items()}
-    pooled_b = {(t, s): v for t in tasks for s, v in b[t].items()}
-    o = _compare_one("overall", pooled_a, pooled_b, test)  # type: ignore[arg-type]
-    overall = TaskComparison(**o, p_adjusted=o["p_value"], verdict=verdict(o["a"].rate, o["b"].rate, o["p_value"], alpha))
-    return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction)
+    return [TaskComparison(**r, p_adjusted=q, verdict=verdict(r["a"].rate, r["b"].rate, q, alpha))
+            for r, q in zip(rows, adjusted, strict=True)]
