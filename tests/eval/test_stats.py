@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from openlbm.eval import compare as C
 from openlbm.eval import stats as S
 
 
@@ -119,7 +120,7 @@ def _outcomes(rates: dict[str, tuple[float, float]], n: int, seed: int = 0) -> t
 
 def test_compare_verdicts_paired() -> None:
     a, b = _outcomes({"t1": (0.2, 0.95), "t2": (0.95, 0.2), "t3": (0.6, 0.6)}, n=50)
-    c = S.compare(a, b)
+    c = C.compare(a, b)
     verdicts = {t.task: t.verdict for t in c.tasks}
     assert verdicts == {"t1": "better", "t2": "worse", "t3": "no significant difference"}
     assert all(t.test == "mcnemar" for t in c.tasks)
@@ -133,20 +134,20 @@ def test_compare_verdicts_paired() -> None:
 def test_compare_unpaired_falls_back_to_barnard_and_correction_matters() -> None:
     a = {"t1": {s: s < 30 for s in range(50)}, "t2": {s: s < 30 for s in range(50)}}
     b = {"t1": {100 + s: s < 40 for s in range(50)}, "t2": {100 + s: s < 30 for s in range(50)}}
-    raw = S.compare(a, b, correction="none")
+    raw = C.compare(a, b, correction="none")
     assert raw.tasks[0].test == "barnard" and raw.tasks[0].p_mcnemar is None
     p1 = raw.tasks[0].p_value
     assert p1 == pytest.approx(S.barnard_pvalue(30, 50, 40, 50))
     assert 0.025 < p1 < 0.05  # significant alone ...
     assert raw.tasks[0].verdict == "better"
-    holm = S.compare(a, b, correction="holm")
+    holm = C.compare(a, b, correction="holm")
     assert holm.tasks[0].p_adjusted == pytest.approx(min(1.0, 2 * p1))  # ... but not after Holm over 2 tasks
     assert holm.tasks[0].verdict == "no significant difference"
 
 
 def test_compare_rejects_disjoint_tasks() -> None:
     with pytest.raises(ValueError, match="share no task"):
-        S.compare({"x": {0: True}}, {"y": {0: True}})
+        C.compare({"x": {0: True}}, {"y": {0: True}})
 
 
 def test_paired_difference_interval_matches_newcombe_method_10() -> None:
@@ -195,7 +196,7 @@ def test_compare_difficulty_groups_and_their_mean() -> None:
     easy, hard = ("reach-v3", "door-open-v3", "button-press-v3"), ("assembly-v3",)
     a = {t: dict.fromkeys(range(10), False) for t in (*easy, *hard)}
     b = {t: {s: t in hard for s in range(10)} for t in (*easy, *hard)}  # B gains all 10 on hard, nothing on easy
-    c = S.compare(a, b)
+    c = C.compare(a, b)
     assert [g.task for g in c.groups] == ["easy", "hard"]
     assert [(g.a_only, g.b_only, g.n_pairs) for g in c.groups] == [(0, 0, 30), (0, 10, 10)]
     assert c.groups[1].p_value == pytest.approx(S.mcnemar_exact_pvalue(0, 10))
@@ -205,8 +206,8 @@ def test_compare_difficulty_groups_and_their_mean() -> None:
     assert m is not None and m.estimate == pytest.approx(0.5) and m.items == 40  # (0 + 1) / 2: groups weigh the same
     assert m.interval == (0.5, 0.5) and m.p_value < 0.01  # every resample of this one-sided gain says the same
     # one group only, or another suite: no group rows
-    assert S.compare({"reach-v3": a["reach-v3"]}, {"reach-v3": b["reach-v3"]}).groups == []
-    assert S.compare({"x": {0: True}}, {"x": {0: False}}).group_mean is None
+    assert C.compare({"reach-v3": a["reach-v3"]}, {"reach-v3": b["reach-v3"]}).groups == []
+    assert C.compare({"x": {0: True}}, {"x": {0: False}}).group_mean is None
 
 
 def test_weighted_bootstrap_is_the_weighted_mean() -> None:

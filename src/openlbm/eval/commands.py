@@ -11,10 +11,11 @@ from typing import Annotated
 import tyro
 from rich.console import Console
 
+from openlbm.eval.compare import Comparison
 from openlbm.eval.records import EvalSummary
 from openlbm.eval.runner import EvalConfig
 from openlbm.eval.sequential import Spending
-from openlbm.eval.stats import Comparison, Correction, TestName
+from openlbm.eval.stats import Correction, TestName
 
 
 def _pct(x: float) -> str:

@@ -92,7 +92,7 @@ class RecordWriter:
 
 
 def outcomes(records: Iterable[dict[str, Any]]) -> Outcomes:
-    """task -> {initial-state seed -> success}, for :func:`openlbm.eval.stats.compare`."""
+    """task -> {initial-state seed -> success}, for :func:`openlbm.eval.compare.compare`."""
     out: dict[str, dict[int, bool]] = defaultdict(dict)
     for r in records:
         out[str(r["task"])][int(r["seed"])] = bool(r["success"])

@@ -14,9 +14,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from openlbm.eval.compare import Comparison, TaskComparison, compare
 from openlbm.eval.html import CSS, ci, pct, png_img, pyplot, read_metrics, training_curves
 from openlbm.eval.records import CONFIG_FILE, EvalSummary, load_records, outcomes
-from openlbm.eval.stats import BetaPosterior, Comparison, TaskComparison, compare
+from openlbm.eval.stats import BetaPosterior
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any, Literal
-
-from openlbm.envs.difficulty import task_groups
 
 Verdict = Literal["better", "worse", "no significant difference"]
 Correction = Literal["holm", "bh", "none"]
@@ -395,125 +393,6 @@ def verdict(rate_a: float, rate_b: float, p_value: float, alpha: float) -> Verdi
     return "no significant difference"
 
 
-# -- comparing two evaluations ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TaskComparison:
-    """B (candidate) vs A (baseline) on one task, or overall (``task == "overall"``)."""
-
-    task: str
-    a: RateEstimate
-    b: RateEstimate
-    test: str
-    """The test behind ``p_value``: ``mcnemar`` (paired), ``barnard`` or ``fisher``."""
-    p_value: float
-    p_adjusted: float
-    verdict: Verdict
-    p_barnard: float
-    p_fisher: float
-    p_mcnemar: float | None
-    """``None`` when the two evaluations share no initial states."""
-    n_pairs: int
-    a_only: int
-    """Paired episodes where only A succeeded."""
-    b_only: int
-    """Paired episodes where only B succeeded."""
-    prob_b_better: float
-    """Posterior ``P(p_B > p_A)`` under independent Beta(1,1) priors."""
-
-    @property
-    def diff(self) -> float:
-        return self.b.rate - self.a.rate
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("a", "b")}
-        return {**d, "a": self.a.to_dict(), "b": self.b.to_dict(), "diff": self.diff}
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Per-task comparisons (corrected across tasks) and an overall one."""
-
-    tasks: list[TaskComparison]
-    overall: TaskComparison
-    alpha: float
-    correction: Correction
-    groups: list[TaskComparison] = field(default_factory=list)
-    """Per difficulty group (Meta-World tasks of two or more MT50 groups), its episodes pooled; corrected across
-    groups. Empty otherwise."""
-    group_mean: BootstrapDifference | None = None
-    """The paired difference of the mean of group means (MT50's published figure), from a bootstrap over initial
-    states within tasks; ``None`` without groups or paired episodes."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "correction": self.correction,
-            "tasks": [t.to_dict() for t in self.tasks],
-            "overall": self.overall.to_dict(),
-            "groups": [g.to_dict() for g in self.groups],
-            "group_mean": None if self.group_mean is None else self.group_mean.to_dict(),
-        }
-
-
+# -- outcomes of one evaluation, as compared -------------------------------------------------------------------
 Outcomes = Mapping[str, Mapping[int, bool]]
 """task -> {initial-state seed -> success}."""
-
-
-def _compare_one(task: str, a: Mapping[int, bool], b: Mapping[int, bool], test: TestName) -> dict[str, Any]:
-    ka, na, kb, nb = sum(a.values()), len(a), sum(b.values()), len(b)
-    shared = sorted(set(a) & set(b))
-    a_only = sum(1 for s in shared if a[s] and not b[s])
-    b_only = sum(1 for s in shared if b[s] and not a[s])
-    p_bar, p_fis = barnard_pvalue(ka, na, kb, nb), fisher_pvalue(ka, na, kb, nb)
-    p_mc = mcnemar_exact_pvalue(a_only, b_only) if shared else None
-    # The paired test is only valid on the paired episodes, so "auto" uses it when every episode is paired.
-    fully_paired = bool(shared) and len(shared) == na == nb
-    chosen = ("mcnemar" if fully_paired else "barnard") if test == "auto" else test
-    if chosen == "mcnemar" and p_mc is None:
-        raise ValueError(f"task {task}: the paired (McNemar) test needs episodes with shared initial-state seeds")
-    p = {"mcnemar": p_mc, "barnard": p_bar, "fisher": p_fis}[chosen]
-    ea, eb = estimate(ka, na), estimate(kb, nb)
-    return {
-        "task": task, "a": ea, "b": eb, "test": chosen, "p_value": p, "p_barnard": p_bar, "p_fisher": p_fis,
-        "p_mcnemar": p_mc, "n_pairs": len(shared), "a_only": a_only, "b_only": b_only,
-        "prob_b_better": eb.posterior.prob_greater(ea.posterior),
-    }
-
-
-def compare(
-    a: Outcomes, b: Outcomes, *, alpha: float = 0.05, correction: Correction = "holm", test: TestName = "auto"
-) -> Comparison:
-    """Compare B against A on the tasks both evaluated; per-task p-values are corrected across tasks.
-
-    The overall comparison pools all episodes (one pre-specified test, not part of the corrected family).
-    """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    tasks = [t for t in a if t in b]
-    if not tasks:
-        raise ValueError(f"the evaluations share no task (A: {sorted(a)}, B: {sorted(b)})")
-    per_task = _corrected([_compare_one(t, a[t], b[t], test) for t in tasks], alpha, correction)
-
-    def pooled(o: Outcomes, ts: Sequence[str]) -> dict[tuple[str, int], bool]:
-        return {(t, s): v for t in ts for s, v in o[t].items()}
-
-    [overall] = _corrected([_compare_one("overall", pooled(a, tasks), pooled(b, tasks), test)], alpha, "none")
-    groups = task_groups(tasks)
-    if len(groups) < 2:
-        return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction)
-    rows = [_compare_one(g, pooled(a, ts), pooled(b, ts), test) for g, ts in groups.items()]
-    pairs = {(0, t, s): (a[t][s], b[t][s]) for t in tasks for s in set(a[t]) & set(b[t])}
-    # every group weighs the same, spread over its paired episodes
-    per_group = {g: sum(1 for _, t, _ in pairs if t in ts) for g, ts in groups.items()}
-    weights = {t: 1 / per_group[g] for g, ts in groups.items() for t in ts if per_group[g]}
-    return Comparison(
-        tasks=per_task, overall=overall, alpha=alpha, correction=correction,
-        groups=_corrected(rows, alpha, correction),
-        group_mean=clustered_bootstrap_difference(pairs, weights=weights) if pairs else None,
-    )
-
-
-def _corrected(rows: list[dict[str, Any]], alpha: float, correction: Correction) -> list[TaskComparison]:
-    adjusted = adjust([r["p_value"] for r in rows], correction)
-    return [TaskComparison(**r, p_adjusted=q, verdict=verdict(r["a"].rate, r["b"].rate, q, alpha))
-            for r, q in zip(rows, adjusted, strict=True)]

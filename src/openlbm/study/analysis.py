@@ -13,7 +13,7 @@ secondary column.
 
 Tests. At each demo count, fine-tuned minus scratch (paired); the per-count p-values are Holm-corrected across
 counts (and across splits when the report is given a family of studies). Per task, the exact McNemar test with Holm
-across tasks (within a count), via :func:`openlbm.eval.stats.compare`.
+across tasks (within a count), via :func:`openlbm.eval.compare.compare`.
 
 Data multiplier (the rule, stated once). Reference ``N``: the largest count finished by *both* arms. Fine-tuned at
 count ``n <= N`` is *non-inferior* to scratch at ``N`` when the lower bound of the 95% interval of the paired
@@ -36,10 +36,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from openlbm.eval.compare import compare
 from openlbm.eval.stats import (
     RateEstimate,
     clustered_bootstrap_difference,
-    compare,
     estimate,
     holm,
     mcnemar_exact_pvalue,
