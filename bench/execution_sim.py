@@ -117,8 +117,6 @@ def run_one(args: argparse.Namespace, policy: LBMPolicy, mode: str, ms: int) -> 
         execution = ExecutionConfig(n_action_steps=1, temporal_ensemble=args.temporal_ensemble)
     else:
         execution = ExecutionConfig(n_action_steps=s, mode=mode, delay_steps=d)
-    # This run's schedule for every embodiment: an embodiment's own (ALOHA ensembles) would override it.
-    policy.config = replace(policy.config, embodiment_execution=())
     policy.set_execution(execution)
     recorder = SeamRecorder(policy, out / "actions.jsonl")
     cfg = EvalConfig(
@@ -170,6 +168,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     policy = LBMPolicy.load(resolve_policy_dir(args.policy)).eval()
+    # Each run's execution holds for every embodiment: an embodiment's own schedule (ALOHA ensembles) would override it.
+    policy.config = replace(policy.config, embodiment_execution=())
     delays = [int(x) for x in args.delays_ms.split(",")]
     runs: dict[tuple[str, int], Path] = {}
     for mode in args.modes.split(","):
