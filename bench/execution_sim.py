@@ -32,7 +32,6 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +168,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     policy = LBMPolicy.load(resolve_policy_dir(args.policy)).eval()
     # Each run's execution holds for every embodiment: an embodiment's own schedule (ALOHA ensembles) would override it.
-    policy.config = replace(policy.config, embodiment_execution=())
+    policy.embodiment_schedules = False
     delays = [int(x) for x in args.delays_ms.split(",")]
     runs: dict[tuple[str, int], Path] = {}
     for mode in args.modes.split(","):

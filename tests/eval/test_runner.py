@@ -169,3 +169,30 @@ def test_in_training_eval_uses_the_lbm_eval_sampler(tmp_path: Path, monkeypatch:
     assert len(chunks["train"]) == len(chunks["eval"]) >= 2
     for a, b in zip(chunks["train"], chunks["eval"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_async_on_an_ensembling_embodiment_needs_no_embodiment_schedule(tmp_path: Path) -> None:
+    """The ``aloha`` presets ensemble on ALOHA; ``--execution async`` there is refused with a hint, and
+    ``--no-embodiment-schedule`` runs async chunks of the policy's ``n_action_steps`` (recorded as executed)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
+    from policy_helpers import make_stats, randomize_zero_init
+
+    from openlbm.configs.presets import preset
+    from openlbm.envs.aloha import AlohaConfig, embodiment
+
+    emb = embodiment(AlohaConfig(cameras=("top",), image_size=(32, 64)))
+    torch.manual_seed(0)
+    policy = randomize_zero_init(preset("aloha-debug").policy.build([emb], {emb.name: make_stats(emb)})).eval()
+    policy.save(tmp_path / "policy")
+    cfg = _cfg(tmp_path / "async", policy=str(tmp_path / "policy"), suite="aloha", tasks="transfer-cube",
+               episodes_per_task=1, num_workers=1, max_steps=10, cameras=None, execution="async", delay_steps=2)
+    with pytest.raises(ValueError, match="--no-embodiment-schedule runs n_action_steps=8"):
+        evaluate(cfg)
+    evaluate(replace(cfg, embodiment_schedule=False))
+    executed = json.loads((tmp_path / "async" / "eval_config.json").read_text())["execution"]
+    assert (executed["mode"], executed["n_action_steps"], executed["delay_steps"]) == ("async", 8, 2)
+    assert executed["temporal_ensemble"] is None and len(load_records(tmp_path / "async")) == 1

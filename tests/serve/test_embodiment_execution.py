@@ -83,6 +83,27 @@ def test_in_process_each_embodiment_runs_its_own_schedule() -> None:
     assert policy.execution == ExecutionConfig(n_action_steps=4)
 
 
+def test_embodiment_schedules_off_runs_the_chosen_execution_everywhere() -> None:
+    """``--no-embodiment-schedule``: async on an embodiment whose schedule ensembles runs the policy-level chunks."""
+    policy = _policy((EmbodimentExecution(BI.name, 1, 0.5),))
+    policy.embodiment = BI
+    with pytest.raises(ValueError, match="--no-embodiment-schedule runs n_action_steps=4"):
+        policy.set_execution(ExecutionConfig(n_action_steps=4, mode="async", delay_steps=1))
+    policy.embodiment_schedules = False
+    chosen = ExecutionConfig(n_action_steps=4, mode="async", delay_steps=1)
+    policy.set_execution(chosen)
+    assert policy.execution == chosen
+    got, calls = _run(policy, BI)
+    assert calls == 2  # chunked every 4 steps, not ensembled every step
+    plain = _policy(())
+    plain.embodiment = BI
+    plain.set_execution(chosen)
+    np.testing.assert_allclose(got, _run(plain, BI)[0], atol=1e-6)
+    with serve_in_thread(policy, ServerConfig(port=0, execution=chosen)) as server:
+        meta = RemotePolicy(f"ws://127.0.0.1:{server.port}").metadata
+    assert meta["executions"][BI.name] == {**chosen.to_dict(), "noise_seed": 0}
+
+
 def test_served_each_embodiment_runs_its_own_schedule() -> None:
     policy = _policy((EmbodimentExecution(BI.name, 1, 0.5),))
     policy.embodiment = BI

@@ -112,6 +112,11 @@ class EvalConfig:
     delay_steps: int = 0
     """Simulated inference delay for async/rtc, in control steps: a latency of D ms at the env's f Hz is
     ``ceil(D * f / 1000)`` (``openlbm.policies.execution.delay_steps``)."""
+    embodiment_schedule: bool = True
+    """Run the suite robot's own chunk schedule where the policy config gives one (``aloha`` presets: a chunk every
+    step, ensembled); ``--no-embodiment-schedule`` runs ``execution`` with the policy's ``n_action_steps`` instead
+    (``LBMPolicy.embodiment_schedules``), e.g. async or RTC on ALOHA. Not used with ``server`` (the server's
+    ``--no-embodiment-schedule`` applies)."""
     rank: int | None = None
     """This process's shard; ``None`` reads torchrun's ``RANK`` (0 without torchrun)."""
     world_size: int | None = None
@@ -283,6 +288,7 @@ def open_policy(cfg: EvalConfig) -> Iterator[PolicyLike]:
         policy.embodiment = policy.specs[suite_robot]
     policy.eval()
     policy.noise_seed = cfg.noise_seed
+    policy.embodiment_schedules = cfg.embodiment_schedule
     policy.set_execution(replace(policy.default_execution(), mode=cfg.execution, delay_steps=cfg.delay_steps))
     yield policy  # type: ignore[misc]
 

@@ -84,6 +84,11 @@ class LBMPolicy(nn.Module):
         )
         if load_pretrained and (config.vision.pretrained is not None or config.vision.imagenet_weights):
             load_vision_weights(self.model.vision, config.vision.pretrained)
+        self.embodiment_schedules = True
+        """Run an embodiment's own chunk schedule (``PolicyConfig.embodiment_execution``) where the config gives
+        one; ``False`` runs the chosen execution's ``n_action_steps`` / ``temporal_ensemble`` for every embodiment
+        (e.g. async or RTC on an embodiment whose schedule ensembles). Set it before :meth:`set_execution`; not
+        saved with the policy."""
         self.base_execution = self.default_execution()
         """The execution chosen at run time (:meth:`set_execution`), with the policy-level chunk schedule; the
         executor runs it with the active embodiment's schedule (:meth:`execution_for`)."""
@@ -118,17 +123,18 @@ class LBMPolicy(nn.Module):
 
     def execution_for(self, embodiment: str, execution: ExecutionConfig | None = None) -> ExecutionConfig:
         """``execution`` (default :attr:`base_execution`) as ``embodiment`` runs it: with that embodiment's
-        ``PolicyConfig.embodiment_execution`` schedule when it has one (mode, delay and RTC kept), else unchanged.
-        The one rule in process and in ``lbm serve``."""
+        ``PolicyConfig.embodiment_execution`` schedule when it has one (mode, delay and RTC kept) and
+        :attr:`embodiment_schedules` is on, else unchanged. The one rule in process and in ``lbm serve``."""
         execution = self.base_execution if execution is None else execution
-        if not any(e.embodiment == embodiment for e in self.config.embodiment_execution):
+        if not self.embodiment_schedules or not any(e.embodiment == embodiment for e in self.config.embodiment_execution):
             return execution
         n, ensemble = self.config.schedule(embodiment)
         try:
             return replace(execution, n_action_steps=n, temporal_ensemble=ensemble)
         except ValueError as e:
             raise ValueError(f"embodiment {embodiment!r} executes n_action_steps={n}, temporal_ensemble={ensemble} "
-                             f"(policy config embodiment_execution): {e}") from None
+                             f"(policy config embodiment_execution): {e}; --no-embodiment-schedule runs "
+                             f"n_action_steps={execution.n_action_steps} per chunk instead") from None
 
     @property
     def execution(self) -> ExecutionConfig:

@@ -50,6 +50,10 @@ class Serve:
     """Inference delay in control steps assumed by async/rtc (``ceil(latency_ms * fps / 1000)``)."""
     rtc_beta: float = 5.0
     """RTC's guidance weight clip."""
+    embodiment_schedule: bool = True
+    """Serve each embodiment with its own chunk schedule where the policy config gives one (``aloha`` presets
+    ensemble a chunk every step); ``--no-embodiment-schedule`` serves ``execution`` with the policy's
+    ``n_action_steps`` for every embodiment (``LBMPolicy.embodiment_schedules``), e.g. async or RTC on ALOHA."""
     log_level: str = "INFO"
     """Python logging level."""
 
@@ -66,6 +70,7 @@ class Serve:
             level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         policy = load_policy(self.policy, self.device)
+        policy.embodiment_schedules = self.embodiment_schedule
         try:
             execution = replace(
                 policy.default_execution(), mode=self.execution, delay_steps=self.delay_steps, rtc_beta=self.rtc_beta
