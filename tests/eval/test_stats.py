@@ -205,9 +205,10 @@ def test_compare_difficulty_groups_and_their_mean() -> None:
     m = c.group_mean
     assert m is not None and m.estimate == pytest.approx(0.5) and m.items == 40  # (0 + 1) / 2: groups weigh the same
     assert m.interval == (0.5, 0.5) and m.p_value < 0.01  # every resample of this one-sided gain says the same
+    assert c.group_mean_line().startswith("Mean of 2 group means, B - A: +50.0 pp, 95% +50.0 to +50.0")
     # one group only, or another suite: no group rows
     assert C.compare({"reach-v3": a["reach-v3"]}, {"reach-v3": b["reach-v3"]}).groups == []
-    assert C.compare({"x": {0: True}}, {"x": {0: False}}).group_mean is None
+    assert C.compare({"x": {0: True}}, {"x": {0: False}}).group_mean_line() is None
 
 
 def test_weighted_bootstrap_is_the_weighted_mean() -> None:

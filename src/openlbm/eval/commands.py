@@ -165,12 +165,9 @@ def _print_group_comparison(console: Console, c: Comparison) -> None:
         table.add_row(g.task, _pct(g.a.rate), _pct(g.b.rate), f"{100 * g.diff:+.1f}", f"{g.a_only}/{g.b_only}", g.test,
                       f"{g.p_value:.3g}", f"{g.p_adjusted:.3g}", g.verdict)
     console.print(table)
-    m = c.group_mean
-    if m is not None:
-        lo, hi = m.interval
-        console.print(f"mean of {len(c.groups)} group means, B - A: {100 * m.estimate:+.1f} pp, 95% {100 * lo:+.1f} to "
-                      f"{100 * hi:+.1f} (bootstrap over initial states within tasks, {m.items} paired episodes), "
-                      f"p = {m.p_value:.3g}")
+    line = c.group_mean_line()
+    if line is not None:
+        console.print(line)
 
 
 @dataclass(frozen=True)

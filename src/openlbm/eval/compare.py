@@ -76,6 +76,16 @@ class Comparison:
     """The paired difference of the mean of group means (MT50's published figure), from a bootstrap over initial
     states within tasks; ``None`` without groups or paired episodes."""
 
+    def group_mean_line(self) -> str | None:
+        """The mean-of-group-means difference as one sentence (console and report page), ``None`` without it."""
+        m = self.group_mean
+        if m is None:
+            return None
+        lo, hi = m.interval
+        return (f"Mean of {len(self.groups)} group means, B - A: {100 * m.estimate:+.1f} pp, 95% {100 * lo:+.1f} to "
+                f"{100 * hi:+.1f} (bootstrap over initial states within tasks, {m.items} paired episodes), "
+                f"p = {m.p_value:.3g}")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,

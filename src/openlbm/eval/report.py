@@ -113,11 +113,9 @@ def _comparison_tables(summaries: list[EvalSummary], comparisons: list[Compariso
         if c.groups:
             parts.append(f"<p class=muted>Difficulty groups: episodes pooled per group, {c.correction} across groups.</p>"
                          + head.format("group", _comparison_rows(c.groups)))
-        if c.group_mean is not None:
-            m = c.group_mean
-            parts.append(f"<p>Mean of {len(c.groups)} group means, B − A: {100 * m.estimate:+.1f} pp, 95% "
-                         f"{100 * m.interval[0]:+.1f} to {100 * m.interval[1]:+.1f} (bootstrap over initial states "
-                         f"within tasks, {m.items} paired episodes), p = {m.p_value:.3g}</p>")
+        line = c.group_mean_line()
+        if line is not None:
+            parts.append(f"<p>{html.escape(line)}</p>")
     return "".join(parts)
 
 
