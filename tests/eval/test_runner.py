@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,22 @@ def _cfg(out: Path, **kw: object) -> EvalConfig:
     base = EvalConfig(policy="expert", out=out, tasks=TASKS, episodes_per_task=2, cameras=(), num_workers=2,
                       progress=False, report=False, record_video=False)
     return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def _saved_policy(path: Path, policy_cfg: Any, emb: Any) -> Any:
+    """A policy of ``policy_cfg`` for ``emb`` whose output depends on its input (zero-init layers randomised), saved
+    to ``path``."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
+    from policy_helpers import make_stats, randomize_zero_init
+
+    torch.manual_seed(0)
+    policy = randomize_zero_init(policy_cfg.build([emb], {emb.name: make_stats(emb)})).eval()
+    policy.save(path)
+    return policy
 
 
 def _key(records: list[dict]) -> list[tuple]:
@@ -134,21 +151,14 @@ def test_live_sequential_eval_stops_once_decided(tmp_path: Path) -> None:
 def test_in_training_eval_uses_the_lbm_eval_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``TrainEvalFn`` and ``lbm eval`` score the same stochastic policy: same noise per chunk, same chunks, same
     episodes, whatever noise seed the policy object carried (it is restored afterwards)."""
-    import sys
-
     import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
-    from policy_helpers import make_stats, randomize_zero_init
 
     from openlbm.configs.presets import policy_preset as preset
     from openlbm.envs.metaworld import embodiment
     from openlbm.policies.lbm import LBMPolicy
 
     emb = embodiment(MetaWorldConfig(cameras=("corner2",), image_size=(32, 32)))
-    torch.manual_seed(0)
-    policy = randomize_zero_init(preset("debug").build([emb], {emb.name: make_stats(emb)})).eval()
-    policy.save(tmp_path / "policy")
+    policy = _saved_policy(tmp_path / "policy", preset("debug"), emb)
     chunks: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
     predict, into = LBMPolicy.predict_chunk, ["train"]
 
@@ -174,20 +184,11 @@ def test_in_training_eval_uses_the_lbm_eval_sampler(tmp_path: Path, monkeypatch:
 def test_async_on_an_ensembling_embodiment_needs_no_embodiment_schedule(tmp_path: Path) -> None:
     """The ``aloha`` presets ensemble on ALOHA; ``--execution async`` there is refused with a hint, and
     ``--no-embodiment-schedule`` runs async chunks of the policy's ``n_action_steps`` (recorded as executed)."""
-    import sys
-
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
-    from policy_helpers import make_stats, randomize_zero_init
-
     from openlbm.configs.presets import preset
     from openlbm.envs.aloha import AlohaConfig, embodiment
 
     emb = embodiment(AlohaConfig(cameras=("top",), image_size=(32, 64)))
-    torch.manual_seed(0)
-    policy = randomize_zero_init(preset("aloha-debug").policy.build([emb], {emb.name: make_stats(emb)})).eval()
-    policy.save(tmp_path / "policy")
+    _saved_policy(tmp_path / "policy", preset("aloha-debug").policy, emb)
     cfg = _cfg(tmp_path / "async", policy=str(tmp_path / "policy"), suite="aloha", tasks="transfer-cube",
                episodes_per_task=1, num_workers=1, max_steps=10, cameras=None, execution="async", delay_steps=2)
     with pytest.raises(ValueError, match="--no-embodiment-schedule runs n_action_steps=8"):
