@@ -58,6 +58,18 @@ def test_compare_command_paired_and_sequential(run_dir: Path, tmp_path: Path) ->
     assert "Runs compared" in (tmp_path / "cmp.html").read_text()
 
 
+def test_compare_command_noninferiority(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "ni.json"
+    full, short = str(run_dir / "eval" / "full"), str(run_dir / "eval" / "short")
+    assert main(["compare", full, short, "--margin", "0.1", "--json-out", str(out)]) == 0
+    res = json.loads(out.read_text())[short]
+    assert res["overall"]["diff"] == pytest.approx(-0.5)  # drawer-close fails both starts when cut short
+    lo, hi = res["overall"]["diff_interval"]
+    # half the episodes lost, yet 4 pairs cannot tell "worse by more than 10 points" from "not worse"
+    assert lo < -0.1 < hi and res["noninferiority"] == "undetermined"
+    assert "margin 10.0 pp: undetermined" in " ".join(capsys.readouterr().out.split())
+
+
 def test_report_command_on_run_dir(run_dir: Path, tmp_path: Path) -> None:
     assert main(["report", str(run_dir), "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()

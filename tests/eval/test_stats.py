@@ -150,6 +150,37 @@ def test_compare_rejects_disjoint_tasks() -> None:
         C.compare({"x": {0: True}}, {"y": {0: True}})
 
 
+def _paired(cells: tuple[int, int, int, int]) -> tuple[dict, dict]:
+    """One task whose paired episodes fall into (both, only A, only B, neither) in that order."""
+    pairs = [(True, True)] * cells[0] + [(True, False)] * cells[1] + [(False, True)] * cells[2] + \
+        [(False, False)] * cells[3]
+    return ({"t": {s: x for s, (x, _) in enumerate(pairs)}}, {"t": {s: y for s, (_, y) in enumerate(pairs)}})
+
+
+def test_compare_reports_the_paired_interval_and_a_noninferiority_verdict() -> None:
+    a, b = _paired((59, 6, 16, 80))
+    c = C.compare(a, b, margin=0.10)
+    assert c.overall.diff_interval == pytest.approx(S.paired_difference_interval(59, 6, 16, 80))
+    assert c.noninferiority == "non-inferior" and c.to_dict()["noninferiority"] == "non-inferior"
+    assert "+6.2 pp" in (c.overall.interval_line() or "") and "non-inferior" in (c.noninferiority_line() or "")
+    # B a little worse on many pairs is still within 10 points; on 6 pairs the same rates decide nothing; far worse
+    # on many pairs is inferior
+    assert C.compare(*_paired((150, 12, 4, 34)), margin=0.10).noninferiority == "non-inferior"
+    assert C.compare(*_paired((3, 3, 0, 0)), margin=0.10).noninferiority == "undetermined"
+    assert C.compare(*_paired((50, 80, 5, 65)), margin=0.10).noninferiority == "inferior"
+    assert C.compare(a, b).noninferiority is None and C.compare(a, b).noninferiority_line() is None
+
+
+def test_noninferiority_needs_pairs_and_a_margin_in_range() -> None:
+    a = {"t": {s: s < 30 for s in range(50)}}
+    b = {"t": {100 + s: s < 30 for s in range(50)}}
+    assert C.compare(a, b).overall.diff_interval is None
+    with pytest.raises(ValueError, match="same --seed"):
+        C.compare(a, b, margin=0.1)
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        C.compare(a, a, margin=10)
+
+
 def test_paired_difference_interval_matches_newcombe_method_10() -> None:
     # Cavo et al. (2012) as worked by Fagerland, Lydersen & Laake (2017), Newcombe square-and-add:
     # -0.0621 (-0.1186 to -0.0046) for row minus column; here B - A with A = rows.

@@ -93,6 +93,10 @@ class Compare:
     """Multiple-comparison correction across tasks."""
     test: TestName = "auto"
     """Per-task test: auto = exact McNemar when all episodes are paired (same seeds), else Barnard."""
+    margin: float | None = None
+    """Non-inferiority margin as a success-rate difference (0.10 = 10 points): B is non-inferior to A when the lower
+    bound of the 95% interval of the overall paired difference B - A is above -margin, inferior when its upper
+    bound is below it, undetermined otherwise. Needs paired episodes (both evaluated with the same ``--seed``)."""
     sequential: bool = False
     """Also replay the paired episodes through the group-sequential sign test and report where it stops."""
     look_every: int = 0
@@ -116,7 +120,8 @@ class Compare:
         base = self.dirs[0]
         results = {}
         for other in self.dirs[1:]:
-            c = compare_dirs(base, other, alpha=self.alpha, correction=self.correction, test=self.test)
+            c = compare_dirs(base, other, alpha=self.alpha, correction=self.correction, test=self.test,
+                             margin=self.margin)
             table = Table(title=f"B = {other}  vs  A = {base}   (alpha {self.alpha}, {self.correction})")
             for col in ("task", "A", "B", "Δ pp", "only A/only B", "test", "p", "p adj.", "P(B>A)", "verdict"):
                 table.add_column(col, justify="left" if col in ("task", "verdict") else "right")
@@ -128,6 +133,9 @@ class Compare:
                     if style else t.verdict,
                 )
             console.print(table)
+            for line in (c.overall.interval_line(), c.noninferiority_line()):
+                if line is not None:
+                    console.print(line)
             if c.groups:
                 _print_group_comparison(console, c)
             results[str(other)] = c.to_dict()

@@ -13,6 +13,7 @@ from openlbm.eval.sequential import SequentialSignTest, Spending, run_sequential
 from openlbm.eval.stats import (
     BootstrapDifference,
     Correction,
+    NonInferiority,
     Outcomes,
     RateEstimate,
     TestName,
@@ -23,6 +24,8 @@ from openlbm.eval.stats import (
     estimate,
     fisher_pvalue,
     mcnemar_exact_pvalue,
+    noninferiority_verdict,
+    paired_difference_interval,
     verdict,
 )
 
@@ -51,14 +54,27 @@ class TaskComparison:
     """Paired episodes where only B succeeded."""
     prob_b_better: float
     """Posterior ``P(p_B > p_A)`` under independent Beta(1,1) priors."""
+    diff_interval: tuple[float, float] | None
+    """95% Newcombe interval of the paired difference ``p_B - p_A`` over the paired episodes; ``None`` without
+    any. One evaluation per arm: it does not include training-run variation."""
 
     @property
     def diff(self) -> float:
         return self.b.rate - self.a.rate
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("a", "b")}
-        return {**d, "a": self.a.to_dict(), "b": self.b.to_dict(), "diff": self.diff}
+        d = {k: v for k, v in asdict(self).items() if k not in ("a", "b", "diff_interval")}
+        interval = None if self.diff_interval is None else list(self.diff_interval)
+        return {**d, "a": self.a.to_dict(), "b": self.b.to_dict(), "diff": self.diff, "diff_interval": interval}
+
+    def interval_line(self) -> str | None:
+        """The paired difference and its interval as one sentence; ``None`` without paired episodes."""
+        if self.diff_interval is None:
+            return None
+        lo, hi = self.diff_interval
+        b_minus_a = (self.b_only - self.a_only) / self.n_pairs
+        return (f"{self.task}: paired difference B - A {100 * b_minus_a:+.1f} pp, 95% {100 * lo:+.1f} to "
+                f"{100 * hi:+.1f} (Newcombe, {self.n_pairs} paired episodes)")
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,23 @@ class Comparison:
     group_mean: BootstrapDifference | None = None
     """The paired difference of the mean of group means (MT50's published figure), from a bootstrap over initial
     states within tasks; ``None`` without groups or paired episodes."""
+    margin: float | None = None
+    """Non-inferiority margin of B against A (0.10 = 10 points), when one was asked for."""
+
+    @property
+    def noninferiority(self) -> NonInferiority | None:
+        """B against A overall, by :func:`~openlbm.eval.stats.noninferiority_verdict` on the paired interval."""
+        if self.margin is None or self.overall.diff_interval is None:
+            return None
+        return noninferiority_verdict(self.overall.diff_interval, self.margin)
+
+    def noninferiority_line(self) -> str | None:
+        """The non-inferiority verdict as one sentence, ``None`` without a margin."""
+        interval, margin = self.overall.diff_interval, self.margin
+        if interval is None or margin is None:
+            return None
+        return (f"Non-inferiority of B to A, margin {100 * margin:.1f} pp: {noninferiority_verdict(interval, margin)} "
+                f"(95% lower bound {100 * interval[0]:+.1f} pp against -{100 * margin:.1f})")
 
     def group_mean_line(self) -> str | None:
         """The mean-of-group-means difference as one sentence (console and report page), ``None`` without it."""
@@ -94,6 +127,8 @@ class Comparison:
             "overall": self.overall.to_dict(),
             "groups": [g.to_dict() for g in self.groups],
             "group_mean": None if self.group_mean is None else self.group_mean.to_dict(),
+            "margin": self.margin,
+            "noninferiority": self.noninferiority,
         }
 
 
@@ -111,19 +146,24 @@ def _compare_one(task: str, a: Mapping[int, bool], b: Mapping[int, bool], test: 
         raise ValueError(f"task {task}: the paired (McNemar) test needs episodes with shared initial-state seeds")
     p = {"mcnemar": p_mc, "barnard": p_bar, "fisher": p_fis}[chosen]
     ea, eb = estimate(ka, na), estimate(kb, nb)
+    both = sum(1 for s in shared if a[s] and b[s])
+    interval = (paired_difference_interval(both, a_only, b_only, len(shared) - both - a_only - b_only)
+                if shared else None)
     return {
         "task": task, "a": ea, "b": eb, "test": chosen, "p_value": p, "p_barnard": p_bar, "p_fisher": p_fis,
         "p_mcnemar": p_mc, "n_pairs": len(shared), "a_only": a_only, "b_only": b_only,
-        "prob_b_better": eb.posterior.prob_greater(ea.posterior),
+        "prob_b_better": eb.posterior.prob_greater(ea.posterior), "diff_interval": interval,
     }
 
 
 def compare(
-    a: Outcomes, b: Outcomes, *, alpha: float = 0.05, correction: Correction = "holm", test: TestName = "auto"
+    a: Outcomes, b: Outcomes, *, alpha: float = 0.05, correction: Correction = "holm", test: TestName = "auto",
+    margin: float | None = None,
 ) -> Comparison:
     """Compare B against A on the tasks both evaluated; per-task p-values are corrected across tasks.
 
-    The overall comparison pools all episodes (one pre-specified test, not part of the corrected family).
+    The overall comparison pools all episodes (one pre-specified test, not part of the corrected family). With a
+    ``margin``, B is also judged non-inferior, inferior or undetermined against A on the overall paired interval.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -136,9 +176,13 @@ def compare(
         return {(t, s): v for t in ts for s, v in o[t].items()}
 
     [overall] = _corrected([_compare_one("overall", pooled(a, tasks), pooled(b, tasks), test)], alpha, "none")
+    if margin is not None:
+        noninferiority_verdict((0.0, 0.0), margin)  # rejects a margin outside (0, 1) before any work
+        if overall.diff_interval is None:
+            raise ValueError("a non-inferiority margin needs paired episodes: evaluate both with the same --seed")
     groups = task_groups(tasks)
     if len(groups) < 2:
-        return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction)
+        return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction, margin=margin)
     rows = [_compare_one(g, pooled(a, ts), pooled(b, ts), test) for g, ts in groups.items()]
     pairs = {(0, t, s): (a[t][s], b[t][s]) for t in tasks for s in set(a[t]) & set(b[t])}
     # every group weighs the same, spread over its paired episodes
@@ -147,7 +191,7 @@ def compare(
     return Comparison(
         tasks=per_task, overall=overall, alpha=alpha, correction=correction,
         groups=_corrected(rows, alpha, correction),
-        group_mean=clustered_bootstrap_difference(pairs, weights=weights) if pairs else None,
+        group_mean=clustered_bootstrap_difference(pairs, weights=weights) if pairs else None, margin=margin,
     )
 
 
@@ -158,10 +202,12 @@ def _corrected(rows: list[dict[str, Any]], alpha: float, correction: Correction)
 
 
 def compare_dirs(
-    a: Path, b: Path, *, alpha: float = 0.05, correction: Correction = "holm", test: TestName = "auto"
+    a: Path, b: Path, *, alpha: float = 0.05, correction: Correction = "holm", test: TestName = "auto",
+    margin: float | None = None,
 ) -> Comparison:
     """B (candidate) vs A (baseline) from their episode records."""
-    return compare(outcomes(_records(a)), outcomes(_records(b)), alpha=alpha, correction=correction, test=test)
+    return compare(outcomes(_records(a)), outcomes(_records(b)), alpha=alpha, correction=correction, test=test,
+                   margin=margin)
 
 
 def _records(d: Path) -> list[dict]:

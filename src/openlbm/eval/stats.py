@@ -23,6 +23,7 @@ from typing import Any, Literal
 Verdict = Literal["better", "worse", "no significant difference"]
 Correction = Literal["holm", "bh", "none"]
 TestName = Literal["auto", "mcnemar", "barnard", "fisher"]
+NonInferiority = Literal["non-inferior", "inferior", "undetermined"]
 
 BARNARD_MAX_CELLS = 600 * 600
 """Above ``n_a * n_b`` cells Barnard's test (O(n_a n_b) tables per nuisance value) falls back to Fisher's."""
@@ -391,6 +392,16 @@ def verdict(rate_a: float, rate_b: float, p_value: float, alpha: float) -> Verdi
     if p_value < alpha and rate_b != rate_a:
         return "better" if rate_b > rate_a else "worse"
     return "no significant difference"
+
+
+def noninferiority_verdict(interval: tuple[float, float], margin: float) -> NonInferiority:
+    """B against A given an interval of ``p_B - p_A`` and a margin (0.10 = 10 points): ``non-inferior`` when the
+    lower bound is above ``-margin``, ``inferior`` when the upper bound is below it, ``undetermined`` otherwise
+    (too few episodes or seeds to decide either way). A test that fails to reject is never read as "not worse"."""
+    if not 0 < margin < 1:
+        raise ValueError(f"the non-inferiority margin is a success-rate difference in (0, 1), got {margin}")
+    lo, hi = interval
+    return "non-inferior" if lo > -margin else "inferior" if hi < -margin else "undetermined"
 
 
 # -- outcomes of one evaluation, as compared -------------------------------------------------------------------

@@ -43,6 +43,7 @@ from openlbm.eval.stats import (
     estimate,
     holm,
     mcnemar_exact_pvalue,
+    noninferiority_verdict,
     paired_difference_interval,
 )
 
@@ -110,9 +111,7 @@ def difference(a: Pooled, b: Pooled, confidence: float) -> dict[str, Any]:
 def noninferiority(reference: Pooled, candidate: Pooled, delta: float, confidence: float) -> dict[str, Any]:
     """Candidate vs reference with margin ``delta``: the paired difference and its verdict (module docstring)."""
     d = difference(reference, candidate, confidence)
-    lo, hi = d["interval"]
-    verdict = "non-inferior" if lo > -delta else "inferior" if hi < -delta else "undetermined"
-    return {**d, "verdict": verdict}
+    return {**d, "verdict": noninferiority_verdict(tuple(d["interval"]), delta)}
 
 
 @dataclass(frozen=True)
