@@ -93,20 +93,16 @@ class Comparison:
     states within tasks; ``None`` without groups or paired episodes."""
     margin: float | None = None
     """Non-inferiority margin of B against A (0.10 = 10 points), when one was asked for."""
-
-    @property
-    def noninferiority(self) -> NonInferiority | None:
-        """B against A overall, by :func:`~openlbm.eval.stats.noninferiority_verdict` on the paired interval."""
-        if self.margin is None or self.overall.diff_interval is None:
-            return None
-        return noninferiority_verdict(self.overall.diff_interval, self.margin)
+    noninferiority: NonInferiority | None = None
+    """B against A overall with that margin, by :func:`~openlbm.eval.stats.noninferiority_verdict` on the paired
+    interval; ``None`` without a margin."""
 
     def noninferiority_line(self) -> str | None:
         """The non-inferiority verdict as one sentence, ``None`` without a margin."""
         interval, margin = self.overall.diff_interval, self.margin
         if interval is None or margin is None:
             return None
-        return (f"Non-inferiority of B to A, margin {100 * margin:.1f} pp: {noninferiority_verdict(interval, margin)} "
+        return (f"Non-inferiority of B to A, margin {100 * margin:.1f} pp: {self.noninferiority} "
                 f"(95% lower bound {100 * interval[0]:+.1f} pp against -{100 * margin:.1f})")
 
     def group_mean_line(self) -> str | None:
@@ -176,13 +172,15 @@ def compare(
         return {(t, s): v for t in ts for s, v in o[t].items()}
 
     [overall] = _corrected([_compare_one("overall", pooled(a, tasks), pooled(b, tasks), test)], alpha, "none")
+    ni = None
     if margin is not None:
-        noninferiority_verdict((0.0, 0.0), margin)  # rejects a margin outside (0, 1) before any work
         if overall.diff_interval is None:
             raise ValueError("a non-inferiority margin needs paired episodes: evaluate both with the same --seed")
+        ni = noninferiority_verdict(overall.diff_interval, margin)
     groups = task_groups(tasks)
     if len(groups) < 2:
-        return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction, margin=margin)
+        return Comparison(tasks=per_task, overall=overall, alpha=alpha, correction=correction, margin=margin,
+                          noninferiority=ni)
     rows = [_compare_one(g, pooled(a, ts), pooled(b, ts), test) for g, ts in groups.items()]
     pairs = {(0, t, s): (a[t][s], b[t][s]) for t in tasks for s in set(a[t]) & set(b[t])}
     # every group weighs the same, spread over its paired episodes
@@ -192,6 +190,7 @@ def compare(
         tasks=per_task, overall=overall, alpha=alpha, correction=correction,
         groups=_corrected(rows, alpha, correction),
         group_mean=clustered_bootstrap_difference(pairs, weights=weights) if pairs else None, margin=margin,
+        noninferiority=ni,
     )
 
 
