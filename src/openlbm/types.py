@@ -252,6 +252,10 @@ class PolicyLike(Protocol):
     ``select_action`` receives a ``T = 1`` observation for ``B`` independent environments and returns float32
     ``[B, action_dim]`` in physical units; the policy keeps its own observation history and action queue per
     batch slot. ``reset(indices)`` clears that state for the given slots (all when ``None``).
+
+    Optional: ``frames_needed() -> list[bool]``, per slot whether the frame of the next step will be read at all;
+    a ``False`` lets the rollout runner skip rendering that frame (learned policies answer from their chunk
+    schedule, :meth:`openlbm.policies.execution.ChunkExecutor.frames_needed`). Without it every frame is rendered.
     """
 
     embodiment: EmbodimentSpec

@@ -104,3 +104,75 @@ def test_env_exception_is_reported_not_fatal() -> None:
         assert runner.num_replaced == 0
     assert bad[0].error is not None and "NaN" in bad[0].error
     assert good[0].success
+
+
+class _Recorder:
+    """Delegates to a learned policy, recording the actions it returns and the frames it announces."""
+
+    def __init__(self, policy: object) -> None:
+        self.policy, self.actions, self.announced = policy, [], []
+        self.embodiment = policy.embodiment  # type: ignore[attr-defined]
+
+    def select_action(self, obs: Observation) -> Tensor:
+        out = self.policy.select_action(obs)  # type: ignore[attr-defined]
+        self.actions.append(out.clone())
+        return out
+
+    def reset(self, indices: Sequence[int] | None = None) -> None:
+        self.policy.reset(indices)  # type: ignore[attr-defined]
+
+    def frames_needed(self) -> list[bool]:
+        self.announced.append(self.policy.frames_needed())  # type: ignore[attr-defined]
+        return self.announced[-1]
+
+
+def test_unread_frames_are_not_rendered_and_the_episodes_are_the_same() -> None:
+    """Skipping the frames a chunked policy never reads changes no action (the policy's output depends on its
+    images), and most frames are skipped; an episode whose video is recorded still renders every frame."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "policies"))
+    from policy_helpers import make_stats, randomize_zero_init
+
+    from openlbm.configs.presets import policy_preset as preset
+    from openlbm.envs.metaworld import embodiment
+
+    cfg = MetaWorldConfig(cameras=("corner2",), image_size=(32, 32), max_steps=30)
+    emb = embodiment(cfg)
+    runs = {}
+    for skip in (False, True):
+        torch.manual_seed(0)
+        policy = randomize_zero_init(preset("debug").build([emb], {emb.name: make_stats(emb)})).eval()
+        rec = _Recorder(policy)
+        with RolloutRunner(cfg, num_workers=2, skip_unread_frames=skip) as runner:
+            results = runner.run(rec, _specs(["reach-v3", "drawer-open-v3"], [0]), progress=False,
+                                 record_video=lambda spec, on=skip: on and spec.task == "reach-v3")
+        runs[skip] = (rec, [(r.success, r.steps, r.error) for r in results])
+        if skip:
+            assert results[1].frames is None and results[0].frames is not None
+            clip = results[0].frames.astype(int)  # [31, 32, 32, 3]: every frame, none a stale copy of the last
+            assert clip.shape == (31, 32, 32, 3) and (abs(clip[1:] - clip[:-1]).sum(axis=(1, 2, 3)) > 0).all()
+    (full, res_full), (skipped, res_skipped) = runs[False], runs[True]
+    assert res_full == res_skipped and all(e is None for *_, e in res_full)
+    assert len(full.actions) == len(skipped.actions) == 30
+    for a, b in zip(full.actions, skipped.actions, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not full.announced  # skipping off: the policy is not even asked
+    announced = [x for row in skipped.announced for x in row]
+    assert 0.2 * len(announced) < sum(announced) < 0.7 * len(announced)  # debug: 4-step chunks, 2-frame history
+
+
+def test_env_step_without_rendering_returns_no_images() -> None:
+    cfg = MetaWorldConfig(cameras=("corner2",), image_size=(16, 16), max_steps=5)
+    env = cfg.build("reach-v3", 0)
+    try:
+        frame, _ = env.reset(seed=0)
+        assert set(frame.images) == {"corner2"}
+        blind, *_ = env.step(np.zeros(4, np.float32), render=False)
+        seen, *_ = env.step(np.zeros(4, np.float32))
+        assert blind.images == {} and set(seen.images) == {"corner2"} and blind.state.shape == (4,)
+    finally:
+        env.close()

@@ -298,3 +298,57 @@ def test_a_reset_discards_a_failed_chunk_still_in_flight() -> None:
     assert calls == [1, 1] and executor.slots[0].pending is not None
     executor.reset([0])
     assert executor.slots[0].pending is None and executor.slots[0].chunk is None
+
+
+@pytest.mark.parametrize(
+    "execution, n_obs, exact",
+    [
+        (ExecutionConfig(n_action_steps=4), 2, True),
+        (ExecutionConfig(n_action_steps=1), 2, True),
+        (ExecutionConfig(n_action_steps=3), 3, True),
+        (ExecutionConfig(n_action_steps=6), 1, True),
+        (ExecutionConfig(n_action_steps=2, temporal_ensemble=0.1), 2, True),
+        (ExecutionConfig(n_action_steps=4, mode="async", delay_steps=2), 2, False),
+        (ExecutionConfig(n_action_steps=4, mode="rtc", delay_steps=4), 2, False),
+    ],
+)
+def test_frames_needed_promises_only_frames_never_read(execution: ExecutionConfig, n_obs: int, exact: bool) -> None:
+    """A frame announced as not needed is never read (by a window or an episode key), whatever the schedule and
+    the resets; under the sync schedule the announcement is exact, so with long chunks most frames go unrendered."""
+    from openlbm.policies.execution import ChunkExecutor
+
+    executor = ChunkExecutor(n_obs, 8, execution, {"arm": ARM})
+    gen = torch.Generator().manual_seed(0)
+    frames = make_obs([ARM] * 3, t=1)
+    read: set[int] = set()
+
+    def predict(window: Observation, requests: list) -> torch.Tensor:
+        read.update(int(v) for v in window.state[..., 0].flatten())  # [n, T] frame ids
+        return torch.randn(len(requests), 8, ARM.action_dim, generator=gen)
+
+    announced: dict[int, bool] = {}
+    fresh = [True] * 3
+    # frames whose slot restarted, or the run ended, before they could be read: announced, rightly, but unread
+    cut = {1000 * i + t for i in range(3) for t in range(60 - n_obs, 60)}
+    for t in range(60):
+        needed = executor.frames_needed() if t else [True] * 3
+        resets = [i for i in range(3) if t and torch.rand(1, generator=gen).item() < 0.04]
+        executor.reset(resets)
+        state = frames.state.clone()
+        for i in range(3):
+            fid = 1000 * i + t
+            state[i, 0, 0] = fid
+            # a reset slot's first frame is announced by the reset, not by the schedule that preceded it
+            announced[fid] = needed[i] or i in resets
+            if i in resets:
+                cut.update(1000 * i + t - k for k in range(1, n_obs + 1))
+            if i in resets or fresh[i]:
+                read.add(fid)  # the episode key reads the first frame after a reset
+                fresh[i] = False
+        executor.step(Observation(images=frames.images, state=state, instruction=frames.instruction,
+                                  embodiment=frames.embodiment), predict)
+    assert all(announced[f] for f in read), sorted(f for f in read if not announced[f])
+    if exact:
+        assert {f for f, need in announced.items() if need} - cut == read - cut
+    if execution.n_action_steps >= 4 and exact:
+        assert sum(announced.values()) < 0.7 * len(announced)

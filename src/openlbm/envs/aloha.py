@@ -250,13 +250,13 @@ class AlohaEnv(gym.Env):
         return imgs[self.cfg.cameras[0]] if imgs else None
 
     # -- gym API ---------------------------------------------------------------------------------------------------
-    def _frame(self) -> EnvFrame:
+    def _frame(self, render: bool = True) -> EnvFrame:
         state = self._task.get_qpos(self._physics)  # [14]: joints + normalized gripper openings
         privileged = np.zeros(PRIVILEGED_DIM)
         objects = self._physics.data.qpos[16:]  # [7 per object]: free-joint poses
         privileged[:14], privileged[14 : 14 + len(objects)] = state, objects
         return EnvFrame(
-            images=self.render_cameras(),
+            images=self.render_cameras() if render else {},
             state=np.asarray(state, dtype=np.float32),
             instruction=self.instruction,
             task=self.task,
@@ -278,7 +278,8 @@ class AlohaEnv(gym.Env):
         self._ready = True
         return self._frame(), {"success": False, "task": self.task, "seed": seed}
 
-    def step(self, action: np.ndarray) -> tuple[EnvFrame, float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray, *, render: bool = True) -> tuple[EnvFrame, float, bool, bool, dict[str, Any]]:
+        """Gymnasium's step; ``render=False`` skips the cameras (the frame's ``images`` are empty)."""
         if not self._ready:
             raise RuntimeError(f"{self.task}: call reset() before step()")
         if self._steps >= self.cfg.max_steps:
@@ -297,7 +298,7 @@ class AlohaEnv(gym.Env):
         success = reward >= self._task.max_reward
         terminated = success and self.cfg.terminate_on_success
         truncated = self._steps >= self.cfg.max_steps
-        return self._frame(), reward, terminated, truncated, {"success": success, "steps": self._steps}
+        return self._frame(render), reward, terminated, truncated, {"success": success, "steps": self._steps}
 
     def close(self) -> None:
         if self._renderer is not None:

@@ -201,9 +201,9 @@ class MetaWorldEnv(gym.Env):
         return imgs[self.cfg.cameras[0]] if imgs else None
 
     # -- gym API ---------------------------------------------------------------------------------------------------
-    def _frame(self, obs: np.ndarray) -> EnvFrame:
+    def _frame(self, obs: np.ndarray, render: bool = True) -> EnvFrame:
         return EnvFrame(
-            images=self.render_cameras(),
+            images=self.render_cameras() if render else {},
             state=np.asarray(obs[:4], dtype=np.float32),
             instruction=self.instruction,
             task=self.task,
@@ -225,7 +225,9 @@ class MetaWorldEnv(gym.Env):
         self._last_obs = obs
         return self._frame(obs), {"success": False, "task": self.task, "seed": seed}
 
-    def step(self, action: np.ndarray) -> tuple[EnvFrame, float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray, *, render: bool = True) -> tuple[EnvFrame, float, bool, bool, dict[str, Any]]:
+        """Gymnasium's step; ``render=False`` skips the cameras (the frame's ``images`` are empty) for a caller
+        that will not read this frame's images (:meth:`openlbm.envs.rollout.RolloutRunner.run`)."""
         if self._last_obs is None:
             raise RuntimeError(f"{self.task}: call reset() before step()")
         if self._steps >= self.cfg.max_steps:
@@ -245,7 +247,7 @@ class MetaWorldEnv(gym.Env):
         terminated = success and self.cfg.terminate_on_success
         truncated = self._steps >= self.cfg.max_steps
         out_info = {"success": success, "steps": self._steps}
-        return self._frame(obs), float(reward), terminated, truncated, out_info
+        return self._frame(obs, render), float(reward), terminated, truncated, out_info
 
     def close(self) -> None:
         if self._renderer is not None:

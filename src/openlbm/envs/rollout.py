@@ -19,6 +19,7 @@ silently. Env exceptions (e.g. a NaN action) are caught in the worker and report
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import multiprocessing as mp
 import os
@@ -130,7 +131,9 @@ def _worker_main(conn: Connection, env_cfg: Any, cache_size: int = 2) -> None:
                 frame, info = env.reset(seed=seed, options={"instruction": instruction})
                 conn.send(("ok", frame, 0.0, False, False, info))
             elif cmd == "step":
-                frame, reward, terminated, truncated, info = env.step(msg[1])
+                # an env without step(..., render=) renders every frame: skipping is an optimisation, never required
+                skip = not msg[2] and "render" in inspect.signature(env.step).parameters
+                frame, reward, terminated, truncated, info = env.step(msg[1], render=False) if skip else env.step(msg[1])
                 conn.send(("ok", frame, reward, terminated, truncated, info))
             else:
                 conn.send(("error", f"unknown command {cmd!r}"))
@@ -151,6 +154,10 @@ class _Slot:
     t0: float = 0.0
     steps: int = 0
     frame: EnvFrame | None = None
+    record: bool = False
+    """Record this episode's video."""
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    """The last rendered images: stand-ins for a frame the policy said it will not read (never read by it)."""
     waiting_since: float | None = None
     deadline_s: float = 0.0
     video: list[np.ndarray] = field(default_factory=list)
@@ -163,7 +170,9 @@ class RolloutRunner:
     ``step_timeout_s`` bounds every env reply; ``start_timeout_s`` bounds a reset (which may spawn the worker,
     import MuJoCo and create the GL context). ``stop_on_success=False`` runs every episode to the time limit.
     The env config's embodiment fixes the action dim sent to the envs (a policy may return more, padded, dims)
-    and the state dim the envs must report.
+    and the state dim the envs must report. With ``skip_unread_frames``, in an episode whose video and trajectory
+    are not recorded, a frame the policy's ``frames_needed()`` says it will not read is not rendered: with 25-step chunks
+    and a 2-frame history that is 23 of every 25 frames, and the episodes are the same as with every frame rendered.
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class RolloutRunner:
         start_timeout_s: float = 180.0,
         stop_on_success: bool = True,
         start_method: str = "spawn",
+        skip_unread_frames: bool = True,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -186,6 +196,7 @@ class RolloutRunner:
         self.step_timeout_s = step_timeout_s
         self.start_timeout_s = start_timeout_s
         self.stop_on_success = stop_on_success
+        self.skip_unread_frames = skip_unread_frames
         self._ctx = mp.get_context(start_method)
         self._slots: list[_Slot] = [self._spawn() for _ in range(num_workers)]
         self.num_replaced = 0
@@ -293,9 +304,10 @@ class RolloutRunner:
         new = self._slots[k]
         new.spec, new.index, new.t0, new.steps = spec, index, t0, steps
 
-    def _start(self, k: int, index: int, spec: EpisodeSpec, policy: PolicyLike) -> None:
+    def _start(self, k: int, index: int, spec: EpisodeSpec, policy: PolicyLike, record: bool) -> None:
         slot = self._slots[k]
         slot.spec, slot.index, slot.t0, slot.steps, slot.frame = spec, index, time.monotonic(), 0, None
+        slot.images, slot.record = {}, record
         slot.video, slot.traj = [], {}
         policy.reset([k])
         reseed = getattr(policy, "reseed", None)  # optional hook: per-episode noise streams (ScriptedExpert)
@@ -303,7 +315,7 @@ class RolloutRunner:
             reseed(k, spec.seed)
         self._send(k, ("reset", spec.task, spec.seed, spec.instruction), self.start_timeout_s)
 
-    def _finish(self, k: int, success: bool, error: str | None, record_video: bool) -> EpisodeResult:
+    def _finish(self, k: int, success: bool, error: str | None) -> EpisodeResult:
         slot = self._slots[k]
         assert slot.spec is not None
         traj = None
@@ -313,13 +325,13 @@ class RolloutRunner:
             episode_id=slot.spec.episode_id, task=slot.spec.task, seed=slot.spec.seed,
             instruction=slot.spec.instruction, success=success and error is None, steps=slot.steps,
             seconds=time.monotonic() - slot.t0, error=error,
-            frames=np.stack(slot.video) if record_video and slot.video else None, trajectory=traj,
+            frames=np.stack(slot.video) if slot.record and slot.video else None, trajectory=traj,
         )
         slot.spec, slot.frame, slot.video, slot.traj = None, None, [], {}
         return res
 
-    def _record(self, slot: _Slot, frame: EnvFrame, record_video: bool, record_trajectory: bool) -> None:
-        if record_video and frame.images:
+    def _record(self, slot: _Slot, frame: EnvFrame, record_trajectory: bool) -> None:
+        if slot.record and frame.images:
             slot.video.append(next(iter(frame.images.values())))
         if record_trajectory:
             for cam, img in frame.images.items():
@@ -333,13 +345,16 @@ class RolloutRunner:
         self,
         policy: PolicyLike,
         episodes: Sequence[EpisodeSpec],
-        record_video: bool = False,
+        record_video: bool | Callable[[EpisodeSpec], bool] = False,
         on_result: Callable[[EpisodeResult], None] | None = None,
         progress: bool = True,
         *,
         record_trajectory: bool = False,
     ) -> list[EpisodeResult]:
         """Roll out every episode; results come back in the order of ``episodes``.
+
+        ``record_video``: for every episode, or decided per episode at its start by a function of its spec (a
+        recorded episode renders every frame; the others only the frames the policy reads).
 
         ``on_result`` is called as each episode finishes (completion order). A policy with a
         ``reseed(slot, seed)`` method (e.g. :class:`~openlbm.envs.expert.ScriptedExpert`) gets the episode seed at
@@ -352,7 +367,7 @@ class RolloutRunner:
         bar = _Progress(len(episodes), enabled=progress)
 
         def done(k: int, success: bool, error: str | None) -> None:
-            res = self._finish(k, success, error, record_video)
+            res = self._finish(k, success, error)
             results[self._slots[k].index] = res
             bar.update(res)
             if on_result is not None:
@@ -363,7 +378,7 @@ class RolloutRunner:
                 for k, slot in enumerate(self._slots):
                     if slot.spec is None and pending:
                         i, spec = pending.popleft()
-                        self._start(k, i, spec, policy)
+                        self._start(k, i, spec, policy, record_video(spec) if callable(record_video) else record_video)
                 for k, reply in self._gather().items():
                     slot = self._slots[k]
                     if reply[0] == "error":
@@ -381,12 +396,16 @@ class RolloutRunner:
                         slot.traj.setdefault("reward", []).append(np.float32(reward))
                         slot.traj.setdefault("success", []).append(success)
                     if slot.steps > 0 and ((success and self.stop_on_success) or terminated or truncated):
-                        if record_video and frame.images:
+                        if slot.record and frame.images:
                             slot.video.append(next(iter(frame.images.values())))
                         done(k, success, None)
                         continue
+                    if frame.images or not slot.images:
+                        slot.images = frame.images
+                    else:  # not rendered: the policy promised not to read it
+                        frame = replace(frame, images=slot.images)
                     slot.frame = frame
-                    self._record(slot, frame, record_video, record_trajectory)
+                    self._record(slot, frame, record_trajectory)
                 self._act(policy, record_trajectory)
         except BaseException:
             # A policy bug or Ctrl-C mid-step: workers may hold half-done episodes; restart them so the runner
@@ -413,6 +432,9 @@ class RolloutRunner:
                 f"policy.select_action must return [B={len(frames)}, >={dim}] for {self.embodiment.name}, "
                 f"got {actions.shape}"
             )
+        needed = getattr(policy, "frames_needed", None)
+        skip = self.skip_unread_frames and not record_trajectory and callable(needed)
+        render = needed() if skip else [True] * len(frames)  # type: ignore[misc]
         for k in live:
             slot = self._slots[k]
             a = actions[k, :dim].astype(np.float32)  # [A_padded] -> the embodiment's native action dims
@@ -420,7 +442,7 @@ class RolloutRunner:
                 slot.traj.setdefault("action", []).append(a)
             slot.frame = None
             slot.steps += 1
-            self._send(k, ("step", a), self.step_timeout_s)
+            self._send(k, ("step", a, bool(render[k]) or slot.record), self.step_timeout_s)
 
 
 class _Progress:

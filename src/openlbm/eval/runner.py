@@ -328,6 +328,10 @@ class _VideoKeeper:
         self.fps = fps
         self.have = {p.name.split("__")[0] + "__" + p.name.split("__")[1] for p in self.dir.glob("*__*__*.mp4")}
 
+    def wants(self, task: str) -> bool:
+        """Is a clip of ``task`` still missing? (Only such episodes are recorded: recording renders every frame.)"""
+        return not {f"{task}__success", f"{task}__failure"} <= self.have
+
     def offer(self, task: str, success: bool, episode_id: str, frames: np.ndarray | None) -> None:
         key = f"{task}__{'success' if success else 'failure'}"
         if frames is None or key in self.have or len(frames) == 0:
@@ -459,7 +463,8 @@ def _rollout(
         if cfg.record_video:
             videos.offer(res.task, res.success, res.episode_id, res.frames)
 
-    record = cfg.record_video and bool(env_cfg.cameras)
+    def record(spec: EpisodeSpec) -> bool:
+        return cfg.record_video and bool(env_cfg.cameras) and videos.wants(spec.task)
     workers = min(cfg.num_workers, max(len(c) for c in chunks))
     try:
         with RolloutRunner(env_cfg, num_workers=max(1, workers)) as runner, torch.inference_mode():

@@ -315,6 +315,23 @@ class ChunkExecutor:
         width = max(a.shape[-1] for a in actions)
         return torch.stack([torch.nn.functional.pad(a, (0, width - a.shape[-1])) for a in actions])
 
+    def frames_needed(self) -> list[bool]:
+        """Per slot: will the frame that the next :meth:`step` brings ever be read (by a window or an episode
+        key)? ``False`` is a promise: a caller may pass that frame with stale images (a simulator then skips
+        rendering it). Exact for the sync chunk schedule; ``True`` wherever the schedule is not fixed in advance
+        (temporal ensembling reads every frame; async/RTC and a slot without a chunk are answered conservatively)."""
+        return [self._frame_needed(s) for s in self.slots]
+
+    def _frame_needed(self, slot: _Slot) -> bool:
+        ex = self.execution
+        if ex.temporal_ensemble is not None or ex.mode != "sync" or slot.chunk is None or slot.pending is not None:
+            return True
+        # In sync mode the next inference starts at the step whose executed row is start + s, i.e. j steps from
+        # now with j = start + s - pos + 1; the next frame stays in the history for n_obs_steps steps (its own
+        # included), and every later inference is a whole chunk (s >= 1 steps) after that one.
+        j = slot.start + ex.n_action_steps - slot.pos + 1
+        return j <= self.n_obs_steps
+
     def _launch(self, need: list[int], device: torch.device, predict: Predict) -> None:
         """Request chunks for the slots ``need`` (one ``predict`` call); a slot's first chunk is waited for."""
         group = [self.slots[i] for i in need]

@@ -414,6 +414,10 @@ class LBMPolicy(nn.Module):
         """Clear history and queued actions of the given batch slots (all when None)."""
         self.executor.reset(indices)
 
+    def frames_needed(self) -> list[bool]:
+        """Per batch slot: will the next frame's images be read (:meth:`ChunkExecutor.frames_needed`)?"""
+        return self.executor.frames_needed()
+
     # -- optimisation -----------------------------------------------------------------------------------------
     def shard_units(self) -> list[nn.Module]:
         """The network's repeated layers in forward order (:meth:`LBMModel.shard_units`): FSDP2's per-block units."""

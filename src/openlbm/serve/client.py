@@ -245,6 +245,10 @@ class RemotePolicy:
         """Clear history and queued actions of the given batch slots (all when None)."""
         self.executor.reset(indices)
 
+    def frames_needed(self) -> list[bool]:
+        """Per batch slot: will the next frame's images be sent (:meth:`ChunkExecutor.frames_needed`)?"""
+        return self.executor.frames_needed()
+
     def close(self) -> None:
         for c in self._clients:
             c.close()
