@@ -44,3 +44,15 @@ def test_memory_stays_flat_under_10000_distinct_prompts() -> None:
     assert after - before < 200_000, f"Python heap grew by {after - before} bytes over 9000 new prompts"
     held = sum(t.untyped_storage().nbytes() for t in small._cache.values())
     assert held <= 500 * 64 * 4
+
+
+def test_an_embedding_does_not_depend_on_what_it_was_first_batched_with() -> None:
+    """Padding a short prompt to a long one's length changes its embedding's last bits; the cache keeps the first
+    value it computed, so it must compute every prompt the same way (training, resume, evaluation and the server
+    each meet a prompt in different company)."""
+    inner = build_text_encoder(LanguageConfig(encoder="minilm")).encoder
+    short = "open the drawer"
+    company = ["open the drawer", "pick up the red block and put it down in the far left corner of the table"]
+    alone = CachedTextEncoder(inner).encode([short])[0]
+    batched = CachedTextEncoder(inner).encode(company)[0]
+    assert torch.equal(alone, batched)

@@ -78,9 +78,11 @@ class CachedTextEncoder:
         with self._lock:
             found = {t: self._cache[t] for t in set(texts) if t in self._cache}
             missing = sorted(set(texts) - found.keys())
-            if missing:
-                for text, emb in zip(missing, self.encoder.encode(missing), strict=True):
-                    found[text] = emb.detach().float().cpu().clone()  # own storage, not a view of the batch
+            for text in missing:
+                # one string at a time: encoded in a padded batch, a string's embedding changes in its last bits
+                # with whatever it was batched with, and a cache would keep the first batch's floats, so training,
+                # a resumed run, an evaluation and the server could each see different ones
+                found[text] = self.encoder.encode([text])[0].detach().float().cpu().clone()  # own storage
             for text in texts:  # refresh recency (and insert the new ones)
                 self._cache[text] = found[text]
                 self._cache.move_to_end(text)
