@@ -21,15 +21,11 @@ from pathlib import Path
 
 import torch
 
+from inference import stats  # bench/ is on the path when run as `python bench/eval.py`
 from openlbm.configs.presets import preset
 from openlbm.envs.metaworld import MetaWorldConfig
 from openlbm.envs.rollout import EpisodeSpec, RolloutRunner
 from openlbm.envs.tasks import instruction_for
-
-
-def stats(n: int) -> dict[str, list]:
-    return {"mean": [0.0] * n, "std": [1.0] * n, "min": [-1.0] * n, "max": [1.0] * n,
-            "q01": [-1.0] * n, "q99": [1.0] * n, "count": [1]}
 
 
 def cpu_seconds(pids: list[int]) -> float:
