@@ -111,6 +111,7 @@ def _worker_main(conn: Connection, env_cfg: Any, cache_size: int = 2) -> None:
         pass
     envs: OrderedDict[str, Any] = OrderedDict()
     env: Any = None
+    can_skip = False  # does env.step take render=? (an env without it renders every frame: skipping is optional)
     while True:
         try:
             msg = conn.recv()
@@ -128,11 +129,11 @@ def _worker_main(conn: Connection, env_cfg: Any, cache_size: int = 2) -> None:
                     envs[task] = env_cfg.build(task, seed)
                 envs.move_to_end(task)
                 env = envs[task]
+                can_skip = "render" in inspect.signature(env.step).parameters
                 frame, info = env.reset(seed=seed, options={"instruction": instruction})
                 conn.send(("ok", frame, 0.0, False, False, info))
             elif cmd == "step":
-                # an env without step(..., render=) renders every frame: skipping is an optimisation, never required
-                skip = not msg[2] and "render" in inspect.signature(env.step).parameters
+                skip = can_skip and not msg[2]
                 frame, reward, terminated, truncated, info = env.step(msg[1], render=False) if skip else env.step(msg[1])
                 conn.send(("ok", frame, reward, terminated, truncated, info))
             else:
