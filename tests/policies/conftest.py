@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,6 @@ def debug_policy():
 
 
 @pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
+def single_thread(one_thread: None) -> None:
     """These models are tiny: intra-op threads buy nothing, and on a busy machine every parallel region waits for
     a descheduled worker thread (measured: a test taking 2 s alone took 25 s next to two CPU-bound processes)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

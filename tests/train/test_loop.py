@@ -132,22 +132,20 @@ def test_bf16_precision_trains_on_cpu(tiny_dataset: Path, tmp_path: Path) -> Non
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in rows32], rel=0.05)
 
 
-def test_cpu_threads_follow_free_cores_unless_omp_num_threads_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_threads_follow_free_cores_unless_omp_num_threads_is_set(
+    monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
     """Without OMP_NUM_THREADS the run takes the free cores; an explicit OMP_NUM_THREADS is left alone."""
     from openlbm.train import loop
     from openlbm.train.distributed import DistInfo
 
     info, cfg = DistInfo(0, 1, 0, torch.device("cpu")), debug()
-    before = torch.get_num_threads()
-    try:
-        monkeypatch.setattr(loop, "cpu_threads", lambda world_size=1: 3)
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        torch.set_num_threads(1)
-        loop._limit_cpu_threads(cfg, info)
-        assert torch.get_num_threads() == 3
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        loop._limit_cpu_threads(cfg, info)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    monkeypatch.setattr(loop, "cpu_threads", lambda world_size=1: 3)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(1)
+    loop._limit_cpu_threads(cfg, info)
+    assert torch.get_num_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    loop._limit_cpu_threads(cfg, info)
+    assert torch.get_num_threads() == 1

@@ -52,19 +52,13 @@ def _tensors(ckpt: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_kill_and_resume_is_bitwise_exact(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Bitwise equality holds at a fixed intra-op thread count; left alone, each run picks its threads from the
-    # cores free when it starts (train.loop.cpu_threads), which differ between the runs on a loaded machine.
+def test_kill_and_resume_is_bitwise_exact(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    # Bitwise equality holds at a fixed intra-op thread count (one here, and in the killed subprocess through
+    # OMP_NUM_THREADS); left alone, each run picks its threads from the cores free when it starts
+    # (train.loop.cpu_threads), which differ between the runs on a loaded machine.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _kill_and_resume(tiny_dataset, tmp_path)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _kill_and_resume(tiny_dataset: Path, tmp_path: Path) -> None:
     straight = train(config(tiny_dataset, tmp_path / "straight"))
 
     run = tmp_path / "killed"
